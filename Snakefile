@@ -1,0 +1,43 @@
+# distalign: control the distribution of attributes across many LLM generations.
+# Usage: snakemake --cores all            (the embedded default, config/config.yaml)
+#        snakemake --profile slurm all --configfile config/paper.yaml
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# ---- Path grammar of results/ (the only place paths are spelled out) --------------------------
+# {dataset}: a key of config["datasets"]    {model}: a key of config["models"]
+# {method}:  a key of config["methods"]     {task}:  attribute | story
+MODEL = "results/models/{model}"
+TARGETS = "results/targets/{dataset}.csv"
+PROMPTS = "results/prompts/{dataset}/{task}.jsonl"
+BASE = "results/datasets/{dataset}/base.jsonl"
+SFT = "results/datasets/{dataset}/sft.jsonl"
+PREF = "results/datasets/{dataset}/pref.jsonl"
+ADAPTER = "results/adapters/{dataset}/{model}/{method}"
+GENERATIONS = "results/generations/{dataset}/{model}/{method}/{task}.jsonl"
+LABELS = "results/labels/{dataset}/{model}/{method}/{task}.jsonl"
+METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
+PROBE = "results/probes/{dataset}/{model}/{method}.json"
+LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+# Default target: every artefact of the configured run.
+rule all:
+    input:
+        all_targets(),
+    default_target: True

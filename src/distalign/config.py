@@ -1,0 +1,233 @@
+"""Configuration: JSON-schema validation with defaults, plus cross-reference checks.
+
+``validate_config`` is what the Snakefile calls before any job runs. Errors name the config
+key (dotted path) and what was expected, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key(s) and what was expected."""
+
+
+def load_schema(path: str | os.PathLike | None = None) -> dict:
+    with open(path or SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, subschema in properties.items():
+                if isinstance(subschema, Mapping) and "default" in subschema and prop not in instance:
+                    instance[prop] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    if v == "type":
+        return (f"config key '{key}': expected {error.validator_value}, got {error.instance!r} "
+                f"({type(error.instance).__name__})")
+    if v == "enum":
+        return f"config key '{key}': expected one of {error.validator_value}, got {error.instance!r}"
+    if v == "required":
+        return f"config key '{key}': {error.message}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "minLength"):
+        return f"config key '{key}': {error.message}"
+    if v == "pattern":
+        return f"config key '{key}': {error.instance!r} must match {error.validator_value}"
+    return f"config key '{key}': {error.message}"
+
+
+def _schema_errors(config: dict, schema: dict) -> list[str]:
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    return [_describe(e) for e in errors]
+
+
+def _cross_reference_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    attributes = config.get("attributes", {})
+    for name, attr in attributes.items():
+        classes = attr.get("classes", [])
+        names = [c.get("name") for c in classes]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            errs.append(f"config key 'attributes.{name}.classes': duplicate class name(s) {sorted(dup)}")
+        token_sets: set[str] = set()
+        for c in classes:
+            token_sets |= set(c.get("tokens", {}))
+        default = attr.get("default_token_set", "digits")
+        if default not in token_sets:
+            errs.append(f"config key 'attributes.{name}.default_token_set': token set {default!r} is not "
+                        f"defined on the classes (defined: {sorted(token_sets)})")
+        for ts in sorted(token_sets):
+            missing = [c["name"] for c in classes if ts not in c.get("tokens", {})]
+            if missing and ts == default:
+                errs.append(f"config key 'attributes.{name}.classes': class(es) {missing} have no token in the "
+                            f"default token set {ts!r}")
+            toks = [c["tokens"][ts] for c in classes if ts in c.get("tokens", {})]
+            if len(set(toks)) != len(toks):
+                errs.append(f"config key 'attributes.{name}.classes': token set {ts!r} repeats a token {toks}")
+        if attr.get("story_judge") == "vader" and sorted(names) != ["negative", "neutral", "positive"]:
+            errs.append(f"config key 'attributes.{name}.story_judge': 'vader' needs the classes positive, "
+                        f"negative, neutral; got {names}")
+    for name, ds in config.get("datasets", {}).items():
+        if ds.get("attribute") not in attributes:
+            errs.append(f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "
+                        f"(defined: {sorted(attributes)})")
+        if ds.get("census") not in config.get("census", {}):
+            errs.append(f"config key 'datasets.{name}.census': unknown census {ds.get('census')!r} "
+                        f"(defined: {sorted(config.get('census', {}))})")
+    for name, m in config.get("methods", {}).items():
+        if m.get("kind") == "prompt":
+            for key in ("token_set",):
+                if m.get(key):
+                    errs.append(f"config key 'methods.{name}.{key}': only methods of kind 'ours' use steering tokens")
+        overrides = m.get("train_overrides") or {}
+        unknown = set(overrides) - set(config.get("training", {}))
+        if unknown:
+            errs.append(f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}")
+    for section, key in (("datasets", "datasets"), ("models", "models"), ("methods", "methods")):
+        known = config.get(section, {})
+        for item in config.get("run", {}).get(key, []):
+            if item not in known:
+                errs.append(f"config key 'run.{key}': unknown {key[:-1]} {item!r} (defined: {sorted(known)})")
+    if config.get("prompts", {}).get("paraphraser") == "openai" and not config["prompts"]["openai"].get("model"):
+        errs.append("config key 'prompts.openai.model': required when prompts.paraphraser is 'openai'")
+    return errs
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Fill defaults in place and check ``config``; raise ConfigError listing every problem."""
+    errs = _schema_errors(config, schema or load_schema())
+    if not errs:
+        errs = _cross_reference_errors(config)
+    if errs:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errs))
+    return config
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(*paths: str | os.PathLike, overrides: Mapping | None = None) -> dict:
+    """Load YAML files (later ones override earlier ones), apply overrides, validate."""
+    config: dict = {}
+    for p in paths:
+        with open(p, encoding="utf-8") as fh:
+            config = deep_merge(config, yaml.safe_load(fh) or {})
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config)
+
+
+def method_training(config: dict, method: str) -> dict:
+    """The training section with the method's overrides applied."""
+    return deep_merge(config["training"], config["methods"][method].get("train_overrides") or {})
+
+
+def dataset_applies(config: dict, dataset: str, method: str, task: str = "attribute") -> bool:
+    """Whether (dataset, method, task) is a meaningful combination.
+
+    pe-implicit ("follow real-world statistics") needs real targets; a token-set method needs
+    the attribute to define that token set; stories skip race as in the paper (no story
+    lexicon); a story judge needs a lexicon or vader.
+    """
+    ds = config["datasets"][dataset]
+    m = config["methods"][method]
+    attr = config["attributes"][ds["attribute"]]
+    if m.get("prompt_style") == "implicit" and ds["target"] != "real":
+        return False
+    if m["kind"] == "ours":
+        ts = m.get("token_set") or attr.get("default_token_set", "digits")
+        if any(ts not in c.get("tokens", {}) for c in attr["classes"]):
+            return False
+    if task == "story":
+        has_lexicon = all(c.get("lexicon") for c in attr["classes"])
+        if not has_lexicon and attr.get("story_judge") != "vader":
+            return False
+    return True
+
+
+def schema_markdown(schema: dict | None = None) -> str:
+    """A Markdown table of every config key (dotted path, type, default, description) from the schema."""
+    schema = schema or load_schema()
+    defs = schema.get("definitions", {})
+    lines: list[str] = []
+
+    def fmt_default(sub) -> str:
+        if "default" not in sub:
+            return "*(required)*"
+        return "`" + json.dumps(sub["default"]) + "`"
+
+    def fmt_type(sub) -> str:
+        if "enum" in sub:
+            return " \\| ".join(f"`{v}`" for v in sub["enum"])
+        t = sub.get("type", "object" if "properties" in sub else "")
+        return " \\| ".join(t) if isinstance(t, list) else str(t)
+
+    def walk(node, path, required=()):
+        for key, sub in (node.get("properties") or {}).items():
+            if "$ref" in sub:
+                sub = {**defs[sub["$ref"].rsplit("/", 1)[-1]], **sub}
+            where = f"{path}.{key}" if path else key
+            desc = " ".join(str(sub.get("description", "")).split())
+            lines.append(f"| `{where}` | {fmt_type(sub)} | {fmt_default(sub) if key not in required else '*(required)*'} "
+                         f"| {desc} |")
+            walk(sub, where, sub.get("required", ()))
+            extra = sub.get("additionalProperties")
+            if isinstance(extra, dict):
+                if "$ref" in extra:
+                    extra = defs[extra["$ref"].rsplit("/", 1)[-1]]
+                walk(extra, f"{where}.<name>", extra.get("required", ()))
+            items = sub.get("items")
+            if isinstance(items, dict) and "$ref" in items:
+                item = defs[items["$ref"].rsplit("/", 1)[-1]]
+                walk(item, f"{where}[]", item.get("required", ()))
+
+    walk(schema, "", schema.get("required", ()))
+    head = ["| key | type | default | description |", "|---|---|---|---|"]
+    return "\n".join(head + lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m distalign.config  -> the key table of config/README.md
+    print(schema_markdown(), end="")

@@ -1,0 +1,19 @@
+"""Helpers for the thin Snakemake scripts: logging to the rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Logger:
+    """Send log records (and warnings) to the rule's log file and to stderr."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
+                        force=True)
+    logging.captureWarnings(True)
+    return logging.getLogger("distalign")

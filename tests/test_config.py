@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+import yaml
+
+from distalign.config import ConfigError, dataset_applies, load_config, method_training, validate_config
+
+
+def _raw(repo):
+    return yaml.safe_load((repo / "config/config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults(repo):
+    cfg = validate_config(_raw(repo))
+    assert cfg["prompts"]["openai"]["temperature"] == 1.0  # filled from the schema default
+    assert cfg["methods"]["ours"]["kl"] is True and cfg["methods"]["ours"]["preference"] == "kto"
+
+
+def test_every_schema_key_has_description_and_default(repo):
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+
+    def walk(node, path):
+        for key, sub in (node.get("properties") or {}).items():
+            where = f"{path}.{key}" if path else key
+            if "$ref" in sub:
+                sub = {**schema["definitions"][sub["$ref"].rsplit("/", 1)[-1]], **sub}
+            assert "description" in sub, f"{where} has no description"
+            required = key in (node.get("required") or [])
+            assert "default" in sub or required, f"{where} has no default"
+            walk(sub, where)
+
+    walk(schema, "")
+    for name, sub in schema["definitions"].items():
+        walk(sub, f"definitions.{name}")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
+     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate\)"),
+    (lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),
+     r"config key 'training\.sft\.learning_rate': expected number, got 'fast'"),
+    (lambda c: c["generation"].__setitem__("backend", "tgi"),
+     r"config key 'generation\.backend': expected one of \['transformers', 'vllm'\], got 'tgi'"),
+    (lambda c: c["generation"].__setitem__("top_p", 0),
+     r"config key 'generation\.top_p'"),
+    (lambda c: c["run"].__setitem__("datasets", ["uk-real", "mars-even"]),
+     r"config key 'run\.datasets': unknown dataset 'mars-even'"),
+    (lambda c: c["run"].__setitem__("methods", ["ours", "magic"]),
+     r"config key 'run\.methods': unknown method 'magic'"),
+    (lambda c: c["run"].__setitem__("models", ["gpt-9"]),
+     r"config key 'run\.models': unknown model 'gpt-9'"),
+    (lambda c: c["datasets"]["uk-real"].__setitem__("attribute", "height"),
+     r"config key 'datasets\.uk-real\.attribute': unknown attribute 'height'"),
+    (lambda c: c["datasets"]["uk-real"].__setitem__("census", "fr"),
+     r"config key 'datasets\.uk-real\.census': unknown census 'fr'"),
+    (lambda c: c["attributes"]["gender"]["classes"][1]["tokens"].__setitem__("digits", "0"),
+     r"config key 'attributes\.gender\.classes': token set 'digits' repeats a token"),
+    (lambda c: c["attributes"]["race"]["classes"][4]["tokens"].pop("digits"),
+     r"class\(es\) \['pacific_islander'\] have no token in the default token set 'digits'"),
+    (lambda c: c["models"]["smollm2-135m-instruct"].__setitem__("source", "ftp"),
+     r"config key 'models\.smollm2-135m-instruct\.source': expected one of"),
+    (lambda c: c["methods"].__setitem__("mine", {"kind": "ours", "train_overrides": {"epochs": 3}}),
+     r"config key 'methods\.mine\.train_overrides': unknown training key\(s\) \['epochs'\]"),
+    (lambda c: c["prompts"].__setitem__("paraphraser", "openai"),
+     r"config key 'prompts\.openai\.model': required when prompts\.paraphraser is 'openai'"),
+])
+def test_bad_config_names_the_key(repo, mutate, message):
+    cfg = _raw(repo)
+    mutate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_all_errors_are_reported_at_once(repo):
+    cfg = _raw(repo)
+    cfg["seed"] = "x"
+    cfg["generation"]["temperature"] = -1
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "'seed'" in str(err.value) and "'generation.temperature'" in str(err.value)
+
+
+def test_method_overrides_and_applicability(repo):
+    raw = _raw(repo)
+    raw["methods"]["ours-fast"] = {"kind": "ours", "train_overrides": {"sft": {"epochs": 1}}}
+    cfg = validate_config(copy.deepcopy(raw))
+    t = method_training(cfg, "ours-fast")
+    assert t["sft"]["epochs"] == 1 and t["sft"]["learning_rate"] == cfg["training"]["sft"]["learning_rate"]
+    assert dataset_applies(cfg, "uk-real", "pe-implicit")
+    assert not dataset_applies(cfg, "uk-even", "pe-implicit")  # "follow real-world statistics": real targets only
+    assert not dataset_applies(cfg, "race-even", "ours-words")  # race defines no word tokens
+    assert not dataset_applies(cfg, "race-even", "ours", "story")  # race is not used for stories
+    assert dataset_applies(cfg, "sentiment-even", "ours", "story")
+
+
+def test_paper_config_is_valid(repo):
+    paper = repo / "config/paper.yaml"
+    if not paper.exists():
+        pytest.skip("config/paper.yaml not written yet")
+    load_config(repo / "config/config.yaml", paper)
+
+
+def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["training"]["preference"]["beta"] = "big"
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake_run(workdir, "-n", "all", timeout=120)
+    assert proc.returncode != 0
+    assert "config key 'training.preference.beta': expected number, got 'big'" in proc.stdout
+    assert not (workdir / "results").exists()

@@ -1,0 +1,90 @@
+# Data stage: model preparation, census targets, prompts and training datasets.
+
+
+# Convert/resolve each model once so every later rule loads one folder quickly.
+rule prepare_model:
+    output:
+        model=directory(MODEL),
+    params:
+        spec=model_spec,
+    log:
+        f"{LOGS}/prepare_model/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare_model/{{model}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
+    script:
+        "../scripts/prepare_model.py"
+
+
+# Per-context target distributions P*(a|c) from the census (real) or uniform (even).
+rule targets:
+    input:
+        census=census_path,
+    output:
+        targets=TARGETS,
+    params:
+        dataset=dataset_spec,
+        attribute=attribute_spec,
+        round_even=config["targets"]["round_even"],
+    log:
+        f"{LOGS}/targets/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/targets.py"
+
+
+# Disjoint train/val/test prompts per context, paraphrased offline or through an endpoint.
+rule prompts:
+    input:
+        templates=config["prompts"]["templates"],
+        targets=TARGETS,
+    output:
+        prompts=PROMPTS,
+    params:
+        attribute=attribute_spec,
+        census=census_name,
+        prompts=config["prompts"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/prompts/{{dataset}}/{{task}}.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    script:
+        "../scripts/prompts.py"
+
+
+# D_base (class counts by largest remainder), SFT rows and preference pairs (paper section 3.3).
+rule datasets:
+    input:
+        templates=config["prompts"]["templates"],
+        prompts=training_prompts,
+        targets=TARGETS,
+    output:
+        base=BASE,
+        sft=SFT,
+        pref=PREF,
+    params:
+        attribute=attribute_spec,
+        data=config["data"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/datasets/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/datasets.py"
