@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # ---- Path grammar of results/ (the only place paths are spelled out) --------------------------
 # {dataset}: a key of config["datasets"]    {model}: a key of config["models"]
 # {method}:  a key of config["methods"]     {task}:  attribute | story
@@ -25,6 +28,8 @@ GENERATIONS = "results/generations/{dataset}/{model}/{method}/{task}.jsonl"
 LABELS = "results/labels/{dataset}/{model}/{method}/{task}.jsonl"
 METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
 PROBE = "results/probes/{dataset}/{model}/{method}.json"
+TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
+FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
@@ -34,10 +39,12 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 # Default target: every artefact of the configured run.
 rule all:
     input:
         all_targets(),
+        artefact_targets(),
     default_target: True

@@ -61,6 +61,8 @@ def test_every_schema_key_has_description_and_default(repo):
      r"config key 'models\.smollm2-135m-instruct\.source': expected one of"),
     (lambda c: c["methods"].__setitem__("mine", {"kind": "ours", "train_overrides": {"epochs": 3}}),
      r"config key 'methods\.mine\.train_overrides': unknown training key\(s\) \['epochs'\]"),
+    (lambda c: c.__setitem__("judge", {"story": "both"}),
+     r"config key 'judge\.llm\.model': required when judge\.story is 'both'"),
     (lambda c: c["prompts"].__setitem__("paraphraser", "openai"),
      r"config key 'prompts\.openai\.model': required when prompts\.paraphraser is 'openai'"),
 ])
@@ -108,3 +110,10 @@ def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):
     assert proc.returncode != 0
     assert "config key 'training.preference.beta': expected number, got 'big'" in proc.stdout
     assert not (workdir / "results").exists()
+
+
+def test_config_readme_lists_every_key(repo):
+    from distalign.config_docs import README, render
+
+    text = README.read_text()
+    assert render(text) == text, "config/README.md is stale: run python -m distalign.config_docs"

@@ -124,6 +124,9 @@ def _cross_reference_errors(config: dict) -> list[str]:
         for item in config.get("run", {}).get(key, []):
             if item not in known:
                 errs.append(f"config key 'run.{key}': unknown {key[:-1]} {item!r} (defined: {sorted(known)})")
+    judge = config.get("judge", {})
+    if judge.get("story") in ("llm", "both") and not judge.get("llm", {}).get("model"):
+        errs.append(f"config key 'judge.llm.model': required when judge.story is {judge.get('story')!r}")
     if config.get("prompts", {}).get("paraphraser") == "openai" and not config["prompts"]["openai"].get("model"):
         errs.append("config key 'prompts.openai.model': required when prompts.paraphraser is 'openai'")
     return errs
@@ -227,7 +230,3 @@ def schema_markdown(schema: dict | None = None) -> str:
     walk(schema, "", schema.get("required", ()))
     head = ["| key | type | default | description |", "|---|---|---|---|"]
     return "\n".join(head + lines) + "\n"
-
-
-if __name__ == "__main__":  # python -m distalign.config  -> the key table of config/README.md
-    print(schema_markdown(), end="")

@@ -101,3 +101,11 @@ def all_targets():
                 if applicable(dataset, method):
                     out.append(PROBE.format(dataset=dataset, model=model, method=method))
     return out
+
+
+# API keys come only from the environment; declaring them makes Snakemake check they are set
+# before any job runs and pass them to cluster jobs.
+if config["prompts"]["paraphraser"] == "openai":
+
+    envvars:
+        config["prompts"]["openai"]["api_key_env"],

@@ -1,0 +1,153 @@
+"""The paper's figures (matplotlib, PNG + PDF) from metrics files.
+
+- ``share_figure`` (paper Figure 3 / 11): the share of one class per context, target vs each method.
+- ``steering_figure`` (paper Figure 5): mean steering-token probability vs generated frequency per
+  context, with the diagonal.
+- ``calibration_figure`` (not in the paper): target vs achieved share per context for every
+  method, with 95% bootstrap error bars (the context's labels resampled, seeded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path
+from .tables import title_of
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, png_path, pdf_path=None) -> None:
+    for path, fmt in ((png_path, "png"), (pdf_path, "pdf")):
+        if path is None:
+            continue
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+    _plt().close(fig)
+
+
+def share_points(metrics: dict, class_name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    k = metrics["classes"].index(class_name)
+    ctx = metrics["contexts"]
+    return ([c["context"] for c in ctx], np.array([c["target"][k] for c in ctx]),
+            np.array([c["p_hat"][k] if c["n_valid"] else np.nan for c in ctx]))
+
+
+def share_figure(records: Sequence[dict], config: dict, class_name: str, title: str):
+    """Share of ``class_name`` per context: the target and each method (records of one dataset/model)."""
+    plt = _plt()
+    base = records[0]["metrics"]
+    names, target, _ = share_points(base, class_name)
+    order = np.argsort(target, kind="stable")
+    fig, ax = plt.subplots(figsize=(max(6, 0.42 * len(names)), 4.2))
+    x = np.arange(len(names))
+    ax.plot(x, target[order], "k-", lw=2.2, label="Target (census)" if base["contexts"] else "Target", zorder=5)
+    markers = "osD^v<>pP*"
+    for i, rec in enumerate(records):
+        _, _, share = share_points(rec["metrics"], class_name)
+        ax.plot(x, share[order], marker=markers[i % len(markers)], ls="--", lw=0.9, ms=4,
+                label=title_of(config, "methods", rec["method"]))
+    ax.set_xticks(x)
+    ax.set_xticklabels([names[i] for i in order], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel(f"share of {class_name}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def steering_figure(records: Sequence[dict], config: dict, title: str):
+    """Mean steering probability vs generated frequency, every (context, class) point, per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1, label="y = x")
+    markers = "osD^v<>"
+    for i, rec in enumerate(records):
+        st = rec["metrics"].get("steering")
+        if not st:
+            continue
+        xs, ys = [], []
+        for c in st["contexts"]:
+            xs += list(c["mean_steering_prob"])
+            ys += list(c["generated_freq"])
+        label = (f"{title_of(config, 'methods', rec['method'])} ({rec['dataset']}; "
+                 f"consistency {st['consistency']:.2f})" if st.get("consistency") is not None else rec["method"])
+        ax.scatter(xs, ys, s=14, marker=markers[i % len(markers)], alpha=0.75, label=label)
+    ax.set_xlabel("steering-token probability (mean per context)")
+    ax.set_ylabel("generated frequency")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def bootstrap_share_ci(counts: Sequence[int], n_invalid: int, k: int, rng: np.random.Generator,
+                       resamples: int = 1000) -> tuple[float, float]:
+    """95% percentile CI of a class share in one context, resampling its labels (invalid included)."""
+    labels = np.repeat(np.arange(len(counts) + 1), [*counts, n_invalid])
+    if labels.size == 0:
+        return (np.nan, np.nan)
+    draws = rng.choice(labels, size=(resamples, labels.size), replace=True)
+    valid = (draws < len(counts)).sum(axis=1)
+    share = np.where(valid > 0, (draws == k).sum(axis=1) / np.maximum(valid, 1), np.nan)
+    lo, hi = np.nanpercentile(share, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def calibration_figure(records: Sequence[dict], config: dict, class_name: str, title: str, seed: int = 0):
+    """Target vs achieved share of ``class_name`` per context, one panel per (dataset, method) record."""
+    plt = _plt()
+    n = len(records)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, rec in zip(axes.ravel(), records, strict=False):
+        m = rec["metrics"]
+        cname = class_name if class_name in m["classes"] else m["classes"][0]
+        k = m["classes"].index(cname)
+        xs, ys, lo, hi = [], [], [], []
+        for c in m["contexts"]:
+            counts = [c["counts"][name] for name in m["classes"]]
+            xs.append(c["target"][k])
+            ys.append(c["p_hat"][k] if c["n_valid"] else np.nan)
+            a, b = bootstrap_share_ci(counts, c["n_invalid"], k, rng)
+            lo.append(a)
+            hi.append(b)
+        xs, ys = np.array(xs), np.array(ys)
+        err = np.vstack([np.clip(ys - np.array(lo), 0, None), np.clip(np.array(hi) - ys, 0, None)])
+        ax.errorbar(xs, ys, yerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5)
+        ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        mae = m["summary"]["mae"]
+        ax.set_title(f"{title_of(config, 'methods', rec['method'])} · {title_of(config, 'datasets', rec['dataset'])}"
+                     f"\nMAE {mae:.3f}", fontsize=8)
+        ax.set_xlabel(f"target share of {cname}", fontsize=7)
+        ax.set_ylabel("achieved share", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ensure_parent(path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,145 @@
+"""The paper's tables from metrics and probe files (one function per table family).
+
+Every MAE table has one row per (model, method), one column per dataset plus the average, and
+- a **noise-floor row** per model: the expected MAE of an ideal sampler that draws the same
+  number of answers per context (N, invalid ones included) exactly from the target, and
+- the **invalid-response rate** of every cell (CSV columns ``<dataset> invalid``; in the Markdown
+  twin as a percentage next to the MAE).
+A cell whose metrics file is missing is empty (NaN), never zero.
+
+Inputs are *records*: ``{"dataset", "model", "method", "task", "metrics": <metrics JSON>}`` (or
+``"probe": <probe JSON>`` for table4). Titles come from config (``datasets.<d>.title``,
+``methods.<m>.title``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .io import atomic_path
+from .metrics import noise_floor
+
+AVG = "Avg"
+
+
+def title_of(config: dict, section: str, name: str) -> str:
+    return (config[section].get(name) or {}).get("title") or name
+
+
+def _index(records: Sequence[dict]) -> dict:
+    return {(r["dataset"], r["model"], r["method"], r.get("task", "attribute")): r for r in records}
+
+
+def _floor(metrics: dict) -> float:
+    ctx = metrics["contexts"]
+    return noise_floor([c["target"] for c in ctx], [c["n_total"] for c in ctx], seed=0)["mean"]
+
+
+def mae_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str], models: Sequence[str],
+              methods: Sequence[str], task: str = "attribute", stat: str = "mae") -> pd.DataFrame:
+    """MAE table. ``stat``: "mae" (table1/2/3/6), "sd" (table10: mean and SD), "ci" (table11: mean and CI)."""
+    idx = _index(records)
+    titles = [title_of(config, "datasets", d) for d in datasets]
+    rows = []
+    for model in models:
+        floors: dict[str, float] = {}
+        for method in methods:
+            row = {"Model": model, "Method": title_of(config, "methods", method)}
+            vals = []
+            for d, t in zip(datasets, titles, strict=True):
+                rec = idx.get((d, model, method, task))
+                s = rec["metrics"]["summary"] if rec else {}
+                v = s.get("mae", math.nan) if rec else math.nan
+                row[t] = v
+                vals.append(v)
+                if stat == "sd":
+                    row[f"{t} SD"] = s.get("mae_sd", math.nan) if rec else math.nan
+                if stat == "ci":
+                    row[f"{t} CI low"] = s.get("mae_ci_low", math.nan) if rec else math.nan
+                    row[f"{t} CI high"] = s.get("mae_ci_high", math.nan) if rec else math.nan
+                row[f"{t} invalid"] = s.get("invalid_rate", math.nan) if rec else math.nan
+                if rec and d not in floors:
+                    floors[d] = _floor(rec["metrics"])
+            row[AVG] = sum(vals) / len(vals) if vals and not any(math.isnan(v) for v in vals) else math.nan
+            rows.append(row)
+        floor_row = {"Model": model, "Method": "Noise floor"}
+        fvals = []
+        for d, t in zip(datasets, titles, strict=True):
+            floor_row[t] = floors.get(d, math.nan)
+            fvals.append(floor_row[t])
+        floor_row[AVG] = sum(fvals) / len(fvals) if fvals and not any(math.isnan(v) for v in fvals) else math.nan
+        rows.append(floor_row)
+    cols = ["Model", "Method"]
+    for t in titles:
+        cols.append(t)
+        if stat == "sd":
+            cols.append(f"{t} SD")
+        if stat == "ci":
+            cols += [f"{t} CI low", f"{t} CI high"]
+    cols.append(AVG)
+    cols += [f"{t} invalid" for t in titles]
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def probe_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str], models: Sequence[str],
+                methods: Sequence[str]) -> pd.DataFrame:
+    """table4: MAE of the class-token probabilities at the first answer position (no sampling)."""
+    idx = {(r["dataset"], r["model"], r["method"]): r for r in records}
+    titles = [title_of(config, "datasets", d) for d in datasets]
+    rows = []
+    for model in models:
+        for method in methods:
+            row = {"Model": model, "Method": title_of(config, "methods", method)}
+            vals = []
+            for d, t in zip(datasets, titles, strict=True):
+                rec = idx.get((d, model, method))
+                row[t] = rec["probe"]["mae"] if rec else math.nan
+                vals.append(row[t])
+            row[AVG] = sum(vals) / len(vals) if vals and not any(math.isnan(v) for v in vals) else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=["Model", "Method", *titles, AVG])
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = f"{v:.{digits}f}"
+    return s[1:] if s.startswith("0.") else s
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A readable twin: MAE cells as .093, with ± SD, [CI] and (invalid %) folded into the cell."""
+    value_cols = [c for c in df.columns if c not in ("Model", "Method") and not c.endswith((" SD", " CI low",
+                                                                                         " CI high", " invalid"))]
+    lines = ["| " + " | ".join(["Model", "Method", *value_cols]) + " |",
+             "|" + "---|" * (len(value_cols) + 2)]
+    for _, r in df.iterrows():
+        cells = [str(r["Model"]), str(r["Method"])]
+        for c in value_cols:
+            cell = _fmt(r[c])
+            if f"{c} SD" in df.columns and not pd.isna(r.get(f"{c} SD")):
+                cell += f" ± {_fmt(r[f'{c} SD'])}"
+            if f"{c} CI low" in df.columns and not pd.isna(r.get(f"{c} CI low")):
+                cell += f" [{_fmt(r[f'{c} CI low'])}, {_fmt(r[f'{c} CI high'])}]"
+            if f"{c} invalid" in df.columns and not pd.isna(r.get(f"{c} invalid")):
+                cell += f" ({100 * r[f'{c} invalid']:.0f}%)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ""
+    if any(c.endswith(" invalid") for c in df.columns):
+        note = "\n(x%) = share of invalid (unparseable) answers, left out of the MAE. "
+    if any(c.endswith(" SD") for c in df.columns):
+        note += "± = SD across contexts. "
+    if any(c.endswith(" CI low") for c in df.columns):
+        note += "[a, b] = 95% bootstrap CI. "
+    return "\n".join(lines) + "\n" + (note.strip() + "\n" if note else "")
+
+
+def write_table(df: pd.DataFrame, csv_path, md_path, title: str = "") -> None:
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text((f"# {title}\n\n" if title else "") + to_markdown(df), encoding="utf-8")

@@ -1,0 +1,98 @@
+"""Tables and figures from small fixed metrics inputs."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from distalign.attributes import attribute_of_dataset
+from distalign.figures import bootstrap_share_ci, calibration_figure, save, share_figure, steering_figure
+from distalign.metrics import compute_metrics, noise_floor
+from distalign.tables import mae_table, probe_table, to_markdown, write_table
+
+TARGETS = [{"context_id": 0, "context": "Nurses", "target": [0.2, 0.8]},
+           {"context_id": 1, "context": "Welders", "target": [0.9, 0.1]}]
+
+
+def _rows(labels_by_ctx, steering=False):
+    rows = []
+    for cid, labels in labels_by_ctx.items():
+        for i, lab in enumerate(labels):
+            r = {"context_id": cid, "context": TARGETS[cid]["context"], "target": TARGETS[cid]["target"],
+                 "label": lab}
+            if steering:
+                tok = "0" if lab == "male" else "1"
+                r.update(steering_token=tok, steering_probs=[0.5, 0.5])
+            rows.append(r)
+    return rows
+
+
+@pytest.fixture()
+def records(config):
+    attr = attribute_of_dataset(config, "uk-real")
+    # ours: context 0 -> 2 male / 8 female (exact), context 1 -> 8 male / 1 female / 1 invalid
+    ours = compute_metrics(_rows({0: ["male"] * 2 + ["female"] * 8, 1: ["male"] * 8 + ["female"] + [None]},
+                                 steering=True), TARGETS, attr, seed=0, bootstrap=200)
+    # zero-shot: everything male
+    zs = compute_metrics(_rows({0: ["male"] * 10, 1: ["male"] * 10}), TARGETS, attr, seed=0, bootstrap=200)
+    return [{"dataset": "uk-real", "model": "m", "method": "ours", "task": "attribute", "metrics": ours},
+            {"dataset": "uk-real", "model": "m", "method": "zero-shot", "task": "attribute", "metrics": zs}]
+
+
+def test_table1_cells(records, config):
+    df = mae_table(records, config, datasets=["uk-real", "uk-even"], models=["m"], methods=["zero-shot", "ours"])
+    zs = df[df.Method == "Zero-shot"].iloc[0]
+    ours = df[df.Method == "Ours"].iloc[0]
+    # zero-shot: |1-0.2| = 0.8 (per class mean of 0.8, 0.8) and |1-0.9| = 0.1 -> mean 0.45
+    assert zs["UK-real"] == pytest.approx(0.45)
+    # ours: 0 and |8/9 - 0.9| = 0.0111 -> mean 0.00556; one invalid of 20
+    assert ours["UK-real"] == pytest.approx((0 + abs(8 / 9 - 0.9)) / 2)
+    assert ours["UK-real invalid"] == pytest.approx(0.05)
+    assert math.isnan(ours["UK-even"])  # missing file: empty cell, never 0
+    assert math.isnan(ours["Avg"])
+    floor = df[df.Method == "Noise floor"].iloc[0]
+    assert floor["UK-real"] == pytest.approx(noise_floor([[0.2, 0.8], [0.9, 0.1]], [10, 10], seed=0)["mean"])
+    assert list(df.columns[:4]) == ["Model", "Method", "UK-real", "UK-even"]
+
+
+def test_table10_and_table11_columns(records, config):
+    sd = mae_table(records, config, datasets=["uk-real"], models=["m"], methods=["ours"], stat="sd")
+    assert sd.iloc[0]["UK-real SD"] == pytest.approx(records[0]["metrics"]["summary"]["mae_sd"])
+    ci = mae_table(records, config, datasets=["uk-real"], models=["m"], methods=["ours"], stat="ci")
+    row = ci.iloc[0]
+    assert row["UK-real CI low"] <= row["UK-real CI high"]
+    md = to_markdown(ci)
+    assert "[" in md and "95% bootstrap CI" in md
+
+
+def test_probe_table(config):
+    recs = [{"dataset": "uk-real", "model": "m", "method": "ours", "probe": {"mae": 0.06}},
+            {"dataset": "uk-even", "model": "m", "method": "ours", "probe": {"mae": 0.02}}]
+    df = probe_table(recs, config, datasets=["uk-real", "uk-even"], models=["m"], methods=["ours", "ift"])
+    assert df.iloc[0]["Avg"] == pytest.approx(0.04)
+    assert math.isnan(df.iloc[1]["UK-real"])
+
+
+def test_markdown_twin_and_csv(tmp_path, records, config):
+    df = mae_table(records, config, datasets=["uk-real"], models=["m"], methods=["zero-shot", "ours"])
+    write_table(df, tmp_path / "t.csv", tmp_path / "t.md", title="T")
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back.loc[0, "UK-real"] == pytest.approx(0.45)
+    md = (tmp_path / "t.md").read_text()
+    assert "| m | Zero-shot | .450 (0%) |" in md
+    assert "Noise floor" in md
+
+
+def test_figures_render(tmp_path, records, config):
+    save(share_figure(records, config, "female", "share"), tmp_path / "f.png", tmp_path / "f.pdf")
+    save(steering_figure(records[:1], config, "steer"), tmp_path / "s.png")
+    save(calibration_figure(records, config, "female", "cal"), tmp_path / "c.png")
+    for name in ("f.png", "f.pdf", "s.png", "c.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_share_ci_brackets_the_share():
+    import numpy as np
+
+    lo, hi = bootstrap_share_ci([30, 70], 0, 1, np.random.default_rng(0))
+    assert lo < 0.7 < hi and hi - lo < 0.25

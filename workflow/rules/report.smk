@@ -1,0 +1,268 @@
+# Report stage: the paper's tables and figures by name, from metrics and probe files.
+REPORT = config["report"]
+
+
+def _ordered(names):
+    """Run datasets in the order of config["datasets"] (the paper's column order)."""
+    return [d for d in config["datasets"] if d in names]
+
+
+def artefact_keys(methods, task="attribute", datasets=None):
+    """(dataset, model, method, task) of every applicable combination for one artefact."""
+    keys = []
+    for dataset in _ordered(datasets or config["run"]["datasets"]):
+        for model in config["run"]["models"]:
+            for method in methods:
+                if applicable(dataset, method, task):
+                    keys.append(dict(dataset=dataset, model=model, method=method, task=task))
+    return keys
+
+
+def artefact_metrics(methods, task="attribute", datasets=None):
+    return [METRICS.format(**k) for k in artefact_keys(methods, task, datasets)]
+
+
+def artefact_probes(methods):
+    return [PROBE.format(**k) for k in artefact_keys(methods)]
+
+
+def table_outputs(name):
+    stem = TABLE.format(table=name)
+    return {"csv": report(f"{stem}.csv", caption=f"../report/{name}.rst", category="Tables"), "md": f"{stem}.md"}
+
+
+def figure_outputs(name):
+    stem = FIGURE.format(figure=name)
+    return {"png": report(f"{stem}.png", caption=f"../report/{name}.rst", category="Figures"), "pdf": f"{stem}.pdf"}
+
+
+def artefact_targets():
+    out = []
+    for name in REPORT["artefacts"]:
+        if name.startswith("table"):
+            out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
+        else:
+            out += [f"{FIGURE.format(figure=name)}.png", f"{FIGURE.format(figure=name)}.pdf"]
+    return out
+
+
+TABLE1_METHODS = REPORT["table1_methods"]
+STEERING_METHODS = [m for m in TABLE1_METHODS if method_kind(m) == "ours"]
+STORY_DATASETS = [d for d in config["run"]["datasets"] if config["datasets"][d]["attribute"] != "race"]
+
+
+# Table 1: attribute-generation MAE, models x methods x datasets, with the noise floor.
+rule table1:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS),
+    output:
+        **table_outputs("table1"),
+    params:
+        kind="mae",
+        records=artefact_keys(TABLE1_METHODS),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=TABLE1_METHODS,
+        title="Table 1: attribute generation, MAE",
+    log:
+        f"{LOGS}/report/table1.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 2: story-generation MAE (race is not used for stories, as in the paper).
+rule table2:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS, "story", STORY_DATASETS),
+    output:
+        **table_outputs("table2"),
+    params:
+        kind="mae",
+        task="story",
+        records=artefact_keys(TABLE1_METHODS, "story", STORY_DATASETS),
+        datasets=_ordered(STORY_DATASETS),
+        methods=TABLE1_METHODS,
+        title="Table 2: story generation, MAE",
+    log:
+        f"{LOGS}/report/table2.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 3: the ablation (w/o KL, w/o KTO, KTO swapped for DPO).
+rule table3:
+    input:
+        metrics=artefact_metrics(REPORT["ablation_methods"]),
+    output:
+        **table_outputs("table3"),
+    params:
+        kind="mae",
+        records=artefact_keys(REPORT["ablation_methods"]),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=REPORT["ablation_methods"],
+        title="Table 3: ablation, MAE",
+    log:
+        f"{LOGS}/report/table3.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 4: internal probe, MAE of the class-token probabilities at the first answer position.
+rule table4:
+    input:
+        probes=artefact_probes(TABLE1_METHODS),
+    output:
+        **table_outputs("table4"),
+    params:
+        kind="probe",
+        records=artefact_keys(TABLE1_METHODS),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=TABLE1_METHODS,
+        title="Table 4: internal probe (no sampling), MAE",
+    log:
+        f"{LOGS}/report/table4.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 6: choice of steering tokens (digits, man/woman, he/she).
+rule table6:
+    input:
+        metrics=artefact_metrics(REPORT["token_methods"]),
+    output:
+        **table_outputs("table6"),
+    params:
+        kind="mae",
+        records=artefact_keys(REPORT["token_methods"]),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=REPORT["token_methods"],
+        title="Table 6: steering-token choice, MAE",
+    log:
+        f"{LOGS}/report/table6.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 10: MAE with the SD across contexts.
+rule table10:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS),
+    output:
+        **table_outputs("table10"),
+    params:
+        kind="sd",
+        records=artefact_keys(TABLE1_METHODS),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=TABLE1_METHODS,
+        title="Table 10: MAE ± SD across contexts",
+    log:
+        f"{LOGS}/report/table10.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 11: MAE with its 95% bootstrap confidence interval.
+rule table11:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS),
+    output:
+        **table_outputs("table11"),
+    params:
+        kind="ci",
+        records=artefact_keys(TABLE1_METHODS),
+        datasets=_ordered(config["run"]["datasets"]),
+        methods=TABLE1_METHODS,
+        title="Table 11: MAE with 95% bootstrap CI",
+    log:
+        f"{LOGS}/report/table11.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Figure 3: share of one class per occupation, census vs each method (US real targets).
+rule fig3:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS, datasets=[REPORT["fig3_dataset"]]),
+    output:
+        **figure_outputs("fig3"),
+    params:
+        kind="share",
+        records=artefact_keys(TABLE1_METHODS, datasets=[REPORT["fig3_dataset"]]),
+        share_class=REPORT["share_class"],
+        title=f"Share of {REPORT['share_class']} per occupation ({REPORT['fig3_dataset']})",
+    log:
+        f"{LOGS}/report/fig3.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+# Figure 11: as Figure 3 on the UK occupations.
+rule fig11:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS, datasets=[REPORT["fig11_dataset"]]),
+    output:
+        **figure_outputs("fig11"),
+    params:
+        kind="share",
+        records=artefact_keys(TABLE1_METHODS, datasets=[REPORT["fig11_dataset"]]),
+        share_class=REPORT["share_class"],
+        title=f"Share of {REPORT['share_class']} per occupation ({REPORT['fig11_dataset']})",
+    log:
+        f"{LOGS}/report/fig11.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+# Figure 5: steering-token probability vs generated frequency per context (methods with steering tokens).
+rule fig5:
+    input:
+        metrics=artefact_metrics(STEERING_METHODS),
+    output:
+        **figure_outputs("fig5"),
+    params:
+        kind="steering",
+        records=artefact_keys(STEERING_METHODS),
+        title="Steering-token probability vs generated frequency",
+    log:
+        f"{LOGS}/report/fig5.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/figure.py"
+
+
+# Calibration (not in the paper): target vs achieved share per context, with bootstrap error bars.
+rule calibration:
+    input:
+        metrics=artefact_metrics(TABLE1_METHODS),
+    output:
+        **figure_outputs("calibration"),
+    params:
+        kind="calibration",
+        records=artefact_keys(TABLE1_METHODS),
+        share_class=REPORT["share_class"],
+        seed=config["seed"],
+        title="Calibration: target vs achieved share per context (95% bootstrap CI)",
+    log:
+        f"{LOGS}/report/calibration.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/figure.py"

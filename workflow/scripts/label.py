@@ -1,0 +1,30 @@
+"""Rule label: attach a class label (or null, with the reason) to every generation of one file."""
+
+import logging
+import time
+from collections import Counter
+
+from distalign.attributes import Attribute
+from distalign.io import read_jsonl, write_jsonl
+from distalign.judge import judge_config, judges_for, label_generations
+from distalign.scripting import setup_logging
+
+log = setup_logging(snakemake.log[0])
+for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+attr_spec = dict(snakemake.params.attribute)
+attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
+task = snakemake.wildcards.task
+# Operational LLM settings (endpoint, retries, timeout, concurrency) come from the full config:
+# they do not change labels, so they are not params and do not trigger reruns.
+jcfg = judge_config(snakemake.config)
+judges, primary = judges_for(attribute, task, jcfg)
+rows = read_jsonl(snakemake.input.generations)
+t0 = time.perf_counter()
+labelled = label_generations(rows, attribute, task, judges, primary)
+write_jsonl(snakemake.output.labels, labelled)
+reasons = Counter(r["label_reason"] for r in labelled)
+log.info("%s: %d rows, judges %s (primary %s), %.1f s; reasons %s", snakemake.input.generations, len(labelled),
+         list(judges), primary, time.perf_counter() - t0, dict(reasons))
+if "llm" in judges:
+    log.info("LLM judge requests: %s", dict(judges["llm"].stats))

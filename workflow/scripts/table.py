@@ -1,0 +1,19 @@
+"""Rules table*: one paper table (CSV + Markdown twin) from metrics or probe files."""
+
+from distalign.io import read_json
+from distalign.scripting import setup_logging
+from distalign.tables import mae_table, probe_table, write_table
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+paths = snakemake.input.probes if p.kind == "probe" else snakemake.input.metrics
+field = "probe" if p.kind == "probe" else "metrics"
+records = [{**key, field: read_json(path)} for key, path in zip(p.records, paths, strict=True)]
+models = list(dict.fromkeys(k["model"] for k in p.records)) or list(snakemake.config["run"]["models"])
+if p.kind == "probe":
+    df = probe_table(records, snakemake.config, datasets=p.datasets, models=models, methods=p.methods)
+else:
+    df = mae_table(records, snakemake.config, datasets=p.datasets, models=models, methods=p.methods,
+                   task=p.get("task", "attribute"), stat=p.kind)
+write_table(df, snakemake.output.csv, snakemake.output.md, title=p.title)
+log.info("%s: %d rows from %d files", snakemake.output.csv, len(df), len(records))
