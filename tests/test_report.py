@@ -17,7 +17,7 @@ TARGETS = [{"context_id": 0, "context": "Nurses", "target": [0.2, 0.8]},
 def _rows(labels_by_ctx, steering=False):
     rows = []
     for cid, labels in labels_by_ctx.items():
-        for i, lab in enumerate(labels):
+        for lab in labels:
             r = {"context_id": cid, "context": TARGETS[cid]["context"], "target": TARGETS[cid]["target"],
                  "label": lab}
             if steering:
