@@ -28,6 +28,7 @@ GENERATIONS = "results/generations/{dataset}/{model}/{method}/{task}.jsonl"
 LABELS = "results/labels/{dataset}/{model}/{method}/{task}.jsonl"
 METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
 PROBE = "results/probes/{dataset}/{model}/{method}.json"
+PREFETCHED = "results/models/.prefetched/{name}.json"
 TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
 FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf
 LOGS = "results/logs"
@@ -40,6 +41,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/cluster.smk"
 
 
 # Default target: every artefact of the configured run.

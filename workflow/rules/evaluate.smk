@@ -1,5 +1,6 @@
 # Evaluation stage: label every generation, then score the labels against the targets.
 from distalign.judge import judge_config
+from distalign.serve import judge_starts_server
 
 # `judge` and `metrics` config sections with their defaults (the functions also work before the
 # schema defines them). A bad value fails here, before any job runs.
@@ -8,7 +9,12 @@ METRICS_CFG = {"bootstrap": 1000, "two_level": False, "noise_floor_draws": 20000
 
 # The LLM judge reads its API key from an environment variable; declare it so Snakemake checks it is
 # set and passes it to cluster jobs. Only when a story LLM judge will actually run.
-if "story" in config["run"]["tasks"] and JUDGE["story"] in ("llm", "both"):
+# A judge server started inside the job needs no key (EMPTY is used).
+if (
+    "story" in config["run"]["tasks"]
+    and JUDGE["story"] in ("llm", "both")
+    and not judge_starts_server(config)
+):
 
     envvars:
         JUDGE["llm"]["api_key_env"],

@@ -1,13 +1,27 @@
 """Rule label: attach a class label (or null, with the reason) to every generation of one file."""
 
 import logging
+import sys
 import time
 from collections import Counter
 
 from distalign.attributes import Attribute
+from distalign.generate import GenerationError, resolve_vllm_python, vllm_importable
 from distalign.io import read_jsonl, write_jsonl
 from distalign.judge import judge_config, judges_for, label_generations
 from distalign.scripting import setup_logging
+from distalign.serve import judge_endpoint
+
+
+def vllm_python(config):
+    """Interpreter for a judge server: this one if it has vLLM, else the vLLM env, else None."""
+    if vllm_importable():
+        return sys.executable
+    try:
+        return resolve_vllm_python(config["generation"].get("vllm_python"))
+    except GenerationError:
+        return None
+
 
 log = setup_logging(snakemake.log[0])
 for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
@@ -18,10 +32,13 @@ task = snakemake.wildcards.task
 # Operational LLM settings (endpoint, retries, timeout, concurrency) come from the full config:
 # they do not change labels, so they are not params and do not trigger reruns.
 jcfg = judge_config(snakemake.config)
-judges, primary = judges_for(attribute, task, jcfg)
 rows = read_jsonl(snakemake.input.generations)
 t0 = time.perf_counter()
-labelled = label_generations(rows, attribute, task, judges, primary)
+# With an LLM story judge and no external endpoint, a vLLM server is started on this node for the
+# duration of the job (distalign.serve.judge_endpoint); otherwise the configured endpoint is used.
+with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python(snakemake.config)) as llm:
+    judges, primary = judges_for(attribute, task, {**jcfg, "llm": llm} if llm else jcfg)
+    labelled = label_generations(rows, attribute, task, judges, primary)
 write_jsonl(snakemake.output.labels, labelled)
 reasons = Counter(r["label_reason"] for r in labelled)
 log.info("%s: %d rows, judges %s (primary %s), %.1f s; reasons %s", snakemake.input.generations, len(labelled),
