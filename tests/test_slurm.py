@@ -98,6 +98,7 @@ TINY = {
             "tasks": ["attribute"]},
     "prompts": {"per_split": {"train": 5, "val": 5, "test": 5}},
     "data": {"responses_per_context": 10},
+    "cluster": {"local_rules": False},  # every job through sbatch, the cheap ones too
 }
 
 
@@ -132,7 +133,9 @@ def test_workflow_through_slurm(slurm_cluster, repo, workdir, snakemake_run):
     # Every non-local job went through sbatch, and the GPU rule carried the profile's resources.
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
     assert submitted, diag
-    assert any("rule_prepare_model" in log for _, log in submitted), diag
+    for rule in ("prepare_model", "targets", "prompts", "datasets"):
+        assert any(f"rule_{rule}/" in log for _, log in submitted), (rule, diag)
+    assert "localrule" not in out, diag
     calls = _sbatch_calls(out)
     gpu_calls = [c for c in calls if "rule_prepare_model" in c]
     assert gpu_calls, diag
