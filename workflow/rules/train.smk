@@ -21,14 +21,6 @@ def train_uses_gpu(wildcards):
     return 0 if method_training(config, wildcards.method)["device"] == "cpu" else 1
 
 
-def train_mem_mb(wildcards, attempt):
-    return 8000 * attempt
-
-
-def train_runtime(wildcards, attempt):
-    return 240 * attempt
-
-
 # One LoRA adapter per (dataset, model, method); resumes from {output}.work/ checkpoints when restarted.
 rule train:
     input:
@@ -48,8 +40,8 @@ rule train:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=train_mem_mb,
-        runtime=train_runtime,
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
         gpu=train_uses_gpu,
     script:
         "../scripts/train.py"

@@ -1,0 +1,433 @@
+"""The method's second stage: steering-token KL + KTO (or DPO), on top of trl 1.16.
+
+Sequences are pre-tokenized here with :mod:`distalign.chat` (prompt ids + completion ids), so the
+steering token is *exactly* the first completion token; both trainer subclasses skip trl's own
+text tokenization (``_prepare_dataset``) and accept these ids as they are.
+
+Decisions (see the paper's "The method" and original-repo.md section 3):
+
+- ``L_KL`` is KL(P* || P_theta) at the position that predicts the first completion token (the
+  last prompt token). ``restricted`` (default): P_theta is the softmax over the K steering-token
+  logits (what inference samples from). ``full``: the authors' variant, full-vocabulary
+  log-probabilities gathered at the steering ids, *not* renormalised (it also pushes the total
+  steering mass toward 1). Computed in float32.
+- No extra forward for ``L_KL``: a forward hook on the backbone keeps the last hidden states of
+  trl's own (grad-enabled) policy forward; the LM head is applied to one position per row.
+  Without a preference loss (``ours-no-kto``) a backbone forward on the prompt part is run.
+  The prompt of a row does not depend on its completion, so every row (desirable or not)
+  contributes its prompt's KL; for DPO only the chosen half (same prompts) is used.
+- The per-example target reaches the loss as a ``target`` column: it is a signature column of
+  the subclasses and the collators stack it; ``compute_loss`` pops it before trl builds the
+  model kwargs.
+- KTO reference point z0: trl 1.16 pairs each row with the completion of its neighbour in the
+  batch (``KL_completion_ids`` = completions rotated by one). With a prompt's desirable and
+  undesirable rows adjacent, that reproduces the authors' bug (a prompt with its own rejected
+  answer). We build ``KL_completion_ids`` ourselves (:func:`mismatched_companions`): every row is
+  paired with a completion of a *different context*, taken from the same batch when possible
+  (trl trains KTO in a fixed sequential order, so batches are known in advance; the order is
+  shuffled once with a seeded RNG), otherwise from anywhere in the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer, KTOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+from .chat import completion_ids, prompt_ids
+
+VOCABULARIES = ("restricted", "full")
+UNDESIRABLE = ("paper", "inconsistent")
+
+
+# ----------------------------------------------------------------------------------- the KL term
+
+
+@dataclass
+class SteeringOutput:
+    """Per-example steering statistics at the answer position (all float32, shape [B] or [B, K])."""
+
+    kl: torch.Tensor      # KL(P* || P_theta), the loss term before averaging
+    probs: torch.Tensor   # restricted softmax over the steering tokens (what inference samples from)
+    mass: torch.Tensor    # full-vocabulary probability mass on the steering tokens
+    mae: torch.Tensor     # mean over classes of |probs - target|
+
+
+def steering_kl(logits: torch.Tensor, steering_ids: list[int] | torch.Tensor, target: torch.Tensor,
+                vocabulary: str = "restricted") -> SteeringOutput:
+    """KL(P* || P_theta) per example from the logits ``[B, V]`` at the answer position.
+
+    ``restricted`` renormalises over the K steering tokens; ``full`` uses full-vocabulary
+    log-probabilities at the steering ids (the authors' ``F.kl_div`` on un-renormalised
+    digit log-probs). Terms with P* = 0 contribute 0.
+    """
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown kl vocabulary {vocabulary!r} (expected one of {VOCABULARIES})")
+    logits = logits.float()
+    ids = torch.as_tensor(steering_ids, device=logits.device, dtype=torch.long)
+    target = target.to(device=logits.device, dtype=torch.float32)
+    if target.shape != (logits.shape[0], ids.numel()):
+        raise ValueError(f"target has shape {tuple(target.shape)}, expected {(logits.shape[0], ids.numel())}")
+    full_logp = torch.log_softmax(logits, dim=-1).index_select(-1, ids)
+    restricted_logp = torch.log_softmax(logits.index_select(-1, ids), dim=-1)
+    logq = restricted_logp if vocabulary == "restricted" else full_logp
+    kl = (torch.xlogy(target, target) - target * logq).sum(-1)
+    probs = restricted_logp.exp()
+    return SteeringOutput(kl=kl, probs=probs, mass=full_logp.exp().sum(-1),
+                          mae=(probs - target).abs().mean(-1))
+
+
+def answer_positions(completion_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last prompt token of each row (it predicts the first completion token)."""
+    first = completion_mask.long().argmax(dim=1)
+    if bool((first == 0).any()):
+        raise ValueError("a row has no completion tokens (prompt truncated by training.max_length?) or an empty prompt")
+    return first - 1
+
+
+def _lm_head_at(model, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits ``[B, V]`` at one position per row."""
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
+    head = _causal_lm(model).get_output_embeddings()
+    return F.linear(h.to(head.weight.dtype), head.weight, getattr(head, "bias", None))
+
+
+def _causal_lm(model):
+    """The causal LM under PEFT / accelerate wrappers."""
+    m = getattr(model, "module", model)
+    return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+
+def _backbone(model):
+    lm = _causal_lm(model)
+    return getattr(lm, lm.base_model_prefix)
+
+
+def prompt_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+    """Logits at ``positions`` from a backbone forward on the prompt part only (right padding)."""
+    width = int(positions.max()) + 1
+    out = _backbone(model)(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], use_cache=False)
+    return _lm_head_at(model, out.last_hidden_state, positions)
+
+
+@torch.no_grad()
+def first_token_probs(model, tokenizer, user_texts: list[str], token_ids: list[int],
+                      batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Restricted softmax over ``token_ids`` at the first assistant position, and their full mass.
+
+    No sampling: this is the internal distribution the steering token is drawn from (for the
+    baselines, pass the first token of each class label). Returns ``([N, K], [N])`` float32.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids_t = torch.as_tensor(token_ids, dtype=torch.long, device=device)
+    probs, masses = [], []
+    for i in range(0, len(user_texts), batch_size):
+        seqs = [prompt_ids(tokenizer, t) for t in user_texts[i:i + batch_size]]
+        width = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros_like(input_ids)
+        for b, s in enumerate(seqs):
+            input_ids[b, :len(s)] = torch.tensor(s, device=device)
+            mask[b, :len(s)] = 1
+        positions = torch.tensor([len(s) - 1 for s in seqs], device=device)
+        logits = prompt_logits(model, input_ids, mask, positions).float()
+        probs.append(torch.softmax(logits.index_select(-1, ids_t), -1).cpu())
+        masses.append(torch.softmax(logits, -1).index_select(-1, ids_t).sum(-1).cpu())
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(masses)
+
+
+class _HiddenCapture:
+    """Forward hook on the backbone recording (input_ids, last hidden state, grad enabled)."""
+
+    def __init__(self, model):
+        self.records: list[tuple[torch.Tensor | None, torch.Tensor, bool]] = []
+        self._handle = _backbone(model).register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.records.append((ids, output.last_hidden_state, torch.is_grad_enabled()))
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def find(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Hidden states of the last forward on exactly ``input_ids`` (grad-enabled preferred)."""
+        matches = [(h, g) for ids, h, g in self.records
+                   if ids is not None and ids.shape == input_ids.shape and torch.equal(ids, input_ids)]
+        with_grad = [h for h, g in matches if g]
+        if with_grad:
+            return with_grad[-1]
+        if matches and not torch.is_grad_enabled():
+            return matches[-1][0]
+        return None
+
+
+@contextlib.contextmanager
+def capture_hidden(model):
+    cap = _HiddenCapture(model)
+    try:
+        yield cap
+    finally:
+        cap.remove()
+
+
+# ----------------------------------------------------------------------------------- datasets
+
+
+def mismatched_companions(contexts: list[str], batch_size: int, seed: int) -> list[int]:
+    """For each row i, a row j with ``contexts[j] != contexts[i]`` (for the KTO z0 estimate).
+
+    Rows are grouped in consecutive batches of ``batch_size`` (trl's sequential order). Within a
+    batch the first rotation that mismatches every row is used (so the mismatched completions are
+    the batch's own completions, as the KTO paper recommends); failing that, each row draws a
+    different-context row of its batch, and failing that, of the whole data.
+    """
+    n = len(contexts)
+    if len(set(contexts)) < 2:
+        raise ValueError("the KTO reference point needs at least two contexts (mismatched pairs)")
+    rng = random.Random(seed)
+    out = [0] * n
+    for start in range(0, n, batch_size):
+        block = list(range(start, min(start + batch_size, n)))
+        m = len(block)
+        for shift in range(1, m):
+            pairs = [block[(k + shift) % m] for k in range(m)]
+            if all(contexts[i] != contexts[j] for i, j in zip(block, pairs, strict=True)):
+                for i, j in zip(block, pairs, strict=True):
+                    out[i] = j
+                break
+        else:
+            for i in block:
+                cands = [j for j in block if contexts[j] != contexts[i]]
+                while not cands:
+                    j = rng.randrange(n)
+                    if contexts[j] != contexts[i]:
+                        cands = [j]
+                out[i] = rng.choice(cands)
+    return out
+
+
+def kto_rows(pref: list[dict], tokenizer, steering_ids: list[int], undesirable: str, batch_size: int,
+             seed: int) -> list[dict]:
+    """Pre-tokenized KTO rows from preference rows, in training order.
+
+    desirable = [tau_a; r] (label True); undesirable = [tau_{a_neg}; r_neg] (``paper``) or
+    [tau_a; r_neg] (``inconsistent``) (label False). Rows are shuffled once (seeded) and carry
+    ``KL_completion_ids`` from a different context (see :func:`mismatched_companions`).
+    """
+    if undesirable not in UNDESIRABLE:
+        raise ValueError(f"unknown undesirable construction {undesirable!r} (expected one of {UNDESIRABLE})")
+    rows = []
+    for r in pref:
+        p = prompt_ids(tokenizer, r["prompt"])
+        a, neg = r["class_index"], r["neg_class_index"]
+        tau_neg = steering_ids[neg] if undesirable == "paper" else steering_ids[a]
+        common = {"prompt_ids": p, "target": [float(x) for x in r["target"]], "context": r["context"]}
+        rows.append({**common, "completion_ids": [steering_ids[a]] + completion_ids(tokenizer, r["answer"]),
+                     "label": True})
+        rows.append({**common, "completion_ids": [tau_neg] + completion_ids(tokenizer, r["neg_answer"]),
+                     "label": False})
+    random.Random(seed).shuffle(rows)
+    comp = mismatched_companions([r["context"] for r in rows], batch_size, seed)
+    for r, j in zip(rows, comp, strict=True):
+        r["KL_completion_ids"] = rows[j]["completion_ids"]
+    return rows
+
+
+def dpo_rows(pref: list[dict], tokenizer, steering_ids: list[int] | None) -> list[dict]:
+    """Pre-tokenized DPO rows: chosen [tau_a; r], rejected [tau_{a_neg}; r_neg] (no tokens if None)."""
+    rows = []
+    for r in pref:
+        a, neg = r["class_index"], r["neg_class_index"]
+        chosen = completion_ids(tokenizer, r["answer"])
+        rejected = completion_ids(tokenizer, r["neg_answer"])
+        if steering_ids is not None:
+            chosen, rejected = [steering_ids[a]] + chosen, [steering_ids[neg]] + rejected
+        rows.append({"prompt_ids": prompt_ids(tokenizer, r["prompt"]), "chosen_ids": chosen, "rejected_ids": rejected,
+                     "target": [float(x) for x in r["target"]], "context": r["context"]})
+    return rows
+
+
+def sft_rows(sft: list[dict], tokenizer, steering_ids: list[int] | None, max_length: int | None = None) -> list[dict]:
+    """Pre-tokenized SFT rows (``input_ids``, ``labels`` = -100 on the prompt): completion-only loss.
+
+    With steering ids the completion is [tau_a; answer] (stage 1 of ours), else the answer (IFT).
+    """
+    rows = []
+    for r in sft:
+        user = r["prompt"][0]["content"] if isinstance(r["prompt"], list) else r["prompt"]
+        answer = r["completion"][0]["content"] if isinstance(r["completion"], list) else r["completion"]
+        p = prompt_ids(tokenizer, user)
+        c = completion_ids(tokenizer, answer)
+        if steering_ids is not None:
+            c = [steering_ids[r["class_index"]]] + c
+        ids, labels = p + c, [-100] * len(p) + c
+        if max_length is not None:
+            ids, labels = ids[:max_length], labels[:max_length]
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+# ----------------------------------------------------------------------------------- trainers
+
+
+class _TargetCollatorMixin:
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super().torch_call(examples)
+        if "target" in examples[0]:
+            out["target"] = torch.tensor([e["target"] for e in examples], dtype=torch.float32)
+        return out
+
+
+@dataclass
+class SteeringUnpairedCollator(_TargetCollatorMixin, DataCollatorForUnpairedPreference):
+    """trl's KTO collator plus a ``target`` tensor [B, K]."""
+
+
+@dataclass
+class SteeringPreferenceCollator(_TargetCollatorMixin, DataCollatorForPreference):
+    """trl's DPO collator plus a ``target`` tensor [B, K] (one per pair)."""
+
+
+class _SteeringMixin:
+    """Shared state and the KL term of both trainers."""
+
+    _required: tuple[str, ...] = ()
+
+    def _init_steering(self, steering_ids, kl_weight, kl_vocabulary, use_kl) -> None:
+        if kl_vocabulary not in VOCABULARIES:
+            raise ValueError(f"training.kl_vocabulary: {kl_vocabulary!r} (expected one of {VOCABULARIES})")
+        self.steering_ids = list(steering_ids) if steering_ids is not None else None
+        self.kl_weight = float(kl_weight)
+        self.kl_vocabulary = kl_vocabulary
+        self.use_kl = bool(use_kl) and self.steering_ids is not None
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """The rows are already tokenized by distalign.chat: check and keep them as they are."""
+        missing = [c for c in self._required if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: {dataset_name} dataset lacks pre-tokenized column(s) {missing}")
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "target" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "target"]
+
+    def _steering_term(self, model, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted KL term (0 when switched off) and its metrics."""
+        mode = "train" if self.model.training else "eval"
+        out = steering_kl(logits, self.steering_ids, target, self.kl_vocabulary)
+        kl = out.kl.mean()
+        m = self._metrics[mode]
+        m["steering_kl"].append(kl.item())
+        m["steering_mass"].append(out.mass.mean().item())
+        m["steering_mae"].append(out.mae.mean().item())
+        if not self.use_kl:
+            return torch.zeros((), device=logits.device)
+        return self.kl_weight * kl
+
+
+class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
+    """trl KTOTrainer + ``kl_weight * L_KL`` on pre-tokenized rows (:func:`kto_rows`).
+
+    ``use_kto=False`` drops the KTO term (``ours-no-kto``); ``use_kl=False`` drops L_KL
+    (``ours-no-kl``; the steering metrics are still logged). Logged: ``kto_loss``,
+    ``steering_kl``, ``steering_mass``, ``steering_mae`` and trl's own rewards/margins and kl (z0).
+    """
+
+    _required = ("prompt_ids", "completion_ids", "KL_completion_ids", "label", "target")
+
+    def __init__(self, *args, steering_ids: list[int], kl_weight: float = 1.0, kl_vocabulary: str = "restricted",
+                 use_kto: bool = True, use_kl: bool = True, **kwargs):
+        self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
+        self.use_kto = bool(use_kto)
+        if not (self.use_kto or self.use_kl):
+            raise ValueError("SteeringKTOTrainer: both the KTO and the KL term are switched off")
+        if kwargs.get("data_collator") is None:
+            a = kwargs["args"]
+            tok = kwargs["processing_class"]
+            kwargs["data_collator"] = SteeringUnpairedCollator(
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                max_length=a.max_length, pad_to_multiple_of=a.pad_to_multiple_of)
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        target = inputs.pop("target")
+        mode = "train" if self.model.training else "eval"
+        hidden = None
+        if self.use_kto:
+            with capture_hidden(model) as cap:
+                kto = super().compute_loss(model, inputs, False, num_items_in_batch)
+                hidden = cap.find(inputs["input_ids"])
+            self._metrics[mode]["kto_loss"].append(kto.item())
+            total = kto
+        else:
+            total = None
+        positions = answer_positions(inputs["completion_mask"])
+        if hidden is not None:
+            logits = _lm_head_at(model, hidden, positions)
+        else:
+            logits = prompt_logits(model, inputs["input_ids"], inputs["attention_mask"], positions)
+        term = self._steering_term(model, logits, target)
+        total = term if total is None else total + term
+        if return_outputs:
+            return total, {"logits": logits}
+        return total
+
+
+class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
+    """trl DPOTrainer on pre-tokenized rows (:func:`dpo_rows`) + ``kl_weight * L_KL`` (ours-dpo).
+
+    With ``steering_ids=None`` it is plain DPO on our token-level sequences (the DPO baseline).
+    """
+
+    _required = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+    def __init__(self, *args, steering_ids: list[int] | None = None, kl_weight: float = 1.0,
+                 kl_vocabulary: str = "restricted", use_kl: bool = True, **kwargs):
+        self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
+        if kwargs.get("data_collator") is None:
+            a = kwargs["args"]
+            tok = kwargs["processing_class"]
+            kwargs["data_collator"] = SteeringPreferenceCollator(
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                max_length=a.max_length, truncation_mode=a.truncation_mode, pad_to_multiple_of=a.pad_to_multiple_of)
+        super().__init__(*args, **kwargs)
+
+    def compute_ref_log_probs(self, model, inputs):
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "target"})
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        target = inputs.pop("target", None)
+        if self.steering_ids is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        with capture_hidden(model) as cap:
+            dpo = super().compute_loss(model, inputs, False, num_items_in_batch)
+            hidden = cap.find(inputs["input_ids"])
+        self._metrics[mode]["dpo_loss"].append(dpo.item())
+        n = target.shape[0]  # rows are [chosen; rejected]: the chosen half carries each prompt once
+        positions = answer_positions(inputs["completion_mask"][:n])
+        if hidden is not None:
+            logits = _lm_head_at(model, hidden[:n], positions)
+        else:
+            logits = prompt_logits(model, inputs["input_ids"][:n], inputs["attention_mask"][:n], positions)
+        total = dpo + self._steering_term(model, logits, target)
+        if return_outputs:
+            return total, {"logits": logits}
+        return total

@@ -1,0 +1,376 @@
+"""LoRA fine-tuning of the IFT and DPO baselines and of the method ("ours"), with trl 1.16.
+
+``train_adapter`` writes ``results/adapters/{dataset}/{model}/{method}/``:
+``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT), ``training_config.json``
+(resolved hyperparameters, method spec, steering tokens and ids, seeds, input hashes, library
+versions) and ``metrics.jsonl`` (one row per logged step, with its ``stage``).
+
+Kinds (``methods.X.kind``):
+
+- ``ift``: SFTTrainer, completion-only loss, on the SFT rows (no steering token).
+- ``dpo``: DPO on the preference rows without steering tokens (chosen r, rejected r_neg),
+  continuing the IFT adapter of the same (dataset, model) (``init_adapter``).
+- ``ours``: stage ``sft`` = SFT warm-up on [tau_a; r]; stage ``pref`` continues the *same*
+  adapter with KTO (or DPO, or nothing: ``methods.X.preference``) + ``kl_weight * L_KL``
+  (``methods.X.kl``), see :mod:`distalign.steering`.
+
+Reference model of every preference stage = the adapter the stage starts from (the stage-1 /
+IFT adapter): trl copies it into a frozen PEFT adapter named ``ref`` and, with
+``precompute_ref_log_probs=True``, scores every (KL) completion with it once before training.
+
+Fixed choices not in the config (recorded in ``training_config.json``): AdamW (torch), linear
+decay with 5% warm-up, grad-clip 1.0, no weight decay, dropout of the base model disabled by trl.
+The KTO rows are shuffled once (seeded) and trained in that order every epoch: trl 1.16 requires
+a sequential sampler for its KL pairing. SFT and DPO use the Trainer's seeded random sampler.
+
+Resumability: each stage trains in ``{out_dir}.work/{stage}/`` with checkpoints every
+``training.save_steps``; a finished stage is frozen as ``{stage}.done/``. A rerun with the same
+spec (config, inputs) resumes from the newest *valid* checkpoint (a corrupt one is deleted; none
+left -> the stage starts clean); a changed spec wipes the work folder. The final folder is
+written atomically at the very end and the work folder is then removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .attributes import attribute_of_dataset
+from .config import method_training
+from .io import atomic_dir, read_jsonl, write_json
+from .prompts import derive_seed
+
+log_ = logging.getLogger("distalign.train")
+
+FIXED = {"optim": "adamw_torch", "lr_scheduler_type": "linear", "warmup_steps": 0.05, "max_grad_norm": 1.0,
+         "weight_decay": 0.0, "save_total_limit": 2}
+WORK_SUFFIX = ".work"
+SPEC_FILE = "spec.json"
+
+
+class TrainError(RuntimeError):
+    """Training cannot run as configured; the message names the method/config key."""
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {m.__name__: m.__version__ for m in (torch, transformers, peft, trl, accelerate, datasets)}
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def work_dir_of(out_dir: str | os.PathLike) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.parent / (out_dir.name + WORK_SUFFIX)
+
+
+def _valid_checkpoint(ckpt: Path) -> bool:
+    """A checkpoint HF can resume from: readable state, adapter weights, optimizer and scheduler."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if "global_step" not in state:
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt / "adapter_model.safetensors"), framework="pt") as fh:
+            if not list(fh.keys()):
+                return False
+        return all((ckpt / f).is_file() and (ckpt / f).stat().st_size > 0 for f in ("optimizer.pt", "scheduler.pt"))
+    except Exception:  # noqa: BLE001 - any failure to read means "not resumable"
+        return False
+
+
+def last_valid_checkpoint(stage_dir: Path) -> str | None:
+    """Newest valid ``checkpoint-N`` in ``stage_dir``; invalid ones are deleted."""
+    if not stage_dir.is_dir():
+        return None
+    ckpts = sorted((p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for c in ckpts:
+        if _valid_checkpoint(c):
+            return str(c)
+        log_.warning("deleting unusable checkpoint %s", c)
+        shutil.rmtree(c, ignore_errors=True)
+    return None
+
+
+def _steering(config: dict, dataset: str, method: str, tokenizer) -> tuple[list[str], list[int]]:
+    from .models import single_token_ids
+
+    attr = attribute_of_dataset(config, dataset)
+    ts = config["methods"][method].get("token_set") or attr.default_token_set
+    tokens = attr.steering_tokens(ts)
+    ids = single_token_ids(tokenizer, tokens, where=f"method {method!r}, token set {ts!r} of attribute {attr.name!r}")
+    return tokens, ids
+
+
+def _device(tr: dict) -> str:
+    from .models import resolve_device
+
+    return resolve_device(tr.get("device", "auto"))
+
+
+def _hf_args(tr: dict, stage_cfg: dict, stage_dir: Path, seed: int, device: str) -> dict[str, Any]:
+    """Arguments shared by SFTConfig, KTOConfig and DPOConfig."""
+    cpu = device == "cpu"
+    return dict(
+        output_dir=str(stage_dir), num_train_epochs=float(stage_cfg["epochs"]),
+        per_device_train_batch_size=int(stage_cfg["batch_size"]), learning_rate=float(stage_cfg["learning_rate"]),
+        max_length=int(tr["max_length"]), logging_steps=int(tr["logging_steps"]), logging_first_step=True,
+        save_strategy="steps", save_steps=int(tr["save_steps"]), seed=seed, data_seed=seed,
+        use_cpu=cpu, bf16=not cpu, gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
+        disable_tqdm=False, **FIXED,
+    )
+
+
+class _LogCallback:
+    """Readable log lines for every logged step (the progress bar is HF's own)."""
+
+    def __new__(cls, stage: str):
+        from transformers import TrainerCallback
+
+        class _CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in logs.items()}
+                    log_.info("[%s] step %d/%d %s", stage, state.global_step, state.max_steps, shown)
+
+        return _CB()
+
+
+def _load_base(model_dir, device: str):
+    from .models import load_model
+
+    dtype = "float32" if device == "cpu" else None
+    tok, model = load_model(model_dir, device="cpu", dtype=dtype, trainable=True)
+    tok.padding_side = "right"
+    return tok, model
+
+
+def _load_adapter(model_dir, adapter_dir, device: str):
+    from peft import PeftModel
+
+    tok, model = _load_base(model_dir, device)
+    return tok, PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
+def _lora(tr: dict):
+    from peft import LoraConfig
+
+    lo = tr["lora"]
+    tm = lo["target_modules"]
+    return LoraConfig(r=int(lo["r"]), lora_alpha=float(lo["alpha"]), lora_dropout=float(lo["dropout"]),
+                      target_modules=tm[0] if tm == ["all-linear"] else list(tm), bias="none", task_type="CAUSAL_LM")
+
+
+# ----------------------------------------------------------------------------------- stages
+
+
+def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callbacks: list) -> tuple[Path, list[dict]]:
+    """Train one stage (resuming if possible) and freeze it as ``{name}.done/``; return it and its log."""
+    done = work / f"{name}.done"
+    if (done / "adapter_config.json").exists() and (done / "history.json").exists():
+        log_.info("[%s] already complete in %s", name, done)
+        return done, json.loads((done / "history.json").read_text())
+    stage_dir = work / name
+    resume = last_valid_checkpoint(stage_dir)
+    if resume is None and stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    log_.info("[%s] %s", name, f"resuming from {resume}" if resume else "starting")
+    t0 = time.perf_counter()
+    trainer = build(stage_dir, [_LogCallback(name), *callbacks])
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    history = [{"stage": name, **row} for row in trainer.state.log_history]
+    steps = trainer.state.global_step
+    history.append({"stage": name, "event": "end", "step": steps, "epoch": trainer.state.epoch,
+                    "wall_seconds": seconds, "resumed_from": resume,
+                    "seconds_per_step": seconds / max(steps - (int(resume.split("-")[-1]) if resume else 0), 1)})
+    with atomic_dir(done) as tmp:
+        trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+        (tmp / "history.json").write_text(json.dumps(history, indent=1, default=str))
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    log_.info("[%s] done: %d steps in %.1f s", name, steps, seconds)
+    return done, history
+
+
+def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    def build(stage_dir: Path, cbs: list):
+        tok, model = _load_base(model_dir, device)
+        args = SFTConfig(**_hf_args(tr, tr["sft"], stage_dir, seed, device), completion_only_loss=True,
+                         dataset_num_proc=None)
+        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                          peft_config=_lora(tr), callbacks=cbs)
+
+    return _run_stage(name, work, build, callbacks)
+
+
+def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, callbacks, *, preference: str,
+                steering_ids, use_kl: bool):
+    from datasets import Dataset
+    from trl import DPOConfig, KTOConfig
+
+    from .steering import SteeringDPOTrainer, SteeringKTOTrainer
+
+    pc = tr["preference"]
+
+    def build(stage_dir: Path, cbs: list):
+        tok, model = _load_adapter(model_dir, start_adapter, device)
+        common = _hf_args(tr, pc, stage_dir, seed, device)
+        kl = dict(kl_weight=tr["kl_weight"], kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
+        if preference == "dpo":
+            args = DPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
+            return SteeringDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids, **kl)
+        use_kto = preference == "kto"
+        args = KTOConfig(**common, beta=float(pc["beta"]), desirable_weight=float(pc["lambda_desirable"]),
+                         undesirable_weight=float(pc["lambda_undesirable"]), precompute_ref_log_probs=use_kto,
+                         train_sampling_strategy="sequential")
+        return SteeringKTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                                  callbacks=cbs, steering_ids=steering_ids, use_kto=use_kto, **kl)
+
+    return _run_stage(name, work, build, callbacks)
+
+
+# ----------------------------------------------------------------------------------- entry point
+
+
+def first_method_of_kind(config: dict, kind: str) -> str:
+    for name, spec in config["methods"].items():
+        if spec.get("kind") == kind:
+            return name
+    raise TrainError(f"config key 'methods': no method of kind {kind!r} (needed to initialise DPO)")
+
+
+def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, pref_path, out_dir,
+                  log: str | os.PathLike | None = None, init_adapter=None, callbacks: list | None = None) -> Path:
+    """Train the LoRA adapter of (dataset, model, method) into ``out_dir`` (atomically, resumably).
+
+    ``log``: optional file that receives the distalign/transformers log lines (appended).
+    ``init_adapter``: the IFT adapter that the ``dpo`` kind continues. ``callbacks``: extra HF
+    TrainerCallbacks (tests use one to simulate a killed job).
+    """
+    handler = None
+    if log is not None:
+        handler = logging.FileHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("distalign", "transformers", "trl"):
+            logging.getLogger(name).addHandler(handler)
+        logging.getLogger("distalign").setLevel(logging.INFO)
+    try:
+        return _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks)
+    finally:
+        if handler is not None:
+            for name in ("distalign", "transformers", "trl"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks) -> Path:
+
+    spec = config["methods"][method]
+    kind = spec["kind"]
+    if kind not in ("ift", "dpo", "ours"):
+        raise TrainError(f"method {method!r} has kind {kind!r}; only ift, dpo and ours are trained")
+    if kind == "dpo" and init_adapter is None:
+        raise TrainError(f"method {method!r} (kind dpo) needs init_adapter (the IFT adapter)")
+    tr = method_training(config, method)
+    device = _device(tr)
+    out_dir, work = Path(out_dir), work_dir_of(out_dir)
+    callbacks = list(callbacks or [])
+
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    steering_tokens, steering_ids = _steering(config, dataset, method, tok) if kind == "ours" else (None, None)
+    preference = spec.get("preference", "kto") if kind == "ours" else ("dpo" if kind == "dpo" else None)
+    use_kl = bool(spec.get("kl", True)) if kind == "ours" else False
+    if kind == "ours" and preference == "none" and not use_kl:
+        raise TrainError(f"method {method!r}: preference 'none' and kl false leave no second-stage loss")
+    undesirable = spec.get("undesirable", "paper")
+    base_seed = int(config["seed"])
+    seeds = {s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")}
+
+    record = {
+        "dataset": dataset, "method": method, "method_spec": spec, "kind": kind, "training": tr,
+        "fixed": FIXED, "device": device, "preference": preference, "kl": use_kl,
+        "undesirable": undesirable if preference == "kto" else None,
+        "steering_tokens": steering_tokens, "steering_ids": steering_ids,
+        "reference_model": "the adapter the preference stage starts from (frozen copy 'ref', precomputed log-probs)",
+        "seed": base_seed, "stage_seeds": seeds, "model_dir": str(model_dir),
+        "inputs": {"sft": _sha256(sft_path), "pref": _sha256(pref_path),
+                   "init_adapter": _sha256(init_adapter) if init_adapter else None},
+        "versions": library_versions(),
+    }
+    fingerprint = json.dumps({k: v for k, v in record.items() if k != "device"}, sort_keys=True, default=str)
+    if work.exists():
+        old = work / SPEC_FILE
+        if not old.exists() or old.read_text() != fingerprint:
+            log_.info("work folder %s belongs to another spec: starting clean", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / SPEC_FILE).write_text(fingerprint)
+
+    history: list[dict] = []
+    max_len = int(tr["max_length"])
+    if kind in ("ift", "ours"):
+        from .steering import sft_rows
+
+        rows = sft_rows(read_jsonl(sft_path), tok, steering_ids, max_len)
+        log_.info("stage sft: %d rows (steering tokens: %s)", len(rows), steering_tokens)
+        last, h = _sft_stage("sft", work, model_dir, rows, tr, seeds["sft"], device, callbacks)
+        history += h
+    else:
+        last = Path(init_adapter)
+    if kind == "dpo" or (kind == "ours" and (preference != "none" or use_kl)):
+        from .steering import dpo_rows, kto_rows
+
+        pref = read_jsonl(pref_path)
+        if preference == "dpo":
+            rows = dpo_rows(pref, tok, steering_ids)
+        else:
+            rows = kto_rows(pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"])
+        log_.info("stage pref (%s, kl=%s): %d rows", preference, use_kl, len(rows))
+        last, h = _pref_stage("pref", work, model_dir, last, rows, tr, seeds["pref"], device, callbacks,
+                              preference=preference, steering_ids=steering_ids, use_kl=use_kl)
+        history += h
+
+    with atomic_dir(out_dir) as tmp:
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(last / f, tmp / f)
+        write_json(tmp / "training_config.json", record)
+        with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            for row in history:
+                fh.write(json.dumps(row, default=str) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    log_.info("adapter written to %s", out_dir)
+    return out_dir

@@ -1,0 +1,328 @@
+"""Steering KL, the KTO/DPO subclasses and the training rows (fast: a tiny random Llama)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distalign.attributes import attribute_of_dataset
+from distalign.chat import completion_ids, prompt_ids
+from distalign.datasets import build_base, build_pref, build_sft
+from distalign.models import load_tokenizer, single_token_ids
+from distalign.prompts import build_prompts, load_templates
+from distalign.steering import (
+    SteeringDPOTrainer,
+    SteeringKTOTrainer,
+    answer_positions,
+    dpo_rows,
+    kto_rows,
+    mismatched_companions,
+    sft_rows,
+    steering_kl,
+)
+from distalign.targets import build_targets, load_census
+
+REPO_CONTEXTS = [0, 12, 24]  # very male, mixed, very female UK occupations
+
+
+def tiny_data(repo, config, dataset="uk-real", contexts=REPO_CONTEXTS, per_split=None, responses=6):
+    """Prompts, targets, SFT rows and preference rows for a few contexts, built with distalign."""
+    per_split = per_split or {"train": 3, "val": 2, "test": 1}
+    attr = attribute_of_dataset(config, dataset)
+    ds = config["datasets"][dataset]
+    census = load_census(repo / config["census"][ds["census"]])
+    census = [census[i] for i in contexts]
+    targets = build_targets(census, attr, ds["target"], census_name=ds["census"])
+    for i, t in enumerate(targets):
+        t["context_id"] = i
+    bank = load_templates(repo / config["prompts"]["templates"])
+    prompts = build_prompts(targets, attr, "attribute", bank, per_split, config["seed"], ds["census"])
+    base = build_base(prompts, targets, attr, bank, responses, config["seed"])
+    return prompts, targets, build_sft(base), build_pref(base, attr, config["seed"])
+
+
+@pytest.fixture(scope="module")
+def tok(embedded_model_dir):
+    t = load_tokenizer(embedded_model_dir)
+    t.padding_side = "right"
+    return t
+
+
+def tiny_llama(vocab: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=256, pad_token_id=2, eos_token_id=2, bos_token_id=1)
+    return LlamaForCausalLM(cfg)
+
+
+def lora_model(vocab: int, seed: int = 0, nonzero: bool = True):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(vocab, seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                               lora_dropout=0.0, task_type="CAUSAL_LM"))
+    if nonzero:  # a non-trivial adapter (LoRA B starts at zero)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+    return model
+
+
+# ------------------------------------------------------------------------------------- the KL
+
+
+def test_restricted_kl_matches_analytic():
+    logits = torch.full((2, 10), -1.0)
+    logits[0, 3], logits[0, 7] = 2.0, 0.0
+    logits[1, 3], logits[1, 7] = -1.0, 1.0
+    target = torch.tensor([[0.3, 0.7], [1.0, 0.0]])
+    out = steering_kl(logits, [3, 7], target)
+    for b in range(2):
+        z = torch.softmax(logits[b, [3, 7]], -1)
+        expect = sum(p * math.log(p / q) for p, q in zip(target[b].tolist(), z.tolist(), strict=True) if p > 0)
+        assert out.kl[b].item() == pytest.approx(expect, abs=1e-6)
+    assert out.kl.dtype == torch.float32
+    assert out.mae[1].item() == pytest.approx((abs(out.probs[1, 0] - 1) + out.probs[1, 1]).item() / 2, abs=1e-6)
+
+
+def test_kl_zero_when_restricted_softmax_equals_target():
+    target = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
+    logits = torch.randn(2, 50)
+    logits[:, 5] = 0.0
+    logits[:, 9] = torch.log(target[:, 1] / target[:, 0])
+    out = steering_kl(logits, [5, 9], target)
+    assert torch.allclose(out.kl, torch.zeros(2), atol=1e-6)
+    assert torch.allclose(out.probs, target, atol=1e-6)
+
+
+def test_full_vocab_variant_is_not_renormalised():
+    logits = torch.randn(3, 40)
+    target = torch.tensor([[0.2, 0.8]] * 3)
+    r = steering_kl(logits, [1, 2], target, "restricted")
+    f = steering_kl(logits, [1, 2], target, "full")
+    # full = restricted - log(mass): the missing mass is an extra penalty
+    assert torch.allclose(f.kl, r.kl - torch.log(r.mass), atol=1e-5)
+    assert (f.kl > r.kl).all()
+    expect = torch.stack([(target[b] * (torch.log(target[b]) - torch.log_softmax(logits[b], -1)[[1, 2]])).sum()
+                          for b in range(3)])
+    assert torch.allclose(f.kl, expect, atol=1e-5)
+    with pytest.raises(ValueError, match="kl vocabulary"):
+        steering_kl(logits, [1, 2], target, "other")
+
+
+def test_answer_positions():
+    m = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]])
+    assert answer_positions(m).tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------------------------- rows
+
+
+def test_steering_token_is_first_completion_token(tok, config, repo):
+    _, _, sft, pref = tiny_data(repo, config)
+    attr = attribute_of_dataset(config, "uk-real")
+    for ts in ("digits", "words", "pronouns"):
+        ids = single_token_ids(tok, attr.steering_tokens(ts))
+        for row in sft_rows(sft, tok, ids):
+            n_prompt = sum(1 for x in row["labels"] if x == -100)
+            assert row["labels"][n_prompt] in ids
+            assert row["input_ids"][n_prompt] == row["labels"][n_prompt]
+        for row, src in zip(dpo_rows(pref, tok, ids), pref, strict=True):
+            assert row["prompt_ids"] == prompt_ids(tok, src["prompt"])
+            assert row["chosen_ids"][0] == ids[src["class_index"]]
+            assert row["rejected_ids"][0] == ids[src["neg_class_index"]]
+            assert row["chosen_ids"][1:] == completion_ids(tok, src["answer"])
+    assert single_token_ids(tok, ["0", "1"]) == [32, 33]
+    # the baselines have no steering token
+    plain = sft_rows(sft, tok, None)[0]
+    n_prompt = sum(1 for x in plain["labels"] if x == -100)
+    assert plain["labels"][n_prompt:] == completion_ids(tok, sft[0]["completion"][0]["content"])
+
+
+def test_multi_token_steering_word_is_rejected(tok):
+    with pytest.raises(ValueError, match="not a single token"):
+        single_token_ids(tok, ["electrician", "nurse"], where="steering tokens")
+
+
+@pytest.mark.parametrize("undesirable", ["paper", "inconsistent"])
+def test_kto_rows(tok, config, repo, undesirable):
+    _, _, _, pref = tiny_data(repo, config)
+    ids = [32, 33]
+    rows = kto_rows(pref, tok, ids, undesirable, batch_size=4, seed=7)
+    assert len(rows) == 2 * len(pref)
+    by_key = {(tuple(r["prompt_ids"]), r["label"], tuple(r["completion_ids"])) for r in rows}
+    for src in pref:
+        p = tuple(prompt_ids(tok, src["prompt"]))
+        a, neg = src["class_index"], src["neg_class_index"]
+        assert (p, True, tuple([ids[a]] + completion_ids(tok, src["answer"]))) in by_key
+        tau = ids[neg] if undesirable == "paper" else ids[a]
+        assert (p, False, tuple([tau] + completion_ids(tok, src["neg_answer"]))) in by_key
+    assert sum(r["label"] for r in rows) == len(pref)
+
+
+def test_z0_pairs_never_share_a_context(tok, config, repo):
+    _, _, _, pref = tiny_data(repo, config)
+    for bs in (2, 3, 4, 8):
+        rows = kto_rows(pref, tok, [32, 33], "paper", batch_size=bs, seed=bs)
+        comp_ctx = {}
+        for r in rows:
+            comp_ctx.setdefault(tuple(r["completion_ids"]), set()).add(r["context"])
+        for r in rows:
+            # the companion completion comes from a row of another context
+            owners = [q for q in rows if q["completion_ids"] == r["KL_completion_ids"]]
+            assert any(q["context"] != r["context"] for q in owners)
+    # the index-level guarantee, including batches of one context
+    ctx = ["a"] * 4 + ["b"] * 4 + ["a", "b", "c", "a"]
+    for bs in (1, 2, 4, 5):
+        comp = mismatched_companions(ctx, bs, seed=0)
+        assert all(ctx[i] != ctx[j] for i, j in enumerate(comp))
+    with pytest.raises(ValueError, match="two contexts"):
+        mismatched_companions(["a", "a"], 2, 0)
+
+
+# ------------------------------------------------------------------------------------- trainers
+
+
+def _kto_trainer(tmp_path, tok, rows, **kw):
+    from datasets import Dataset
+    from trl import KTOConfig
+
+    args = KTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=4, use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, report_to="none", max_length=256, learning_rate=1e-3,
+                     precompute_ref_log_probs=kw.pop("precompute", True), save_strategy="no", max_steps=2,
+                     logging_steps=1, disable_tqdm=True)
+    return SteeringKTOTrainer(model=lora_model(len(tok)), args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tok, steering_ids=[32, 33], **kw)
+
+
+def _batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return {k: v for k, v in batch.items()}
+
+
+def _kl_on_batch(trainer, batch, vocabulary="restricted"):
+    from distalign.steering import prompt_logits
+
+    pos = answer_positions(batch["completion_mask"])
+    with torch.no_grad():
+        logits = prompt_logits(trainer.model, batch["input_ids"], batch["attention_mask"], pos)
+    return steering_kl(logits, [32, 33], batch["target"], vocabulary).kl.mean()
+
+
+@pytest.fixture()
+def kto_data(tok, config, repo):
+    _, _, _, pref = tiny_data(repo, config)
+    return kto_rows(pref, tok, [32, 33], "paper", batch_size=4, seed=3)
+
+
+def test_kto_total_is_trl_loss_plus_kl(tmp_path, tok, kto_data, monkeypatch):
+    from trl import KTOTrainer
+
+    import distalign.steering as st
+
+    trainer = _kto_trainer(tmp_path, tok, kto_data, kl_weight=0.7)
+    trainer.model.eval()
+    batch = _batch(trainer)
+    assert batch["target"].shape == (4, 2)
+    real_prompt_logits = st.prompt_logits
+
+    def no_extra_forward(*a, **k):
+        raise AssertionError("the KL term must reuse trl's forward (hidden-state hook)")
+
+    monkeypatch.setattr(st, "prompt_logits", no_extra_forward)
+    with torch.no_grad():
+        total = trainer.compute_loss(trainer.model, batch)
+    monkeypatch.setattr(st, "prompt_logits", real_prompt_logits)
+    with torch.no_grad():
+        plain = {k: v for k, v in batch.items() if k != "target"}
+        kto = KTOTrainer.compute_loss(trainer, trainer.model, plain)
+    kl = _kl_on_batch(trainer, batch)
+    assert kl.item() > 0
+    assert total.item() == pytest.approx(kto.item() + 0.7 * kl.item(), abs=1e-5)
+    m = trainer._metrics["eval"]
+    for key in ("steering_kl", "kto_loss", "steering_mass", "steering_mae", "rewards/margins", "kl"):
+        assert key in m, key
+
+
+def test_full_vocabulary_switch(tmp_path, tok, kto_data):
+    trainer = _kto_trainer(tmp_path, tok, kto_data, kl_vocabulary="full", use_kto=False, precompute=False)
+    trainer.model.eval()
+    batch = _batch(trainer)
+    with torch.no_grad():
+        total = trainer.compute_loss(trainer.model, batch)
+    assert total.item() == pytest.approx(_kl_on_batch(trainer, batch, "full").item(), abs=1e-5)
+
+
+def test_ablation_switches_remove_one_term(tmp_path, tok, kto_data):
+    full = _kto_trainer(tmp_path / "a", tok, kto_data)
+    no_kl = _kto_trainer(tmp_path / "b", tok, kto_data, use_kl=False)
+    no_kto = _kto_trainer(tmp_path / "c", tok, kto_data, use_kto=False, precompute=False)
+    vals = {}
+    for name, t in (("full", full), ("no_kl", no_kl), ("no_kto", no_kto)):
+        t.model.eval()
+        with torch.no_grad():
+            vals[name] = t.compute_loss(t.model, _batch(t)).item()
+        vals[name + "_kto"] = t._metrics["eval"].get("kto_loss", [None])[-1]
+    kl = _kl_on_batch(full, _batch(full)).item()
+    assert vals["no_kl"] == pytest.approx(vals["full_kto"], abs=1e-6)
+    assert vals["no_kto"] == pytest.approx(kl, abs=1e-5)
+    assert vals["full"] == pytest.approx(vals["no_kl"] + kl, abs=1e-5)
+    assert vals["no_kto_kto"] is None
+    with pytest.raises(ValueError, match="both"):
+        _kto_trainer(tmp_path / "d", tok, kto_data, use_kto=False, use_kl=False)
+
+
+def test_gradients_reach_lora_weights(tmp_path, tok, kto_data):
+    for use_kto in (True, False):
+        trainer = _kto_trainer(tmp_path / str(use_kto), tok, kto_data, use_kto=use_kto, precompute=use_kto)
+        trainer.model.train()
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, _batch(trainer))
+        loss.backward()
+        grads = [p.grad for n, p in trainer.model.named_parameters() if "lora_" in n and ".default." in n]
+        assert grads and all(g is not None for g in grads)
+        assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_kto_trainer_trains_and_logs(tmp_path, tok, kto_data):
+    trainer = _kto_trainer(tmp_path, tok, kto_data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(k in logs[0] for k in ("steering_kl", "kto_loss", "steering_mass", "rewards/margins"))
+
+
+def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    _, _, _, pref = tiny_data(repo, config)
+
+    def make(ids, **kw):
+        args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
+                         gradient_checkpointing=False, report_to="none", max_length=256, save_strategy="no",
+                         max_steps=1, logging_steps=1, disable_tqdm=True, precompute_ref_log_probs=True)
+        return SteeringDPOTrainer(model=lora_model(len(tok)), args=args,
+                                  train_dataset=Dataset.from_list(dpo_rows(pref, tok, ids)), processing_class=tok,
+                                  steering_ids=ids, **kw)
+
+    t = make([32, 33], kl_weight=2.0)
+    t.model.eval()
+    batch = _batch(t)
+    n = batch["target"].shape[0]
+    with torch.no_grad():
+        total = t.compute_loss(t.model, batch)
+        dpo = DPOTrainer.compute_loss(t, t.model, {k: v for k, v in batch.items() if k != "target"})
+        pos = answer_positions(batch["completion_mask"][:n])
+        from distalign.steering import prompt_logits
+
+        logits = prompt_logits(t.model, batch["input_ids"][:n], batch["attention_mask"][:n], pos)
+    kl = steering_kl(logits, [32, 33], batch["target"]).kl.mean()
+    assert total.item() == pytest.approx(dpo.item() + 2.0 * kl.item(), abs=1e-5)
+    plain = make(None)
+    plain.train()
+    assert any("rewards/margins" in h for h in plain.state.log_history)
