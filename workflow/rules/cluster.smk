@@ -1,33 +1,5 @@
 # Cluster support: the Hugging Face cache/offline environment of every job, login-node prefetch of
-# model weights, and the rules that run on the submit host instead of going through SLURM.
-#
-# On a cluster whose compute nodes have no internet, run once on the login node:
-#     snakemake prefetch_models --cores 1 --configfile config/paper.yaml
-# It downloads every Hugging Face model of run.models (and the story judge's model when the label
-# job starts its own server) into the hub cache (hf.home, or HF_HOME, or ~/.cache/huggingface) and
-# writes results/models/.prefetched/{name}.json. Jobs then read the cache with HF_HUB_OFFLINE=1.
-# The helpers live in distalign.serve (prefetch_specs, prefetch_markers, run_prefetch, hf_environment).
-import os
-
-from distalign.serve import hf_defaults, hf_environment, prefetch_markers, prefetch_specs, run_prefetch
-
-HF = {**hf_defaults(), **(config.get("hf") or {})}
-
-# HF_HOME / HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE of every job. Local jobs are children of this
-# process, and a SLURM job re-parses the Snakefile inside the job (sbatch --export=ALL), so this
-# update runs there too.
-HF_ENV = hf_environment(HF)
-os.environ.update(HF_ENV)
-
-PREFETCH = prefetch_specs(config)
-
-
-def prefetch_repo_id(wildcards):
-    return PREFETCH[wildcards.name][0]
-
-
-def prefetch_revision(wildcards):
-    return PREFETCH[wildcards.name][1]
+# Helpers and settings for these rules live in common.smk.
 
 
 # Download (hf.prefetch true) or only check (false) one model on the submit host.

@@ -1,9 +1,20 @@
 # Shared helpers: config validation, wildcard constraints, input functions and target lists.
+import os
 import re
 
 from snakemake.exceptions import WorkflowError
 
 from distalign.config import ConfigError, dataset_applies, method_training, validate_config
+from distalign.judge import judge_config
+from distalign.serve import (
+    hf_defaults,
+    hf_environment,
+    judge_starts_server,
+    prefetch_markers,
+    prefetch_specs,
+    run_prefetch,
+)
+from distalign.train import first_method_of_kind
 
 # Validate (and fill defaults of) the configuration before any job is scheduled. We use our own
 # validator on workflow/schemas/config.schema.yaml instead of snakemake.utils.validate so that
@@ -52,7 +63,9 @@ def scaled(base):
 
 
 def dataset_spec(wildcards):
-    return config["datasets"][wildcards.dataset]
+    """What defines a dataset's targets (its display title does not)."""
+    spec = config["datasets"][wildcards.dataset]
+    return {k: spec[k] for k in ("attribute", "census", "target")}
 
 
 def attribute_spec(wildcards):
@@ -65,7 +78,8 @@ def model_spec(wildcards):
 
 
 def method_spec(wildcards):
-    return config["methods"][wildcards.method]
+    """A method's settings without its display title (a title change reruns nothing)."""
+    return {k: v for k, v in config["methods"][wildcards.method].items() if k != "title"}
 
 
 def method_kind(method):
@@ -75,13 +89,6 @@ def method_kind(method):
 def method_training_spec(wildcards):
     """Resolved training hyperparameters of a method (params: a change reruns only that method)."""
     return method_training(config, wildcards.method)
-
-
-def first_method_of_kind(kind):
-    for name, spec in config["methods"].items():
-        if spec["kind"] == kind:
-            return name
-    raise WorkflowError(f"config key 'methods': no method of kind {kind!r} is defined")
 
 
 def applicable(dataset, method, task="attribute"):
@@ -109,3 +116,182 @@ if config["prompts"]["paraphraser"] == "openai":
 
     envvars:
         config["prompts"]["openai"]["api_key_env"],
+
+
+# ---- Training (train.smk) -----------------------------------------------------
+
+
+def train_init_adapter(wildcards):
+    """DPO continues the IFT adapter of the same (dataset, model): the first method of kind ift."""
+    if config["methods"][wildcards.method]["kind"] != "dpo":
+        return {}
+    ift = first_method_of_kind(config, "ift")
+    return {"init_adapter": ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=ift)}
+
+
+def train_params(wildcards):
+    """Only what changes the result: the method spec and its resolved training section."""
+    return {"spec": method_spec(wildcards),
+            "training": method_training(config, wildcards.method)}
+
+
+def train_uses_gpu(wildcards):
+    return 0 if method_training(config, wildcards.method)["device"] == "cpu" else 1
+
+
+# ---- Generation (generate.smk) ------------------------------------------------
+# Trained methods read their LoRA adapter; prompting methods use the base model.
+TRAINED_KINDS = ("ift", "dpo", "ours")
+# vLLM on a CUDA node asks the scheduler for one GPU; the transformers backend and CPU runs do not.
+GENERATION_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
+
+
+def _stage_inputs(wildcards, task):
+    inputs = {
+        "model": MODEL.format(model=wildcards.model),
+        "prompts": PROMPTS.format(dataset=wildcards.dataset, task=task),
+        "targets": TARGETS.format(dataset=wildcards.dataset),
+        "templates": config["prompts"]["templates"],
+    }
+    if method_kind(wildcards.method) in TRAINED_KINDS:
+        inputs["adapter"] = ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
+    return inputs
+
+
+def generation_inputs(wildcards):
+    """Model, test prompts of the task, targets, template bank and (trained methods) the adapter."""
+    return _stage_inputs(wildcards, wildcards.task)
+
+
+def probe_inputs(wildcards):
+    """As generation_inputs, on the attribute-task prompts (the probe reads the first answer token)."""
+    return _stage_inputs(wildcards, "attribute")
+
+
+def generation_settings(wildcards):
+    """generation.* without vllm_python (where vLLM lives does not change the samples)."""
+    return {k: v for k, v in config["generation"].items() if k != "vllm_python"}
+
+
+def steering_placement(wildcards):
+    """Where the steering token goes (only methods of kind ours have one; None for the others)."""
+    return config["training"]["steering_placement"] if method_kind(wildcards.method) == "ours" else None
+
+
+# ---- Evaluation (evaluate.smk) ------------------------------------------------
+
+# `judge` and `metrics` config sections with their defaults (the functions also work before the
+# schema defines them). A bad value fails here, before any job runs.
+JUDGE = judge_config(config)
+METRICS_CFG = {"bootstrap": 1000, "two_level": False, "noise_floor_draws": 20000, **config.get("metrics", {})}
+
+# The LLM judge reads its API key from an environment variable; declare it so Snakemake checks it is
+# set and passes it to cluster jobs. Only when a story LLM judge will actually run.
+# A judge server started inside the job needs no key (EMPTY is used).
+if (
+    "story" in config["run"]["tasks"]
+    and JUDGE["story"] in ("llm", "both")
+    and not judge_starts_server(config)
+):
+
+    envvars:
+        JUDGE["llm"]["api_key_env"],
+
+
+def judge_params(wildcards):
+    """Judge settings that change labels (endpoint, retries and concurrency do not: they are read in the script)."""
+    if wildcards.task == "attribute":
+        return {"multi_class_rule": JUDGE["multi_class_rule"]}
+    out = {"story": JUDGE["story"]}
+    if JUDGE["story"] in ("llm", "both"):
+        llm = JUDGE["llm"]
+        out["llm"] = {"model": llm["model"], "max_reasks": llm["max_reasks"], "max_tokens": llm["max_tokens"]}
+    return out
+
+
+def method_token_set(wildcards):
+    """Steering token set of a method (None: the attribute's default; only used by the steering analysis)."""
+    return config["methods"][wildcards.method].get("token_set")
+
+
+# ---- Report (report.smk) ------------------------------------------------------
+REPORT = config["report"]
+
+
+def _ordered(names):
+    """Run datasets in the order of config["datasets"] (the paper's column order)."""
+    return [d for d in config["datasets"] if d in names]
+
+
+def artefact_keys(methods, task="attribute", datasets=None):
+    """(dataset, model, method, task) of every applicable combination for one artefact."""
+    keys = []
+    for dataset in _ordered(datasets or config["run"]["datasets"]):
+        for model in config["run"]["models"]:
+            for method in methods:
+                if applicable(dataset, method, task):
+                    keys.append(dict(dataset=dataset, model=model, method=method, task=task))
+    return keys
+
+
+def artefact_metrics(methods, task="attribute", datasets=None):
+    return [METRICS.format(**k) for k in artefact_keys(methods, task, datasets)]
+
+
+def artefact_probes(methods):
+    return [PROBE.format(**k) for k in artefact_keys(methods)]
+
+
+def table_outputs(name):
+    stem = TABLE.format(table=name)
+    return {"csv": report(f"{stem}.csv", caption=f"../report/{name}.rst", category="Tables"), "md": f"{stem}.md"}
+
+
+def figure_outputs(name):
+    stem = FIGURE.format(figure=name)
+    return {"png": report(f"{stem}.png", caption=f"../report/{name}.rst", category="Figures"), "pdf": f"{stem}.pdf"}
+
+
+def artefact_targets():
+    out = []
+    for name in REPORT["artefacts"]:
+        if name.startswith("table"):
+            out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
+        else:
+            out += [f"{FIGURE.format(figure=name)}.png", f"{FIGURE.format(figure=name)}.pdf"]
+    return out
+
+
+TABLE1_METHODS = REPORT["table1_methods"]
+STEERING_METHODS = [m for m in TABLE1_METHODS if method_kind(m) == "ours"]
+STORY_DATASETS = [d for d in config["run"]["datasets"] if config["datasets"][d]["attribute"] != "race"]
+
+
+# ---- Cluster (cluster.smk) ----------------------------------------------------
+# model weights, and the rules that run on the submit host instead of going through SLURM.
+#
+# On a cluster whose compute nodes have no internet, run once on the login node:
+#     snakemake prefetch_models --cores 1 --configfile config/paper.yaml
+# It downloads every Hugging Face model of run.models (and the story judge's model when the label
+# job starts its own server) into the hub cache (hf.home, or HF_HOME, or ~/.cache/huggingface) and
+# writes results/models/.prefetched/{name}.json. Jobs then read the cache with HF_HUB_OFFLINE=1.
+# The helpers live in distalign.serve (prefetch_specs, prefetch_markers, run_prefetch, hf_environment).
+
+
+HF = {**hf_defaults(), **(config.get("hf") or {})}
+
+# HF_HOME / HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE of every job. Local jobs are children of this
+# process, and a SLURM job re-parses the Snakefile inside the job (sbatch --export=ALL), so this
+# update runs there too.
+HF_ENV = hf_environment(HF)
+os.environ.update(HF_ENV)
+
+PREFETCH = prefetch_specs(config)
+
+
+def prefetch_repo_id(wildcards):
+    return PREFETCH[wildcards.name][0]
+
+
+def prefetch_revision(wildcards):
+    return PREFETCH[wildcards.name][1]

@@ -1,39 +1,5 @@
 # Evaluation stage: label every generation, then score the labels against the targets.
-from distalign.judge import judge_config
-from distalign.serve import judge_starts_server
-
-# `judge` and `metrics` config sections with their defaults (the functions also work before the
-# schema defines them). A bad value fails here, before any job runs.
-JUDGE = judge_config(config)
-METRICS_CFG = {"bootstrap": 1000, "two_level": False, "noise_floor_draws": 20000, **config.get("metrics", {})}
-
-# The LLM judge reads its API key from an environment variable; declare it so Snakemake checks it is
-# set and passes it to cluster jobs. Only when a story LLM judge will actually run.
-# A judge server started inside the job needs no key (EMPTY is used).
-if (
-    "story" in config["run"]["tasks"]
-    and JUDGE["story"] in ("llm", "both")
-    and not judge_starts_server(config)
-):
-
-    envvars:
-        JUDGE["llm"]["api_key_env"],
-
-
-def judge_params(wildcards):
-    """Judge settings that change labels (endpoint, retries and concurrency do not: they are read in the script)."""
-    if wildcards.task == "attribute":
-        return {"multi_class_rule": JUDGE["multi_class_rule"]}
-    out = {"story": JUDGE["story"]}
-    if JUDGE["story"] in ("llm", "both"):
-        llm = JUDGE["llm"]
-        out["llm"] = {"model": llm["model"], "max_reasks": llm["max_reasks"], "max_tokens": llm["max_tokens"]}
-    return out
-
-
-def method_token_set(wildcards):
-    """Steering token set of a method (None: the attribute's default; only used by the steering analysis)."""
-    return config["methods"][wildcards.method].get("token_set")
+# Helpers and settings for these rules live in common.smk.
 
 
 # Label each generation: keyword parser (attribute task) or story judge(s); invalid answers are kept as null.

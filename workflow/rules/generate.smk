@@ -1,41 +1,5 @@
 # Generation stage: test-set sampling of every method and the internal probe (paper Table 4/12).
-
-# Trained methods read their LoRA adapter; prompting methods use the base model.
-TRAINED_KINDS = ("ift", "dpo", "ours")
-# vLLM on a CUDA node asks the scheduler for one GPU; the transformers backend and CPU runs do not.
-GENERATION_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
-
-
-def _stage_inputs(wildcards, task):
-    inputs = {
-        "model": MODEL.format(model=wildcards.model),
-        "prompts": PROMPTS.format(dataset=wildcards.dataset, task=task),
-        "targets": TARGETS.format(dataset=wildcards.dataset),
-        "templates": config["prompts"]["templates"],
-    }
-    if method_kind(wildcards.method) in TRAINED_KINDS:
-        inputs["adapter"] = ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
-    return inputs
-
-
-def generation_inputs(wildcards):
-    """Model, test prompts of the task, targets, template bank and (trained methods) the adapter."""
-    return _stage_inputs(wildcards, wildcards.task)
-
-
-def probe_inputs(wildcards):
-    """As generation_inputs, on the attribute-task prompts (the probe reads the first answer token)."""
-    return _stage_inputs(wildcards, "attribute")
-
-
-def generation_settings(wildcards):
-    """generation.* without vllm_python (where vLLM lives does not change the samples)."""
-    return {k: v for k, v in config["generation"].items() if k != "vllm_python"}
-
-
-def steering_placement(wildcards):
-    """Where the steering token goes (only methods of kind ours have one; None for the others)."""
-    return config["training"]["steering_placement"] if method_kind(wildcards.method) == "ours" else None
+# Helpers and settings for these rules live in common.smk.
 
 
 # One job per (dataset, model, method, task): samples_per_prompt answers to every test prompt.

