@@ -28,6 +28,7 @@ GENERATIONS = "results/generations/{dataset}/{model}/{method}/{task}.jsonl"
 LABELS = "results/labels/{dataset}/{model}/{method}/{task}.jsonl"
 METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
 PROBE = "results/probes/{dataset}/{model}/{method}.json"
+PROBE_GENERATIONS = "results/generations/{dataset}/{model}/{method}/attribute.jsonl"  # the probe reads these
 PREFETCHED = "results/models/.prefetched/{name}.json"
 TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
 FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf

@@ -165,7 +165,7 @@ def test_left_padding_batch_equals_single(tiny_dir, backend):
 
 def test_same_seed_same_jsonl_different_seed_differs(tiny_dir, config, tmp_path):
     """The public entry point: identical files for one seed, different answers for another."""
-    config["generation"].update(batch_size=2, samples_per_prompt=2, max_new_tokens={"attribute": 6, "story": 6})
+    config["generation"].update(backend="transformers", batch_size=2, samples_per_prompt=2, max_new_tokens={"attribute": 6, "story": 6})
     kw = dict(dataset="uk-real", model="tiny", method="zero-shot", task="attribute", model_dir=tiny_dir, threads=2)
     paths = []
     for i, seed in enumerate((7, 7, 8)):
@@ -188,7 +188,7 @@ def test_ours_with_adapter_end_to_end(tiny_dir, config, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
     peft_model.save_pretrained(tmp_path / "adapter")
-    config["generation"].update(max_new_tokens={"attribute": 3, "story": 3})
+    config["generation"].update(backend="transformers", max_new_tokens={"attribute": 3, "story": 3})
     kw = dict(dataset="uk-real", model="tiny", method="ours", task="attribute", model_dir=tiny_dir, threads=2)
     with pytest.raises(RuntimeError, match="needs its trained adapter"):
         make_job("generate", _requests(2), config=config, **kw)
@@ -243,3 +243,26 @@ def test_vllm_python_resolution(tmp_path):
     fake.parent.mkdir(parents=True)
     fake.write_text("")
     assert resolve_vllm_python(None, workdir=tmp_path) == str(fake)
+
+
+@pytest.mark.parametrize("steering", [True, False])
+def test_probe_from_generation_equals_a_separate_probe_pass(tiny_dir, backend, config, steering):
+    """The first-answer-position log-probs recorded while sampling give the same probe as a forward pass."""
+    from distalign.attributes import attribute_of_dataset
+    from distalign.generate import probe_from_generations
+
+    attribute = attribute_of_dataset(config, "uk-real")
+    reqs = _requests(3)
+    tokens = ["0", "1"] if steering else ["Male", "Female"]
+    kw = dict(steering_tokens=tokens) if steering else {}
+    rows = run_generation(backend, backend.tokenizer, _job(tiny_dir, reqs, class_tokens=tokens, samples_per_prompt=2,
+                                                           **kw))
+    from_rows = probe_from_generations(rows, attribute, tokens)
+    pjob = _job(tiny_dir, reqs, kind="probe", class_tokens=tokens, **kw)
+    direct = probe_summary(reqs, run_probe(backend, backend.tokenizer, pjob), pjob, attribute)
+    assert from_rows["token_kind"] == direct["token_kind"]
+    assert from_rows["class_token_ids"] == direct["class_token_ids"]
+    assert from_rows["mae"] == pytest.approx(direct["mae"], abs=1e-5)
+    for a, b in zip(from_rows["contexts"], direct["contexts"], strict=True):
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-5)
+        assert a["n_prompts"] == b["n_prompts"]  # one entry per prompt, not per sample

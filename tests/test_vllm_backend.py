@@ -78,10 +78,13 @@ def test_steering_distribution_agrees_base_model(embedded_model_dir, config):
         assert max(abs(a - b) for a, b in zip(g["probs"], w, strict=True)) < 1e-3, (g["probs"], w)
 
 
-def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, adapter, config):
+@pytest.mark.parametrize("vllm_lora", ["merge", "request"])
+def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, adapter, config, vllm_lora):
+    """LoRA through vLLM: merged into the weights (the CPU default) and as a LoRARequest (the GPU path)."""
     from distalign.generate import generate
 
-    config["generation"].update(samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8})
+    config["generation"].update(samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8},
+                                vllm_lora=vllm_lora)
     kw = dict(config=config, dataset="race-even", model="smollm2-135m-instruct", method="ours", task="attribute",
               model_dir=embedded_model_dir, adapter=adapter, backend="vllm")
     reqs = _requests()

@@ -56,7 +56,7 @@ import subprocess
 import tempfile
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .attributes import Attribute, attribute_of_dataset
@@ -304,8 +304,10 @@ class TransformersBackend:
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence) -> list[tuple[list[int], bool, int]]:
-        """Answer ids (without eos), whether eos was produced, and the seed of the item's batch."""
+               seed_parts: Sequence, first_ids: Sequence[int] | None = None) -> list[tuple]:
+        """Answer ids (without eos), whether eos was produced, the seed of the item's batch, and the
+        full-vocabulary log-probs of ``first_ids`` at the first answer position (raw logits, before
+        temperature/top-p; None when ``first_ids`` is None)."""
         import torch
         from transformers import GenerationConfig
 
@@ -322,10 +324,15 @@ class TransformersBackend:
                 ids, mask = self._pad(prompts[start:start + self.batch_size])
                 batch_seed = derive_seed(*seed_parts, "batch", b)
                 torch.manual_seed(batch_seed)
-                seq = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
-                for row in seq[:, ids.shape[1]:].tolist():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
+                                          return_dict_in_generate=True, output_logits=first_ids is not None)
+                first = None
+                if first_ids is not None:
+                    idx = torch.tensor(list(first_ids), dtype=torch.long, device=self.model.device)
+                    first = torch.log_softmax(out.logits[0].float(), dim=-1)[:, idx].tolist()
+                for j, row in enumerate(out.sequences[:, ids.shape[1]:].tolist()):
                     toks, stopped = strip_eos(row, self.stop)
-                    results.append((toks, stopped, batch_seed))
+                    results.append((toks, stopped, batch_seed, first[j] if first is not None else None))
                 log.info("generated %d/%d", min(start + self.batch_size, len(prompts)), len(prompts))
         return results
 
@@ -406,11 +413,14 @@ class VllmBackend:
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence) -> list[tuple[list[int], bool, int]]:
+               seed_parts: Sequence, first_ids: Sequence[int] | None = None) -> list[tuple]:
+        """As TransformersBackend.sample; vLLM's logprobs are raw (before temperature/top-p)."""
         from vllm import SamplingParams
 
         base = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop, repetition_penalty=1.0,
                     detokenize=False)
+        if first_ids is not None:
+            base.update(logprob_token_ids=list(first_ids))
         if sampling.greedy:
             base.update(temperature=0.0)
         else:
@@ -421,7 +431,11 @@ class VllmBackend:
         for res, s in zip(self._run(prompts, params), seeds, strict=True):
             toks, stopped = strip_eos(res.outputs[0].token_ids, self.stop)
             stopped = stopped or res.outputs[0].finish_reason == "stop"
-            results.append((toks, stopped, int(s)))
+            first = None
+            if first_ids is not None:
+                lp = res.outputs[0].logprobs[0]
+                first = [lp[t].logprob for t in first_ids]
+            results.append((toks, stopped, int(s), first))
         return results
 
 
@@ -443,10 +457,18 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
     reqs = job.requests
     n = job.samples_per_prompt
     steer_probs: list | None = None
+    steer_lps: list | None = None
     steering_ids = None
+    probe_ids: list[int] | None = None
     if job.steering_tokens:
         steering_ids = single_token_ids(tokenizer, job.steering_tokens)
-        steer_probs, _ = steering_distribution(backend, tokenizer, [r["prompt"] for r in reqs], steering_ids)
+        steer_lps = backend.next_token_logprobs([prompt_ids(tokenizer, r["prompt"]) for r in reqs], steering_ids)
+        steer_probs = [restricted_probs(lp) for lp in steer_lps]
+        probe_ids = steering_ids
+    elif job.class_tokens:
+        # The internal probe (paper Table 4) reads the class labels' first tokens at the first answer
+        # position; the sampling pass computes that distribution anyway, so it is recorded here.
+        probe_ids = first_token_ids(tokenizer, job.class_tokens)
     items, prompts, seeds = [], [], []
     for i, r in enumerate(reqs):
         for s in range(n):
@@ -460,12 +482,14 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
                 prompts.append(prompt_ids(tokenizer, r["prompt"]))
             items.append((i, s, tok))
             seeds.append(item_seed)
-    outs = backend.sample(prompts, seeds, sampling, job.seed_parts)
+    outs = backend.sample(prompts, seeds, sampling, job.seed_parts,
+                          first_ids=None if steering_ids is not None else probe_ids)
     vers = versions()
     dataset, model, method, task = job.seed_parts[1:5]
     rows = []
-    for (i, s, k), (toks, stopped, seed) in zip(items, outs, strict=True):
+    for (i, s, k), (toks, stopped, seed, first) in zip(items, outs, strict=True):
         r = reqs[i]
+        probe_lps = steer_lps[i] if steer_lps is not None else first
         rows.append({
             "dataset": dataset, "model": model, "method": method, "task": task,
             "context_id": r["context_id"], "context": r["context"], "prompt_id": r["prompt_id"],
@@ -474,8 +498,30 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             "steering_probs": steer_probs[i] if steer_probs is not None else None,
             "response": tokenizer.decode(toks, skip_special_tokens=True),
             "n_tokens": len(toks), "stopped": stopped, "seed": seed, "backend": backend.name, "versions": vers,
+            "probe_token_ids": probe_ids, "probe_logprobs": probe_lps,
         })
     return rows
+
+
+def probe_from_generations(rows: Sequence[dict], attribute: Attribute, class_tokens: Sequence[str]) -> dict:
+    """The internal probe from a generation file: the class-token log-probs recorded at the first answer
+    position of each test prompt (one entry per prompt, whatever samples_per_prompt is)."""
+    seen: dict = {}
+    for r in rows:
+        if r.get("probe_logprobs") is None:
+            raise GenerationError(f"generation row {r.get('prompt_id')} has no probe_logprobs (generated by an "
+                                  f"older version: rerun its generate job)")
+        seen.setdefault(r["prompt_id"], r)
+    requests, per_prompt = [], []
+    for r in seen.values():
+        lps = r["probe_logprobs"]
+        requests.append({"context_id": r["context_id"], "context": r["context"], "target": r["target"]})
+        per_prompt.append({"probs": restricted_probs(lps), "mass": sum(math.exp(x) for x in lps),
+                           "token_ids": r["probe_token_ids"]})
+    first = next(iter(seen.values()))
+    job_like = {"dataset": first["dataset"], "model": first["model"], "method": first["method"],
+                "backend": first["backend"], "steering": first.get("steering_probs") is not None}
+    return summarize_probe(requests, per_prompt, job_like, list(class_tokens), attribute)
 
 
 def run_probe(backend, tokenizer, job: Job) -> list[dict]:
@@ -563,8 +609,52 @@ def run_in_worker(job: Job, python: str) -> list[dict]:
         return json.loads(res.read_text())
 
 
-def execute(job: Job, vllm_python: str | None = None) -> list[dict]:
+def merge_adapter(model_dir, adapter, out_dir) -> Path:
+    """Write ``model_dir`` + LoRA ``adapter`` merged into plain weights as a prepared model folder.
+
+    vLLM's LoRA path on CPU costs about 50 s of warm-up per job and runs at about a quarter of the
+    base model's speed (bench/generation_throughput.py); a merged copy of a small model loads and
+    samples like the base model. The merge runs in fp32 with peft's ``merge_and_unload``.
+    """
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .models import POINTER, read_pointer, tokenizer_path, weights_path
+
+    out_dir = Path(out_dir)
+    base = AutoModelForCausalLM.from_pretrained(weights_path(model_dir), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tok_dir = Path(tokenizer_path(model_dir))
+    for f in tok_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")) and f.is_file():
+            shutil.copy2(f, out_dir / f.name)
+    meta = {**read_pointer(model_dir), "path": None, "tokenizer_path": None, "merged_adapter": str(adapter)}
+    (out_dir / POINTER).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def vllm_merges_lora(job: Job, mode: str = "auto") -> bool:
+    """Whether a vLLM job's adapter is merged into the weights first (auto: on CPU yes, on GPU no)."""
+    if job.backend != "vllm" or not job.adapter:
+        return False
+    if mode == "auto":
+        import torch
+
+        return job.device == "cpu" or not torch.cuda.is_available()
+    return mode == "merge"
+
+
+def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -> list[dict]:
     """Run a job with its backend: in this process, or in the vLLM worker when vllm is not importable."""
+    if vllm_merges_lora(job, vllm_lora):
+        with tempfile.TemporaryDirectory(prefix="distalign-merged-") as tmp:
+            log.info("merging adapter %s into the weights for vLLM (generation.vllm_lora)", job.adapter)
+            merged = merge_adapter(job.model_dir, job.adapter, tmp)
+            return execute(replace(job, model_dir=str(merged), adapter=None), vllm_python, "request")
     if job.backend == "vllm" and not vllm_importable():
         return run_in_worker(job, resolve_vllm_python(vllm_python))
     return run_job(job)
@@ -579,7 +669,7 @@ def generate(requests: list[dict], *, config: dict, dataset: str, model: str, me
     """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
     job = make_job("generate", requests, config=config, dataset=dataset, model=model, method=method, task=task,
                    model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
-    return execute(job, config["generation"].get("vllm_python"))
+    return execute(job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto"))
 
 
 def probe(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, model_dir, adapter=None,
@@ -587,12 +677,20 @@ def probe(requests: list[dict], *, config: dict, dataset: str, model: str, metho
     """Internal probe (paper Table 4/12): per-context mean class probabilities and their MAE to the target."""
     job = make_job("probe", requests, config=config, dataset=dataset, model=model, method=method, task="attribute",
                    model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
-    per_prompt = execute(job, config["generation"].get("vllm_python"))
+    per_prompt = execute(job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto"))
     return probe_summary(requests, per_prompt, job, attribute_of_dataset(config, dataset))
 
 
 def probe_summary(requests: list[dict], per_prompt: list[dict], job: Job, attribute: Attribute) -> dict:
     """Mean class probabilities per context, per-context MAE (mean over classes) and their mean."""
+    dataset, model, method = job.seed_parts[1:4]
+    return summarize_probe(requests, per_prompt, {"dataset": dataset, "model": model, "method": method,
+                                                  "backend": job.backend, "steering": bool(job.steering_tokens)},
+                           job.class_tokens, attribute)
+
+
+def summarize_probe(requests: list[dict], per_prompt: list[dict], job: dict, class_tokens, attribute) -> dict:
+    """Aggregate per-prompt class probabilities into the probe JSON."""
     by_ctx: dict = {}
     for req, res in zip(requests, per_prompt, strict=True):
         d = by_ctx.setdefault(req["context_id"], {"context": req["context"], "target": req["target"], "probs": [],
@@ -607,10 +705,10 @@ def probe_summary(requests: list[dict], per_prompt: list[dict], job: Job, attrib
         contexts.append({"context_id": cid, "context": d["context"], "n_prompts": len(d["probs"]),
                          "target": d["target"], "probs": mean, "mae": mae,
                          "class_token_mass": sum(d["mass"]) / len(d["mass"])})
-    dataset, model, method = job.seed_parts[1:4]
     return {
-        "dataset": dataset, "model": model, "method": method, "split": "test", "backend": job.backend,
-        "classes": attribute.names, "class_tokens": job.class_tokens, "class_token_ids": per_prompt[0]["token_ids"],
-        "token_kind": "steering" if job.steering_tokens else "label_first_token",
+        "dataset": job["dataset"], "model": job["model"], "method": job["method"], "split": "test",
+        "backend": job["backend"], "classes": attribute.names, "class_tokens": list(class_tokens),
+        "class_token_ids": per_prompt[0]["token_ids"],
+        "token_kind": "steering" if job["steering"] else "label_first_token",
         "mae": sum(c["mae"] for c in contexts) / len(contexts), "contexts": contexts, "versions": versions(),
     }

@@ -36,6 +36,7 @@ if config["cluster"]["local_rules"]:
         prefetch_model,
         prefetch_models,
         metrics,
+        probe,
         table1,
         table2,
         table3,

@@ -163,11 +163,6 @@ def generation_inputs(wildcards):
     return _stage_inputs(wildcards, wildcards.task)
 
 
-def probe_inputs(wildcards):
-    """As generation_inputs, on the attribute-task prompts (the probe reads the first answer token)."""
-    return _stage_inputs(wildcards, "attribute")
-
-
 def generation_settings(wildcards):
     """generation.* without vllm_python (where vLLM lives does not change the samples)."""
     return {k: v for k, v in config["generation"].items() if k != "vllm_python"}

@@ -29,26 +29,21 @@ rule generate:
         "../scripts/generate.py"
 
 
-# The model's class-token probabilities at the first answer position, without sampling.
+# The model's class-token probabilities at the first answer position, without sampling (Table 4).
 rule probe:
     input:
-        unpack(probe_inputs),
+        generations=PROBE_GENERATIONS,
     output:
         probe=PROBE,
     params:
         method=method_spec,
         attribute=attribute_spec,
-        backend=config["generation"]["backend"],
     log:
         f"{LOGS}/generate/probe/{{dataset}}/{{model}}/{{method}}.log",
-    benchmark:
-        f"{BENCHMARKS}/generate/probe/{{dataset}}/{{model}}/{{method}}.tsv"
     conda:
-        "../../envs/vllm.yaml"
-    threads: 2
+        "../../envs/report.yaml"
     resources:
-        mem_mb=scaled(6000),
-        runtime=scaled(30),
-        gpu=GENERATION_GPUS,
+        mem_mb=1000,
+        runtime=10,
     script:
         "../scripts/probe.py"

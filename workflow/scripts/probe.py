@@ -1,25 +1,22 @@
-"""Rule probe: class-token probabilities at the first answer position (paper Table 4/12), no sampling."""
+"""Rule probe: class-token probabilities at the first answer position (paper Table 4/12), no sampling.
 
-import json
+The generate job records, for every test prompt, the full-vocabulary log-probs of the class tokens at
+the first answer position (steering tokens for methods of kind ours, the first token of each class
+label otherwise), computed from the raw logits before any sampling. This rule aggregates them.
+"""
 
 from distalign.attributes import Attribute
-from distalign.generate import load_requests, probe
-from distalign.io import write_json
-from distalign.prompts import load_templates
+from distalign.generate import probe_from_generations
+from distalign.io import read_jsonl, write_json
 from distalign.scripting import setup_logging
 
 log = setup_logging(snakemake.log[0])
 w = snakemake.wildcards
-config = json.loads(json.dumps(snakemake.config))
-config["methods"][w.method] = dict(snakemake.params.method)
-config["generation"]["backend"] = snakemake.params.backend
+method = snakemake.params.method
 attr_spec = dict(snakemake.params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
-
-requests = load_requests(snakemake.input.prompts, snakemake.input.targets, load_templates(snakemake.input.templates),
-                         attribute, config["methods"][w.method])
-result = probe(requests, config=config, dataset=w.dataset, model=w.model, method=w.method,
-               model_dir=snakemake.input.model, adapter=snakemake.input.get("adapter"), threads=snakemake.threads)
+tokens = attribute.steering_tokens(method.get("token_set")) if method["kind"] == "ours" else attribute.labels
+result = probe_from_generations(read_jsonl(snakemake.input.generations), attribute, tokens)
 write_json(snakemake.output.probe, result)
 log.info("%s/%s/%s: probe MAE %.4f over %d contexts (%s tokens %s)", w.dataset, w.model, w.method, result["mae"],
          len(result["contexts"]), result["token_kind"], result["class_tokens"])
