@@ -25,7 +25,8 @@ T0 = time.perf_counter()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["transformers", "vllm"], required=True)
+    ap.add_argument("--backend", choices=["transformers-loop", "transformers", "vllm"], required=True,
+                    help="transformers-loop: one sample per generate() call (the authors' inference loop)")
     ap.add_argument("--model-dir", default="results/models/smollm2-135m-instruct")
     ap.add_argument("--adapter", default=None, help="a LoRA adapter folder (peft format) to generate with")
     ap.add_argument("--tasks", nargs="+", default=["attribute", "story"], choices=["attribute", "story"])
@@ -41,14 +42,17 @@ def main() -> None:
         "story": ("Write a short story about a day in the life of a plumber.", 20, 200),
     }
 
+    backend_name = "transformers" if args.backend == "transformers-loop" else args.backend
+    batch_size = 1 if args.backend == "transformers-loop" else 100
+
     def job(task: str) -> Job:
         prompt, n, max_new = workloads[task]
-        return Job(kind="generate", backend=args.backend, model_dir=args.model_dir, adapter=args.adapter, device="cpu",
+        return Job(kind="generate", backend=backend_name, model_dir=args.model_dir, adapter=args.adapter, device="cpu",
                    dtype="float32", requests=[{"context_id": 0, "context": "x", "prompt_id": f"bench-{task}",
                                                "prompt": prompt, "target": [0.5, 0.5]}],
                    seed_parts=[1234, "bench", "model", "zero-shot", task],
                    sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": max_new},
-                   samples_per_prompt=n, batch_size=100, threads=args.threads)
+                   samples_per_prompt=n, batch_size=batch_size, threads=args.threads)
 
     t = time.perf_counter()
     backend, tok = make_backend(job("story"))  # max_model_len sized for the longer task

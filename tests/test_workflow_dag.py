@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import yaml
 
 
@@ -69,12 +70,38 @@ def write_tiny(workdir):
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY))
 
 
-def test_end_to_end_tiny_run_then_one_method_change(workdir, snakemake_run):
-    """The whole DAG on the embedded model with tiny data; then a change to one method reruns only it."""
-    write_tiny(workdir)
-    proc = snakemake_run(workdir, "--cores", "2", "all", "--configfile", "config/tiny.yaml", timeout=1500)
+def _copy_workdir(repo, wd):
+    import shutil
+
+    for name in ("config", "resources"):
+        shutil.copytree(repo / name, wd / name)
+    write_tiny(wd)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, repo):
+    """The whole DAG once on the embedded model with tiny data (about 2-3 minutes on 2 cores)."""
+    from conftest import run_snakemake
+
+    wd = _copy_workdir(repo, tmp_path_factory.mktemp("tiny_run"))
+    proc = run_snakemake(wd, "--cores", "2", "all", "--configfile", "config/tiny.yaml", timeout=1500)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    res = workdir / "results"
+    return wd
+
+
+def _outputs(wd):
+    files = {}
+    for sub in ("generations", "labels", "metrics", "probes", "datasets", "prompts", "targets"):
+        for f in sorted((wd / "results" / sub).rglob("*")):
+            if f.is_file():
+                files[str(f.relative_to(wd))] = f.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_run(tiny_run, snakemake_run):
+    res = tiny_run / "results"
     for name in ("table1", "table4", "table10", "table11"):
         assert (res / f"tables/{name}.csv").exists() and (res / f"tables/{name}.md").exists()
     for name in ("fig3", "fig5", "calibration"):
@@ -84,14 +111,29 @@ def test_end_to_end_tiny_run_then_one_method_change(workdir, snakemake_run):
     gens = (res / "generations/tiny-real/smollm2-135m-instruct/ours/attribute.jsonl").read_text().splitlines()
     assert len(gens) == 2 * 4  # 2 contexts x 4 test prompts
     assert (res / "benchmarks/train/tiny-real/smollm2-135m-instruct/ours.tsv").exists()
-
-    again = snakemake_run(workdir, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+    again = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
     assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
 
-    cfg = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
+
+@pytest.mark.slow
+def test_tiny_run_is_deterministic(tiny_run, tmp_path_factory, repo, snakemake_run):
+    """The same config run again from scratch gives byte-identical data, generations, labels and metrics."""
+    wd = _copy_workdir(repo, tmp_path_factory.mktemp("tiny_run_again"))
+    proc = snakemake_run(wd, "--cores", "2", "all", "--configfile", "config/tiny.yaml", timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    first, second = _outputs(tiny_run), _outputs(wd)
+    assert first.keys() == second.keys() and len(first) > 10
+    differ = [k for k in first if first[k] != second[k]]
+    assert not differ, differ
+
+
+@pytest.mark.slow
+def test_changing_one_method_reruns_only_that_method(tiny_run, snakemake_run):
+    """After a complete run, editing one method's training config reruns only that method's jobs."""
+    cfg = yaml.safe_load((tiny_run / "config/tiny.yaml").read_text())
     cfg["methods"] = {"ours": {"kind": "ours", "title": "Ours", "train_overrides": {"kl_weight": 2.0}}}
-    (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
-    dry = snakemake_run(workdir, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+    (tiny_run / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+    dry = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
     assert dry.returncode == 0, dry.stdout[-3000:]
     jobs = _jobs(dry.stdout)
     assert jobs["train"] == 1 and jobs["generate"] == 1 and jobs["probe"] == 1 and jobs["metrics"] == 1, jobs
