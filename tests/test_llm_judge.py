@@ -146,16 +146,14 @@ def test_both_story_judges_with_config(attrs, openai_server):
 # ----------------------------------------------------------------------------------------------
 
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
-MODEL_DIR = ROOT / "results" / "models" / "smollm2-135m-instruct"
 
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_llm_judge_against_vllm(attrs, tmp_path):
+def test_llm_judge_against_vllm(attrs, tmp_path, embedded_model_dir):
     if not VLLM_PY.exists():
         pytest.skip(f"vLLM environment missing: {VLLM_PY} (see README: .venv-vllm)")
-    if not (MODEL_DIR / "config.json").exists():
-        pytest.skip(f"converted embedded model missing: {MODEL_DIR} (run the prepare_model rule)")
+    MODEL_DIR = embedded_model_dir  # noqa: N806
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1",
            "VLLM_LOOPBACK_IP": "127.0.0.1"}

@@ -4,6 +4,8 @@ import csv
 import json
 from collections import Counter
 
+import yaml
+
 from distalign.datasets import largest_remainder
 
 DATASETS = ["uk-real", "uk-even", "us-real", "us-even", "race-even", "sentiment-even"]
@@ -22,6 +24,7 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
     proc = snakemake_run(workdir, "--cores", "2", *targets, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     res = workdir / "results"
+    n = yaml.safe_load((workdir / "config/config.yaml").read_text())["data"]["responses_per_context"]
     for d in DATASETS:
         with open(res / f"targets/{d}.csv") as fh:
             rows = list(csv.DictReader(fh))
@@ -40,10 +43,10 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
         by = Counter((p["context_id"], p["split"]) for p in prompts)
         assert set(by.values()) == {100}
         base = _jsonl(res / f"datasets/{d}/base.jsonl")
-        assert len(base) == 100 * N_CONTEXTS[d]
+        assert len(base) == n * N_CONTEXTS[d]
         for cid, probs in targets_by_ctx.items():
             counts = Counter(r["class_index"] for r in base if r["context_id"] == cid)
-            assert [counts[k] for k in range(K[d])] == largest_remainder(probs, 100)
+            assert [counts[k] for k in range(K[d])] == largest_remainder(probs, n)
         pref = _jsonl(res / f"datasets/{d}/pref.jsonl")
         assert all(r["neg_class_index"] != r["class_index"] for r in pref)
         assert len(_jsonl(res / f"datasets/{d}/sft.jsonl")) == len(base)
