@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -145,9 +144,3 @@ def calibration_figure(records: Sequence[dict], config: dict, class_name: str, t
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def ensure_parent(path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p

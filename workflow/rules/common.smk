@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from distalign.config import ConfigError, dataset_applies, method_training, validate_config
 from distalign.judge import judge_config
+from distalign.prompts import TASKS
 from distalign.serve import (
     hf_defaults,
     hf_environment,
@@ -33,10 +34,7 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     model=_alternatives(config["models"]),
     method=_alternatives(config["methods"]),
-    task="attribute|story",
-
-
-TASKS = ["attribute", "story"]
+    task=_alternatives(TASKS),
 
 
 def census_path(wildcards):
