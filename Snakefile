@@ -29,7 +29,13 @@ LABELS = "results/labels/{dataset}/{model}/{method}/{task}.jsonl"
 METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
 PROBE = "results/probes/{dataset}/{model}/{method}.json"
 PROBE_GENERATIONS = "results/generations/{dataset}/{model}/{method}/attribute.jsonl"  # the probe reads these
+CAPABILITIES = "results/capabilities/{dataset}/{model}/{method}.json"
 PREFETCHED = "results/models/.prefetched/{name}.json"
+# Decoding sweeps (Figure 4): {knob} top_p | top_k | temperature, {value} its value, {rep} the run.
+SWEEP = "results/sweeps/{dataset}/{model}/{method}/{task}/{knob}-{value}/seed{rep}"
+SWEEP_GENERATIONS = f"{SWEEP}/generations.jsonl"
+SWEEP_LABELS = f"{SWEEP}/labels.jsonl"
+SWEEP_METRICS = f"{SWEEP}/metrics.json"
 TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
 FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf
 LOGS = "results/logs"
@@ -41,6 +47,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sweep.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/cluster.smk"
 

@@ -13,7 +13,7 @@ def _raw(repo):
 def test_default_config_is_valid_and_gets_defaults(repo):
     cfg = validate_config(_raw(repo))
     assert cfg["prompts"]["openai"]["temperature"] == 1.0  # filled from the schema default
-    assert cfg["methods"]["ours"]["kl"] is True and cfg["methods"]["ours"]["preference"] == "kto"
+    assert cfg["methods"]["ours"]["kl"] is True and cfg["methods"]["ours-kto"]["undesirable"] == "paper"
 
 
 def test_every_schema_key_has_description_and_default(repo):
@@ -65,6 +65,23 @@ def test_every_schema_key_has_description_and_default(repo):
      r"config key 'judge\.llm\.model': required when judge\.story is 'both'"),
     (lambda c: c["prompts"].__setitem__("paraphraser", "openai"),
      r"config key 'prompts\.openai\.model': required when prompts\.paraphraser is 'openai'"),
+    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "race-even"),
+     r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'race-even' has attribute 'race', "
+     r"expected 'gender'"),
+    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "us-even-from-uk"),
+     r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'us-even-from-uk' itself borrows"),
+    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "mars"),
+     r"config key 'datasets\.us-real-from-uk\.adapters_from': unknown dataset 'mars'"),
+    (lambda c: c.__setitem__("report", {"transfer_datasets": ["us-real"]}),
+     r"config key 'report\.transfer_datasets': dataset 'us-real' has no adapters_from"),
+    (lambda c: c.__setitem__("sweeps", {"methods": ["ours", "magic"]}),
+     r"config key 'sweeps\.methods': unknown method 'magic'"),
+    (lambda c: c.__setitem__("sweeps", {"top_p": [0.9, 1.5]}),
+     r"config key 'sweeps\.top_p"),
+    (lambda c: c.__setitem__("capabilities", {"dataset": "mars-even"}),
+     r"config key 'capabilities\.dataset': unknown dataset 'mars-even'"),
+    (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
+     r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
 ])
 def test_bad_config_names_the_key(repo, mutate, message):
     cfg = _raw(repo)
@@ -96,10 +113,9 @@ def test_method_overrides_and_applicability(repo):
 
 
 def test_paper_config_is_valid(repo):
-    paper = repo / "config/paper.yaml"
-    if not paper.exists():
-        pytest.skip("config/paper.yaml not written yet")
-    load_config(repo / "config/config.yaml", paper)
+    cfg = load_config(repo / "config/config.yaml", repo / "config/paper.yaml")
+    assert cfg["methods"]["ours"]["preference"] == "kto"  # the paper's hybrid; the CPU default uses nll
+    assert load_config(repo / "config/config.yaml")["methods"]["ours"]["preference"] == "nll"
 
 
 def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):

@@ -96,3 +96,69 @@ def test_share_ci_brackets_the_share():
 
     lo, hi = bootstrap_share_ci([30, 70], 0, 1, np.random.default_rng(0))
     assert lo < 0.7 < hi and hi - lo < 0.25
+
+
+def _summary(mae, floor=0.03, invalid=0, total=100):
+    return {"summary": {"mae": mae, "noise_floor": floor, "n_invalid": invalid, "n_total": total}}
+
+
+def test_sweep_points_mean_sd_and_order(tmp_path, config):
+    from distalign.figures import sweep_figure, sweep_points
+
+    recs = []
+    for method, base in (("ift", 0.2), ("ours", 0.05)):
+        for knob, values in (("temperature", [1.3, 0.7]), ("top_k", [0, 5]), ("top_p", [0.9])):
+            for v in values:
+                for rep, delta in enumerate((-0.01, 0.01)):
+                    recs.append({"model": "m", "method": method, "knob": knob, "value": str(v), "rep": rep,
+                                 "metrics": _summary(base + v / 100 + delta, invalid=rep * 10)})
+    df = sweep_points(recs, config)
+    assert len(df) == 2 * 5
+    # method order as given, knobs top_p, top_k, temperature, values ascending with top-k "off" last
+    first = df[df.method == "IFT"]
+    assert list(zip(first.knob, first.value_label, strict=True)) == [
+        ("top_p", "0.9"), ("top_k", "5"), ("top_k", "off"), ("temperature", "0.7"), ("temperature", "1.3")]
+    row = first.iloc[0]
+    assert row.mae_mean == pytest.approx(0.2 + 0.009) and row.mae_sd == pytest.approx(0.01)
+    assert row.runs == 2 and row.invalid_rate == pytest.approx(0.05) and row.noise_floor == pytest.approx(0.03)
+    save(sweep_figure(recs, config, "sweep"), tmp_path / "s.png", tmp_path / "s.pdf")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_capabilities_table_cells_and_deltas(config):
+    from distalign.tables import capabilities_table
+
+    def local(ppl, acc):
+        return {"backend": "local", "perplexity": {"perplexity": ppl}, "multiple_choice": {"accuracy": acc}}
+
+    recs = [{"model": "m", "method": "zero-shot", "capabilities": local(40.0, 0.50)},
+            {"model": "m", "method": "ours", "capabilities": local(44.0, 0.45)}]
+    df = capabilities_table(recs, config, models=["m"], methods=["zero-shot", "ift", "ours"])
+    assert list(df.columns) == ["Model", "Method", "Perplexity", "MC accuracy", "Δ Perplexity", "Δ MC accuracy"]
+    ours = df[df.Method == "Ours"].iloc[0]
+    assert ours["Perplexity"] == 44.0 and ours["MC accuracy"] == pytest.approx(45.0)
+    assert ours["Δ Perplexity"] == pytest.approx(4.0) and ours["Δ MC accuracy"] == pytest.approx(-5.0)
+    assert math.isnan(df[df.Method == "IFT"].iloc[0]["Perplexity"])  # missing: empty, never 0
+    lm = [{"model": "m", "method": "zero-shot", "capabilities": {"backend": "lm-eval", "tasks": {
+        "gsm8k": {"exact_match,strict-match": 0.40, "exact_match_stderr,strict-match": 0.01},
+        "mmlu": {"acc,none": 0.60}}}},
+        {"model": "m", "method": "ours", "capabilities": {"backend": "lm-eval", "tasks": {
+            "gsm8k": {"exact_match,strict-match": 0.38}, "mmlu": {"acc,none": 0.61}}}}]
+    df = capabilities_table(lm, config, models=["m"], methods=["zero-shot", "ours"])
+    assert df.iloc[1]["gsm8k"] == pytest.approx(38.0) and df.iloc[1]["Δ mmlu"] == pytest.approx(1.0)
+
+
+def test_steering_diagnosis_table(records, config):
+    from distalign.tables import steering_diagnosis_table
+
+    df = steering_diagnosis_table(records[:1], config)
+    row = df.iloc[0]
+    s = records[0]["metrics"]["summary"]
+    assert row["Method"] == "Ours" and row["MAE"] == pytest.approx(s["mae"])
+    assert row["MAE / floor"] == pytest.approx(s["mae"] / s["noise_floor"])
+    # tokens were built from the labels: every valid answer follows its token, calibration |0.5 - target|
+    assert row["Consistency"] == pytest.approx(1.0)
+    assert row["Calibration"] == pytest.approx((0.3 + 0.4) / 2)
+    assert row["Invalid"] == pytest.approx(0.05)
+    md = to_markdown(df)
+    assert "| m | Ours | UK-real |" in md

@@ -107,6 +107,17 @@ def _cross_reference_errors(config: dict) -> list[str]:
         if ds.get("attribute") not in attributes:
             errs.append(f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "
                         f"(defined: {sorted(attributes)})")
+        src = ds.get("adapters_from")
+        if src is not None:
+            other = config.get("datasets", {}).get(src)
+            if other is None:
+                errs.append(f"config key 'datasets.{name}.adapters_from': unknown dataset {src!r}")
+            elif other.get("attribute") != ds.get("attribute"):
+                errs.append(f"config key 'datasets.{name}.adapters_from': dataset {src!r} has attribute "
+                            f"{other.get('attribute')!r}, expected {ds.get('attribute')!r} (the steering tokens differ)")
+            elif other.get("adapters_from") is not None:
+                errs.append(f"config key 'datasets.{name}.adapters_from': dataset {src!r} itself borrows adapters; "
+                            "name the dataset they are trained on")
         if ds.get("census") not in config.get("census", {}):
             errs.append(f"config key 'datasets.{name}.census': unknown census {ds.get('census')!r} "
                         f"(defined: {sorted(config.get('census', {}))})")
@@ -124,6 +135,24 @@ def _cross_reference_errors(config: dict) -> list[str]:
         for item in config.get("run", {}).get(key, []):
             if item not in known:
                 errs.append(f"config key 'run.{key}': unknown {key[:-1]} {item!r} (defined: {sorted(known)})")
+    refs = [("report.table1_methods", "methods"), ("report.ablation_methods", "methods"),
+            ("report.token_methods", "methods"), ("report.transfer_methods", "methods"),
+            ("report.transfer_datasets", "datasets"), ("sweeps.datasets", "datasets"), ("sweeps.methods", "methods"),
+            ("capabilities.methods", "methods")]
+    for dotted, section in refs:
+        top, key = dotted.split(".")
+        known = config.get(section, {})
+        for item in (config.get(top) or {}).get(key) or []:
+            if item not in known:
+                errs.append(f"config key '{dotted}': unknown {section[:-1]} {item!r} (defined: {sorted(known)})")
+    cap_ds = (config.get("capabilities") or {}).get("dataset")
+    if cap_ds is not None and cap_ds not in config.get("datasets", {}):
+        errs.append(f"config key 'capabilities.dataset': unknown dataset {cap_ds!r} "
+                    f"(defined: {sorted(config.get('datasets', {}))})")
+    for item in (config.get("report") or {}).get("transfer_datasets") or []:
+        if item in config.get("datasets", {}) and not config["datasets"][item].get("adapters_from"):
+            errs.append(f"config key 'report.transfer_datasets': dataset {item!r} has no adapters_from "
+                        "(a transfer dataset names the dataset its adapters are trained on)")
     judge = config.get("judge", {})
     if judge.get("story") in ("llm", "both") and not judge.get("llm", {}).get("model"):
         errs.append(f"config key 'judge.llm.model': required when judge.story is {judge.get('story')!r}")
@@ -166,6 +195,11 @@ def load_config(*paths: str | os.PathLike, overrides: Mapping | None = None) -> 
 def method_training(config: dict, method: str) -> dict:
     """The training section with the method's overrides applied."""
     return deep_merge(config["training"], config["methods"][method].get("train_overrides") or {})
+
+
+def adapter_dataset(config: dict, dataset: str) -> str:
+    """The dataset whose adapters a dataset's trained methods use (itself, or ``adapters_from``)."""
+    return config["datasets"][dataset].get("adapters_from") or dataset
 
 
 def dataset_applies(config: dict, dataset: str, method: str, task: str = "attribute") -> bool:

@@ -5,6 +5,8 @@
   context, with the diagonal.
 - ``calibration_figure`` (not in the paper): target vs achieved share per context for every
   method, with 95% bootstrap error bars (the context's labels resampled, seeded).
+- ``sweep_figure`` (paper Figures 4, 6-10): MAE vs top-p, top-k and temperature, mean over the
+  seeded runs with a shaded SD band, one line per method; :func:`sweep_points` is its table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import numpy as np
 
 from .io import atomic_path
 from .tables import title_of
+
+KNOBS = ("top_p", "top_k", "temperature")
+KNOB_TITLES = {"top_p": "top-p", "top_k": "top-k", "temperature": "temperature"}
 
 
 def _plt():
@@ -141,6 +146,70 @@ def calibration_figure(records: Sequence[dict], config: dict, class_name: str, t
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _knob_order(knob: str, value: float) -> float:
+    """Plot order of a knob value: top-k 0 means "off" (no truncation), so it goes last."""
+    return float("inf") if knob == "top_k" and float(value) == 0 else float(value)
+
+
+def sweep_points(records: Sequence[dict], config: dict):
+    """One row per (model, method, knob, value): mean and population SD of MAE over runs, runs, floor.
+
+    ``records``: dicts with model, method, knob, value, rep and metrics. Rows are ordered by model,
+    method (as given), knob (top_p, top_k, temperature) and value (top-k "off" last).
+    """
+    import pandas as pd
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["method"], r["knob"], float(r["value"])), []).append(r)
+    method_rank = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in records))}
+    rows = []
+    for (model, method, knob, value), recs in groups.items():
+        maes = np.array([x["metrics"]["summary"]["mae"] for x in recs], dtype=float)
+        floors = [x["metrics"]["summary"]["noise_floor"] for x in recs]
+        invalid = [x["metrics"]["summary"]["n_invalid"] / max(x["metrics"]["summary"]["n_total"], 1) for x in recs]
+        rows.append({"model": model, "method": title_of(config, "methods", method), "_m": method_rank[method],
+                     "knob": knob, "value": int(value) if knob == "top_k" else value,
+                     "value_label": "off" if knob == "top_k" and value == 0 else f"{value:g}",
+                     "runs": len(recs), "mae_mean": float(maes.mean()), "mae_sd": float(maes.std()),
+                     "invalid_rate": float(np.mean(invalid)), "noise_floor": float(np.mean(floors))})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["_k"] = df["knob"].map(KNOBS.index)
+    df["_v"] = [_knob_order(k, v) for k, v in zip(df["knob"], df["value"], strict=True)]
+    df = df.sort_values(["model", "_m", "_k", "_v"]).drop(columns=["_m", "_k", "_v"]).reset_index(drop=True)
+    return df
+
+
+def sweep_figure(records: Sequence[dict], config: dict, title: str):
+    """MAE vs each decoding knob (one panel per knob), mean over runs with a shaded +-SD band."""
+    plt = _plt()
+    df = sweep_points(records, config)
+    knobs = [k for k in KNOBS if k in set(df["knob"])]
+    fig, axes = plt.subplots(1, len(knobs), figsize=(3.6 * len(knobs), 3.3), squeeze=False)
+    multi_model = df["model"].nunique() > 1
+    for ax, knob in zip(axes[0], knobs, strict=True):
+        part = df[df["knob"] == knob]
+        labels = list(dict.fromkeys(part["value_label"]))
+        for (model, method), line in part.groupby(["model", "method"], sort=False):
+            x = np.array([labels.index(v) for v in line["value_label"]])
+            mean, sd = line["mae_mean"].to_numpy(), line["mae_sd"].to_numpy()
+            (h,) = ax.plot(x, mean, marker="o", ms=4, lw=1.3, label=f"{method} ({model})" if multi_model else method)
+            ax.fill_between(x, mean - sd, mean + sd, color=h.get_color(), alpha=0.2, lw=0)
+        ax.axhline(float(part["noise_floor"].mean()), color="0.4", ls=":", lw=1, label="noise floor")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels)
+        ax.set_xlabel(KNOB_TITLES[knob])
+        ax.set_ylabel("MAE")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -103,9 +103,76 @@ def probe_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str
     return pd.DataFrame(rows).reindex(columns=["Model", "Method", *titles, AVG])
 
 
+def capabilities_table(records: Sequence[dict], config: dict, *, models: Sequence[str],
+                       methods: Sequence[str]) -> pd.DataFrame:
+    """table5: general capabilities per (model, method) and the change from the model's zero-shot row.
+
+    ``records``: ``{"model", "method", "capabilities": <capabilities JSON>}``. Local backend columns:
+    ``Perplexity`` (held-out text, lower is better) and ``MC accuracy``; lm-eval backend: one
+    column per task (its first accuracy-like metric, in points). ``Δ`` columns: minus the
+    first method's value (the base model) of the same model.
+    """
+    idx = {(r["model"], r["method"]): r["capabilities"] for r in records}
+    rows = []
+    for model in models:
+        first = None
+        for method in methods:
+            cap = idx.get((model, method))
+            row = {"Model": model, "Method": title_of(config, "methods", method)}
+            if cap is None:
+                pass
+            elif cap["backend"] == "local":
+                row["Perplexity"] = cap["perplexity"]["perplexity"]
+                row["MC accuracy"] = 100 * cap["multiple_choice"]["accuracy"]
+            else:
+                for task, metrics in sorted(cap["tasks"].items()):
+                    keys = [k for k in metrics if k.split(",")[0] in ("acc", "exact_match", "prompt_level_strict_acc",
+                                                                        "acc_norm", "mc2")]
+                    if keys:
+                        row[task] = 100 * metrics[keys[0]]
+            values = {k: v for k, v in row.items() if k not in ("Model", "Method")}
+            if first is None and values:
+                first = values
+            for k, v in values.items():
+                if first is not None and k in first:
+                    row[f"Δ {k}"] = v - first[k]
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    metric_cols = [c for c in df.columns if c not in ("Model", "Method") and not c.startswith("Δ ")]
+    return df.reindex(columns=["Model", "Method", *metric_cols, *[f"Δ {c}" for c in metric_cols]])
+
+
+def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
+    """What limits a steering method, per (dataset, model, method) record (not in the paper).
+
+    The answer MAE of a steering method decomposes into three causes: the token distribution
+    itself (``Calibration``: MAE of the mean steering probability vs the target, i.e. the
+    restricted internal probe; ``Token MAE``: of the sampled tokens' frequencies), answers that do
+    not follow their token (``Consistency``: share of valid answers naming the token's class;
+    ``Answer vs token``: MAE between generated and token frequencies) and ``Invalid`` answers.
+    """
+    rows = []
+    for r in records:
+        m = r["metrics"]
+        s, st = m["summary"], m.get("steering") or {}
+        floor = s.get("noise_floor")
+        rows.append({
+            "Dataset": title_of(config, "datasets", r["dataset"]), "Model": r["model"],
+            "Method": title_of(config, "methods", r["method"]), "MAE": s["mae"], "Noise floor": floor,
+            "MAE / floor": s["mae"] / floor if floor else math.nan,
+            "Calibration": st.get("mae_prob_vs_target", math.nan), "Token MAE": st.get("mae_token_vs_target", math.nan),
+            "Consistency": st.get("consistency", math.nan), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
+            "Invalid": s.get("invalid_rate", math.nan),
+        })
+    return pd.DataFrame(rows, columns=["Dataset", "Model", "Method", "MAE", "Noise floor", "MAE / floor", "Calibration",
+                                       "Token MAE", "Consistency", "Answer vs token", "Invalid"])
+
+
 def _fmt(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
+    if isinstance(v, str):
+        return v
     s = f"{v:.{digits}f}"
     return s[1:] if s.startswith("0.") else s
 

@@ -11,7 +11,7 @@ Kinds (``methods.X.kind``):
 - ``dpo``: DPO on the preference rows without steering tokens (chosen r, rejected r_neg),
   continuing the IFT adapter of the same (dataset, model) (``init_adapter``).
 - ``ours``: stage ``sft`` = SFT warm-up on [tau_a; r]; stage ``pref`` continues the *same*
-  adapter with KTO (or DPO, or nothing: ``methods.X.preference``) + ``kl_weight * L_KL``
+  adapter with KTO (or DPO, or the answer NLL, or nothing: ``methods.X.preference``) + ``kl_weight * L_KL``
   (``methods.X.kl``), see :mod:`distalign.steering`.
 
 Reference model of every preference stage = the adapter the stage starts from (the stage-1 /
@@ -237,9 +237,9 @@ def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
 def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, callbacks, *, preference: str,
                 steering_ids, use_kl: bool):
     from datasets import Dataset
-    from trl import DPOConfig, KTOConfig
+    from trl import DPOConfig, KTOConfig, SFTConfig
 
-    from .steering import SteeringDPOTrainer, SteeringKTOTrainer
+    from .steering import SteeringDPOTrainer, SteeringKTOTrainer, SteeringSFTTrainer
 
     pc = tr["preference"]
 
@@ -247,6 +247,10 @@ def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, ca
         tok, model = _load_adapter(model_dir, start_adapter, device)
         common = _hf_args(tr, pc, stage_dir, seed, device)
         kl = dict(kl_weight=tr["kl_weight"], kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
+        if preference == "nll":
+            args = SFTConfig(**common, dataset_num_proc=None)
+            return SteeringSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids, **kl)
         if preference == "dpo":
             args = DPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
             return SteeringDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -352,10 +356,12 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     else:
         last = Path(init_adapter)
     if kind == "dpo" or (kind == "ours" and (preference != "none" or use_kl)):
-        from .steering import dpo_rows, kto_rows
+        from .steering import dpo_rows, kto_rows, nll_rows
 
         pref = read_jsonl(pref_path)
-        if preference == "dpo":
+        if preference == "nll":
+            rows = nll_rows(pref, tok, steering_ids, max_len)
+        elif preference == "dpo":
             rows = dpo_rows(pref, tok, steering_ids)
         else:
             rows = kto_rows(pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"])

@@ -4,9 +4,10 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import ConfigError, dataset_applies, method_training, validate_config
+from distalign.config import ConfigError, adapter_dataset, dataset_applies, method_training, validate_config
+from distalign.figures import KNOBS
 from distalign.judge import judge_config
-from distalign.prompts import TASKS
+from distalign.prompts import TASKS, derive_seed
 from distalign.serve import (
     hf_defaults,
     hf_environment,
@@ -35,6 +36,9 @@ wildcard_constraints:
     model=_alternatives(config["models"]),
     method=_alternatives(config["methods"]),
     task=_alternatives(TASKS),
+    knob=_alternatives(KNOBS),
+    value=r"[0-9]+(\.[0-9]+)?",
+    rep=r"[0-9]+",
 
 
 def census_path(wildcards):
@@ -152,7 +156,8 @@ def _stage_inputs(wildcards, task):
         "templates": config["prompts"]["templates"],
     }
     if method_kind(wildcards.method) in TRAINED_KINDS:
-        inputs["adapter"] = ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
+        inputs["adapter"] = ADAPTER.format(dataset=adapter_dataset(config, wildcards.dataset), model=wildcards.model,
+                                           method=wildcards.method)
     return inputs
 
 
@@ -207,6 +212,89 @@ def method_token_set(wildcards):
     return config["methods"][wildcards.method].get("token_set")
 
 
+# ---- General capabilities (evaluate.smk, table5) ---------------------------------
+CAPS = config["capabilities"]
+
+
+def capabilities_inputs(wildcards):
+    """Model, the adapter of trained methods, and the local task files (backend local)."""
+    inputs = {"model": MODEL.format(model=wildcards.model)}
+    if method_kind(wildcards.method) in TRAINED_KINDS:
+        inputs["adapter"] = ADAPTER.format(dataset=adapter_dataset(config, wildcards.dataset), model=wildcards.model,
+                                           method=wildcards.method)
+    if CAPS["backend"] == "local":
+        inputs["heldout"] = CAPS["heldout_text"]
+        inputs["multiple_choice"] = CAPS["multiple_choice"]
+    return inputs
+
+
+def capabilities_settings(wildcards):
+    """What changes the scores: the backend and, for lm-eval, its tasks and limit."""
+    if CAPS["backend"] == "local":
+        return {"backend": "local"}
+    return {k: CAPS[k] for k in ("backend", "lm_eval_tasks", "lm_eval_limit")}
+
+
+def capabilities_keys():
+    return [dict(dataset=CAPS["dataset"], model=model, method=method)
+            for model in config["run"]["models"] for method in CAPS["methods"]]
+
+
+# ---- Decoding sweeps (sweep.smk) ----------------------------------------------
+SWEEPS = config["sweeps"]
+
+
+def sweep_generation_settings(wildcards):
+    """generation settings with the swept knob set to the point's value."""
+    value = int(wildcards.value) if wildcards.knob == "top_k" else float(wildcards.value)
+    return {**generation_settings(wildcards), wildcards.knob: value}
+
+
+def sweep_seed(wildcards):
+    """Run r of a sweep point samples with its own seed, derived from the master seed and r."""
+    return derive_seed(config["seed"], "sweep", int(wildcards.rep)) % (2**31)
+
+
+def _sweep_path_point(knob, value):
+    """Where a point's samples live: a value equal to the generation default of its knob is the
+    default sampling itself, shared by the three knobs (stored once, under top_p)."""
+    if float(value) == float(config["generation"][knob]):
+        return "top_p", str(config["generation"]["top_p"])
+    return knob, str(value)
+
+
+def sweep_keys(dataset):
+    """(model, method, knob, value, rep) of every point of one dataset's decoding sweep, with the
+    knob/value of the files it reads (``path_knob``/``path_value``)."""
+    keys = []
+    for model in config["run"]["models"]:
+        for method in SWEEPS["methods"]:
+            if not applicable(dataset, method):
+                continue
+            for knob in KNOBS:
+                for value in SWEEPS[knob]:
+                    path_knob, path_value = _sweep_path_point(knob, value)
+                    for rep in range(SWEEPS["seeds"]):
+                        keys.append(dict(dataset=dataset, model=model, method=method, task="attribute",
+                                         knob=knob, value=str(value), rep=rep,
+                                         path_knob=path_knob, path_value=path_value))
+    return keys
+
+
+def _sweep_file(key):
+    return SWEEP_METRICS.format(**{**key, "knob": key["path_knob"], "value": key["path_value"]})
+
+
+def sweep_records(wildcards):
+    """Every plotted point with the metrics file it reads (shared default points appear once per knob)."""
+    return [{**{k: v for k, v in key.items() if not k.startswith("path_")}, "path": _sweep_file(key)}
+            for key in sweep_keys(wildcards.dataset)]
+
+
+def sweep_metrics(wildcards):
+    return sorted({_sweep_file(k) for k in sweep_keys(wildcards.dataset)})
+
+
 # ---- Report (report.smk) ------------------------------------------------------
 REPORT = config["report"]
 
@@ -248,7 +336,11 @@ def figure_outputs(name):
 def artefact_targets():
     out = []
     for name in REPORT["artefacts"]:
-        if name.startswith("table"):
+        if name == "fig4":
+            for dataset in SWEEPS["datasets"]:
+                stem = FIGURE.format(figure=f"fig4-{dataset}")
+                out += [f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"]
+        elif name.startswith("table") or name == "steering_diagnosis":
             out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
         else:
             out += [f"{FIGURE.format(figure=name)}.png", f"{FIGURE.format(figure=name)}.pdf"]
@@ -256,6 +348,7 @@ def artefact_targets():
 
 
 TABLE1_METHODS = REPORT["table1_methods"]
+TRANSFER_DATASETS = REPORT["transfer_datasets"]
 STEERING_METHODS = [m for m in TABLE1_METHODS if method_kind(m) == "ours"]
 STORY_DATASETS = [d for d in config["run"]["datasets"] if config["datasets"][d]["attribute"] != "race"]
 

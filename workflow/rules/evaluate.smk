@@ -47,3 +47,26 @@ rule metrics:
         runtime=10,
     script:
         "../scripts/metrics.py"
+
+
+# General capabilities of one (dataset, model, method) after fine-tuning (paper Table 5).
+rule capabilities:
+    input:
+        unpack(capabilities_inputs),
+    output:
+        capabilities=CAPABILITIES,
+    params:
+        settings=capabilities_settings,
+    log:
+        f"{LOGS}/evaluate/capabilities/{{dataset}}/{{model}}/{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/capabilities/{{dataset}}/{{model}}/{{method}}.tsv"
+    conda:
+        "../../envs/capabilities.yaml"
+    threads: 2
+    resources:
+        mem_mb=scaled(8000),
+        runtime=scaled(240),
+        gpu=GENERATION_GPUS,
+    script:
+        "../scripts/capabilities.py"

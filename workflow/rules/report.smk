@@ -83,6 +83,25 @@ rule table4:
         "../scripts/table.py"
 
 
+# Table 5: general capabilities after fine-tuning (perplexity + local multiple choice, or lm-eval).
+rule table5:
+    input:
+        capabilities=[CAPABILITIES.format(**k) for k in capabilities_keys()],
+    output:
+        **table_outputs("table5"),
+    params:
+        kind="capabilities",
+        records=capabilities_keys(),
+        methods=CAPS["methods"],
+        title="Table 5: general capabilities after fine-tuning",
+    log:
+        f"{LOGS}/report/table5.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
 # Table 6: choice of steering tokens (digits, man/woman, he/she).
 rule table6:
     input:
@@ -97,6 +116,26 @@ rule table6:
         title="Table 6: steering-token choice, MAE",
     log:
         f"{LOGS}/report/table6.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
+
+
+# Table 7: trained on UK occupations, tested on the unseen US ones (datasets with adapters_from).
+rule table7:
+    input:
+        metrics=artefact_metrics(REPORT["transfer_methods"], datasets=TRANSFER_DATASETS),
+    output:
+        **table_outputs("table7"),
+    params:
+        kind="mae",
+        records=artefact_keys(REPORT["transfer_methods"], datasets=TRANSFER_DATASETS),
+        datasets=_ordered(TRANSFER_DATASETS),
+        methods=REPORT["transfer_methods"],
+        title="Table 7: trained on UK, tested on US occupations, MAE",
+    log:
+        f"{LOGS}/report/table7.log",
     conda:
         "../../envs/report.yaml"
     script:
@@ -217,3 +256,21 @@ rule calibration:
         "../../envs/report.yaml"
     script:
         "../scripts/figure.py"
+
+
+# Not in the paper: what limits each steering method (calibration, token-answer consistency, invalid answers).
+rule steering_diagnosis:
+    input:
+        metrics=artefact_metrics(STEERING_METHODS),
+    output:
+        **table_outputs("steering_diagnosis"),
+    params:
+        kind="steering_diagnosis",
+        records=artefact_keys(STEERING_METHODS),
+        title="What limits the steering methods: calibration vs consistency vs invalid answers",
+    log:
+        f"{LOGS}/report/steering_diagnosis.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"

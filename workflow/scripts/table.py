@@ -2,15 +2,20 @@
 
 from distalign.io import read_json
 from distalign.scripting import setup_logging
-from distalign.tables import mae_table, probe_table, write_table
+from distalign.tables import capabilities_table, mae_table, probe_table, steering_diagnosis_table, write_table
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-paths = snakemake.input.probes if p.kind == "probe" else snakemake.input.metrics
-field = "probe" if p.kind == "probe" else "metrics"
+inputs = {"probe": "probes", "capabilities": "capabilities"}.get(p.kind, "metrics")
+paths = snakemake.input[inputs]
+field = {"probe": "probe", "capabilities": "capabilities"}.get(p.kind, "metrics")
 records = [{**key, field: read_json(path)} for key, path in zip(p.records, paths, strict=True)]
 models = list(dict.fromkeys(k["model"] for k in p.records)) or list(snakemake.config["run"]["models"])
-if p.kind == "probe":
+if p.kind == "steering_diagnosis":
+    df = steering_diagnosis_table(records, snakemake.config)
+elif p.kind == "capabilities":
+    df = capabilities_table(records, snakemake.config, models=models, methods=p.methods)
+elif p.kind == "probe":
     df = probe_table(records, snakemake.config, datasets=p.datasets, models=models, methods=p.methods)
 else:
     df = mae_table(records, snakemake.config, datasets=p.datasets, models=models, methods=p.methods,
