@@ -168,7 +168,7 @@ def test_end_to_end_tiny_run(tiny_run, snakemake_run):
     assert list(t7["Method"]) == ["Zero-shot", "IFT", "Ours", "Noise floor"]
     assert t7["tiny-even-from-real"].notna().all()
     # fig4: one point (top-p 0.5), two seeded runs with different samples
-    pts = pd.read_csv(res / "figures/fig4-tiny-real.csv")
+    pts = pd.read_csv(res / "figures/fig4-tiny-real.csv", dtype={"value_label": str})
     assert list(pts["value_label"]) == ["0.5"] and pts.loc[0, "runs"] == 2
     sweep = res / "sweeps/tiny-real/smollm2-135m-instruct/ours/attribute/top_p-0.5"
     runs = [(sweep / f"seed{r}/generations.jsonl").read_text() for r in (0, 1)]
