@@ -332,6 +332,11 @@ class SteeringLMCollator(_TargetCollatorMixin, DataCollatorForLanguageModeling):
     """trl's language-modelling collator plus a ``target`` tensor [B, K]."""
 
 
+def _pad_id(tokenizer) -> int:
+    """Padding id of the default collators (eos when the tokenizer has no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class _SteeringMixin:
     """Shared state and the KL term of both trainers."""
 
@@ -391,7 +396,7 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
             a = kwargs["args"]
             tok = kwargs["processing_class"]
             kwargs["data_collator"] = SteeringUnpairedCollator(
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=_pad_id(tok),
                 max_length=a.max_length, pad_to_multiple_of=a.pad_to_multiple_of)
         super().__init__(*args, **kwargs)
 
@@ -435,7 +440,7 @@ class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
             a = kwargs["args"]
             tok = kwargs["processing_class"]
             kwargs["data_collator"] = SteeringPreferenceCollator(
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=_pad_id(tok),
                 max_length=a.max_length, truncation_mode=a.truncation_mode, pad_to_multiple_of=a.pad_to_multiple_of)
         super().__init__(*args, **kwargs)
 
@@ -493,7 +498,7 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
             a = kwargs["args"]
             tok = kwargs["processing_class"]
             kwargs["data_collator"] = SteeringLMCollator(
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=_pad_id(tok),
                 pad_to_multiple_of=a.pad_to_multiple_of)
         super().__init__(*args, **kwargs)
 

@@ -148,6 +148,12 @@ TRAINED_KINDS = ("ift", "dpo", "ours")
 GENERATION_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
 
 
+def method_adapter(wildcards):
+    """The adapter a trained method uses on a dataset (its own, or that of datasets.<d>.adapters_from)."""
+    return ADAPTER.format(dataset=adapter_dataset(config, wildcards.dataset), model=wildcards.model,
+                          method=wildcards.method)
+
+
 def _stage_inputs(wildcards, task):
     inputs = {
         "model": MODEL.format(model=wildcards.model),
@@ -156,8 +162,7 @@ def _stage_inputs(wildcards, task):
         "templates": config["prompts"]["templates"],
     }
     if method_kind(wildcards.method) in TRAINED_KINDS:
-        inputs["adapter"] = ADAPTER.format(dataset=adapter_dataset(config, wildcards.dataset), model=wildcards.model,
-                                           method=wildcards.method)
+        inputs["adapter"] = method_adapter(wildcards)
     return inputs
 
 
@@ -220,8 +225,7 @@ def capabilities_inputs(wildcards):
     """Model, the adapter of trained methods, and the local task files (backend local)."""
     inputs = {"model": MODEL.format(model=wildcards.model)}
     if method_kind(wildcards.method) in TRAINED_KINDS:
-        inputs["adapter"] = ADAPTER.format(dataset=adapter_dataset(config, wildcards.dataset), model=wildcards.model,
-                                           method=wildcards.method)
+        inputs["adapter"] = method_adapter(wildcards)
     if CAPS["backend"] == "local":
         inputs["heldout"] = CAPS["heldout_text"]
         inputs["multiple_choice"] = CAPS["multiple_choice"]
