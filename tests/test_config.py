@@ -80,6 +80,14 @@ def test_every_schema_key_has_description_and_default(repo):
      r"config key 'sweeps\.top_p"),
     (lambda c: c.__setitem__("capabilities", {"dataset": "mars-even"}),
      r"config key 'capabilities\.dataset': unknown dataset 'mars-even'"),
+    (lambda c: c["methods"].__setitem__("dpo", {"kind": "dpo", "story_data": True}),
+     r"config key 'methods\.dpo\.story_data': only methods of kind 'ift' or 'ours' train on D_story, not 'dpo'"),
+    (lambda c: c["methods"]["ours-story"].__setitem__("preference", "kto"),
+     r"config key 'methods\.ours-story\.story_data': D_story has no undesirable stories; use preference 'nll'"),
+    (lambda c: (c["run"]["methods"].append("ours-story"),
+                c["attributes"]["gender"]["classes"][1].pop("story_hint")),
+     r"config key 'attributes\.gender\.classes': class\(es\) \['female'\] have no story_hint, which method "
+     r"'ours-story' \(story_data: true\) needs"),
     (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
      r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
 ])
@@ -110,6 +118,9 @@ def test_method_overrides_and_applicability(repo):
     assert not dataset_applies(cfg, "race-even", "ours-words")  # race defines no word tokens
     assert not dataset_applies(cfg, "race-even", "ours", "story")  # race is not used for stories
     assert dataset_applies(cfg, "sentiment-even", "ours", "story")
+    # a method trained on D_story needs a story judge for the dataset's attribute, on either task
+    assert dataset_applies(cfg, "uk-real", "ours-story") and dataset_applies(cfg, "sentiment-even", "ours-story")
+    assert not dataset_applies(cfg, "race-even", "ours-story")
 
 
 def test_paper_config_is_valid(repo):

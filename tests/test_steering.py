@@ -349,6 +349,9 @@ def test_nll_rows_mask_prompt_and_token(tok, config, repo):
         assert pos.item() == len(p) - 1
     with pytest.raises(ValueError, match="max_length"):
         nll_rows(pref[:1], tok, [32, 33], max_length=10)
+    # stories (D_story) may be cut: the row keeps its first max_length tokens, token and labels aligned
+    cut = nll_rows(pref[:1], tok, [32, 33], max_length=len(rows[0]["input_ids"]) - 1, truncate=True)[0]
+    assert cut["input_ids"] == rows[0]["input_ids"][:-1] and cut["labels"] == rows[0]["labels"][:-1]
 
 
 def _nll_trainer(tmp_path, tok, rows, **kw):

@@ -126,6 +126,22 @@ def _cross_reference_errors(config: dict) -> list[str]:
             for key in ("token_set",):
                 if m.get(key):
                     errs.append(f"config key 'methods.{name}.{key}': only methods of kind 'ours' use steering tokens")
+        if m.get("story_data"):
+            if m.get("kind") not in ("ift", "ours"):
+                errs.append(f"config key 'methods.{name}.story_data': only methods of kind 'ift' or 'ours' train on "
+                            f"D_story, not {m.get('kind')!r}")
+            elif m.get("kind") == "ours" and m.get("preference", "kto") != "nll":
+                errs.append(f"config key 'methods.{name}.story_data': D_story has no undesirable stories; use "
+                            f"preference 'nll', not {m.get('preference', 'kto')!r}")
+            for aname, attr in attributes.items():
+                used = any(ds.get("attribute") == aname for dname, ds in config.get("datasets", {}).items()
+                           if dname in config.get("run", {}).get("datasets", []))
+                if not used or name not in config.get("run", {}).get("methods", []) or not story_judged(attr):
+                    continue
+                missing = [c.get("name") for c in attr.get("classes", []) if not c.get("story_hint")]
+                if missing:
+                    errs.append(f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
+                                f"which method {name!r} (story_data: true) needs to write D_story")
         overrides = m.get("train_overrides") or {}
         unknown = set(overrides) - set(config.get("training", {}))
         if unknown:
@@ -207,7 +223,8 @@ def dataset_applies(config: dict, dataset: str, method: str, task: str = "attrib
 
     pe-implicit ("follow real-world statistics") needs real targets; a token-set method needs
     the attribute to define that token set; stories skip race as in the paper (no story
-    lexicon); a story judge needs a lexicon or vader.
+    lexicon); a story judge needs a lexicon or vader, and so does a method trained on D_story
+    (``story_data: true``), on either task.
     """
     ds = config["datasets"][dataset]
     m = config["methods"][method]
@@ -218,11 +235,13 @@ def dataset_applies(config: dict, dataset: str, method: str, task: str = "attrib
         ts = m.get("token_set") or attr.get("default_token_set", "digits")
         if any(ts not in c.get("tokens", {}) for c in attr["classes"]):
             return False
-    if task == "story":
-        has_lexicon = all(c.get("lexicon") for c in attr["classes"])
-        if not has_lexicon and attr.get("story_judge") != "vader":
-            return False
-    return True
+    needs_judge = task == "story" or bool(m.get("story_data"))
+    return story_judged(attr) or not needs_judge
+
+
+def story_judged(attr: dict) -> bool:
+    """Whether an attribute has an offline story judge (a lexicon for every class, or vader)."""
+    return attr.get("story_judge") == "vader" or all(c.get("lexicon") for c in attr.get("classes", []))
 
 
 def schema_markdown(schema: dict | None = None) -> str:

@@ -268,17 +268,22 @@ def dpo_rows(pref: list[dict], tokenizer, steering_ids: list[int] | None) -> lis
     return rows
 
 
-def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: int | None = None) -> list[dict]:
+def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: int | None = None,
+             truncate: bool = False) -> list[dict]:
     """Pre-tokenized rows of the ``nll`` second stage: [prompt; tau_a; answer], loss on the answer only.
 
     ``labels`` is -100 on the prompt *and* on the steering token (its distribution is set by L_KL
-    alone, against the full target rather than a one-hot draw); ``target`` is the row's P*.
+    alone, against the full target rather than a one-hot draw); ``target`` is the row's P*. A row
+    longer than ``max_length`` is an error (a short answer would lose its class) unless
+    ``truncate`` (stories: only the ending is lost).
     """
     rows = []
     for r in pref:
         p = prompt_ids(tokenizer, r["prompt"])
         a = completion_ids(tokenizer, r["answer"])
         ids, labels = p + [steering_ids[r["class_index"]]] + a, [-100] * (len(p) + 1) + a
+        if max_length is not None and len(ids) > max_length and truncate:
+            ids, labels = ids[:max_length], labels[:max_length]
         if max_length is not None and len(ids) > max_length:
             raise ValueError(f"nll row of context {r['context']!r} has {len(ids)} tokens > training.max_length "
                              f"{max_length}: the answer would be cut")

@@ -276,12 +276,16 @@ def first_method_of_kind(config: dict, kind: str) -> str:
 
 
 def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, pref_path, out_dir,
-                  log: str | os.PathLike | None = None, init_adapter=None, callbacks: list | None = None) -> Path:
+                  log: str | os.PathLike | None = None, init_adapter=None, callbacks: list | None = None,
+                  story_path=None) -> Path:
     """Train the LoRA adapter of (dataset, model, method) into ``out_dir`` (atomically, resumably).
 
     ``log``: optional file that receives the distalign/transformers log lines (appended).
     ``init_adapter``: the IFT adapter that the ``dpo`` kind continues. ``callbacks``: extra HF
-    TrainerCallbacks (tests use one to simulate a killed job).
+    TrainerCallbacks (tests use one to simulate a killed job). ``story_path``: D_story
+    (``distalign.stories``), required by methods with ``story_data: true``; its rows join the SFT
+    rows and the rows of the ``nll`` second stage (stories longer than ``training.max_length``
+    tokens are cut there, which only drops their ending).
     """
     handler = None
     if log is not None:
@@ -291,7 +295,8 @@ def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, 
             logging.getLogger(name).addHandler(handler)
         logging.getLogger("distalign").setLevel(logging.INFO)
     try:
-        return _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks)
+        return _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks,
+                      story_path)
     finally:
         if handler is not None:
             for name in ("distalign", "transformers", "trl"):
@@ -299,7 +304,8 @@ def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, 
             handler.close()
 
 
-def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks) -> Path:
+def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks,
+           story_path=None) -> Path:
 
     spec = config["methods"][method]
     kind = spec["kind"]
@@ -321,6 +327,12 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     if kind == "ours" and preference == "none" and not use_kl:
         raise TrainError(f"method {method!r}: preference 'none' and kl false leave no second-stage loss")
     undesirable = spec.get("undesirable", "paper")
+    use_stories = bool(spec.get("story_data", False))
+    if use_stories and story_path is None:
+        raise TrainError(f"method {method!r} has story_data: true but no D_story file was given (story_path)")
+    if use_stories and kind == "ours" and preference != "nll":
+        raise TrainError(f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
+                         f"stories), got {preference!r}")
     base_seed = int(config["seed"])
     seeds = {s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")}
 
@@ -332,7 +344,8 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
         "reference_model": "the adapter the preference stage starts from (frozen copy 'ref', precomputed log-probs)",
         "seed": base_seed, "stage_seeds": seeds, "model_dir": str(model_dir),
         "inputs": {"sft": _sha256(sft_path), "pref": _sha256(pref_path),
-                   "init_adapter": _sha256(init_adapter) if init_adapter else None},
+                   "init_adapter": _sha256(init_adapter) if init_adapter else None,
+                   **({"stories": _sha256(story_path)} if use_stories else {})},
         "versions": library_versions(),
     }
     fingerprint = json.dumps({k: v for k, v in record.items() if k != "device"}, sort_keys=True, default=str)
@@ -350,6 +363,12 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
         from .steering import sft_rows
 
         rows = sft_rows(read_jsonl(sft_path), tok, steering_ids, max_len)
+        if use_stories:
+            from .datasets import build_sft
+
+            stories = read_jsonl(story_path)
+            rows += sft_rows(build_sft(stories), tok, steering_ids, max_len)
+            log_.info("D_story: %d story rows join the SFT rows", len(stories))
         log_.info("stage sft: %d rows (steering tokens: %s)", len(rows), steering_tokens)
         last, h = _sft_stage("sft", work, model_dir, rows, tr, seeds["sft"], device, callbacks)
         history += h
@@ -361,6 +380,8 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
         pref = read_jsonl(pref_path)
         if preference == "nll":
             rows = nll_rows(pref, tok, steering_ids, max_len)
+            if use_stories:
+                rows += nll_rows(read_jsonl(story_path), tok, steering_ids, max_len, truncate=True)
         elif preference == "dpo":
             rows = dpo_rows(pref, tok, steering_ids)
         else:

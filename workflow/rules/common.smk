@@ -71,8 +71,22 @@ def dataset_spec(wildcards):
 
 
 def attribute_spec(wildcards):
+    """An attribute's settings without its classes' story hints (they change D_story only)."""
     name = config["datasets"][wildcards.dataset]["attribute"]
-    return {"name": name, **config["attributes"][name]}
+    spec = config["attributes"][name]
+    classes = [{k: v for k, v in c.items() if k != "story_hint"} for c in spec["classes"]]
+    return {"name": name, **spec, "classes": classes}
+
+
+def story_hints(wildcards):
+    """The story hint of each class of a dataset's attribute (validated when a method uses D_story)."""
+    name = config["datasets"][wildcards.dataset]["attribute"]
+    return [c.get("story_hint") for c in config["attributes"][name]["classes"]]
+
+
+def story_training_prompts(wildcards):
+    """D_story is written for the training prompts of the story task."""
+    return PROMPTS.format(dataset=wildcards.dataset, task="story")
 
 
 def model_spec(wildcards):
@@ -80,8 +94,10 @@ def model_spec(wildcards):
 
 
 def method_spec(wildcards):
-    """A method's settings without its display title (a title change reruns nothing)."""
-    return {k: v for k, v in config["methods"][wildcards.method].items() if k != "title"}
+    """A method's settings without its display title (a title change reruns nothing) and without
+    story_data when it is off (so that methods defined before that key existed keep their results)."""
+    spec = config["methods"][wildcards.method]
+    return {k: v for k, v in spec.items() if k != "title" and not (k == "story_data" and not v)}
 
 
 def method_kind(method):
@@ -129,6 +145,13 @@ def train_init_adapter(wildcards):
         return {}
     ift = first_method_of_kind(config, "ift")
     return {"init_adapter": ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=ift)}
+
+
+def train_story_data(wildcards):
+    """Methods with story_data: true also train on D_story of their (dataset, model)."""
+    if not config["methods"][wildcards.method].get("story_data"):
+        return {}
+    return {"stories": STORY_DATA.format(dataset=wildcards.dataset, model=wildcards.model)}
 
 
 def train_params(wildcards):

@@ -88,3 +88,33 @@ rule datasets:
         runtime=10,
     script:
         "../scripts/datasets.py"
+
+
+# D_story: hinted stories of the base model, kept when the story judge reads the hinted class.
+rule story_data:
+    input:
+        model=MODEL,
+        prompts=story_training_prompts,
+        targets=TARGETS,
+    output:
+        stories=STORY_DATA,
+        summary=STORY_SUMMARY,
+    params:
+        attribute=attribute_spec,
+        hints=story_hints,
+        story_data=config["story_data"],
+        generation=generation_settings,
+        seed=config["seed"],
+    log:
+        f"{LOGS}/story_data/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/story_data/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../../envs/vllm.yaml"
+    threads: 2
+    resources:
+        mem_mb=scaled(6000),
+        runtime=scaled(120),
+        gpu=GENERATION_GPUS,
+    script:
+        "../scripts/story_data.py"

@@ -6,6 +6,7 @@
 rule train:
     input:
         unpack(train_init_adapter),
+        unpack(train_story_data),
         model=MODEL,
         sft=SFT,
         pref=PREF,

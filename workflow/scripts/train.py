@@ -20,4 +20,5 @@ train_adapter(
     pref_path=snakemake.input.pref,
     out_dir=snakemake.output.adapter,
     init_adapter=snakemake.input.get("init_adapter"),
+    story_path=snakemake.input.get("stories"),
 )

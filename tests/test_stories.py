@@ -1,0 +1,73 @@
+"""D_story: candidate requests per (context, class) and the judge-checked selection."""
+
+import pytest
+
+from distalign.attributes import Attribute
+from distalign.judge import LexiconJudge
+from distalign.stories import StoryDataError, select_stories, story_requests
+
+
+@pytest.fixture()
+def gender(config):
+    return Attribute.from_config("gender", config["attributes"]["gender"])
+
+
+def _prompts(contexts, n=3):
+    rows = []
+    for cid in contexts:
+        for i in range(n):
+            rows.append({"context_id": cid, "context": f"job{cid}", "prompt_id": f"{cid}-train-{i}", "split": "train",
+                         "prompt": f"Write a story about job{cid} number {i}."})
+        rows.append({"context_id": cid, "context": f"job{cid}", "prompt_id": f"{cid}-test-0", "split": "test",
+                     "prompt": "held out"})
+    return rows
+
+
+def test_requests_follow_largest_remainder_and_oversample(gender):
+    targets = [{"context_id": 0, "context": "job0", "target": [0.75, 0.25]},
+               {"context_id": 1, "context": "job1", "target": [0.5, 0.5]}]
+    hints = ["The main character is a man.", "The main character is a woman."]
+    reqs = story_requests(_prompts([0, 1]), targets, gender, hints, per_context=4, oversample=1.5, seed=7)
+    per = {}
+    for r in reqs:
+        per.setdefault((r["context_id"], r["class_index"]), []).append(r)
+    # counts 3/1 and 2/2, each times 1.5 rounded up
+    assert {k: len(v) for k, v in per.items()} == {(0, 0): 5, (0, 1): 2, (1, 0): 3, (1, 1): 3}
+    assert {k: v[0]["wanted"] for k, v in per.items()} == {(0, 0): 3, (0, 1): 1, (1, 0): 2, (1, 1): 2}
+    for r in reqs:
+        assert r["prompt"] == f"{r['plain_prompt']} {hints[r['class_index']]}"
+        assert "held out" not in r["prompt"]  # the train split only
+    assert len({r["prompt_id"] for r in reqs}) == len(reqs)  # each candidate has its own sampling seed
+    assert reqs == story_requests(_prompts([0, 1]), targets, gender, hints, per_context=4, oversample=1.5, seed=7)
+    with pytest.raises(StoryDataError, match="1 story hints for 2 classes"):
+        story_requests(_prompts([0]), targets[:1], gender, hints[:1], per_context=4, oversample=2, seed=7)
+    with pytest.raises(StoryDataError, match="no training story prompts for context 'job1'"):
+        story_requests(_prompts([0]), targets, gender, hints, per_context=4, oversample=2, seed=7)
+
+
+def test_selection_keeps_only_judged_stories_up_to_the_count(gender):
+    targets = [{"context_id": 0, "context": "job0", "target": [0.5, 0.5]},
+               {"context_id": 1, "context": "job1", "target": [1.0, 0.0]}]
+    reqs = story_requests(_prompts([0, 1]), targets, gender, ["man.", "woman."], per_context=2, oversample=2,
+                          seed=1)
+    # job0: 2 male + 2 female candidates (1 wanted each); job1: 4 male candidates (2 wanted)
+    stories = {(0, 0): ["She ran.", "He ran, his dog too."], (0, 1): ["He sat.", "It rained."],
+               (1, 0): ["He left.", "", "Mr Smith and his son.", "He won."]}
+    seen: dict = {}
+    texts = []
+    for r in reqs:
+        key = (r["context_id"], r["class_index"])
+        texts.append(stories[key][seen.get(key, 0)])
+        seen[key] = seen.get(key, 0) + 1
+    judged = [j.label for j in LexiconJudge(gender).judge(texts)]
+    rows, summary = select_stories(reqs, texts, judged, gender)
+    assert [(r["context"], r["class"], r["answer"]) for r in rows] == [
+        ("job0", "male", "He ran, his dog too."), ("job1", "male", "He left."),
+        ("job1", "male", "Mr Smith and his son.")]
+    assert all("man." not in r["prompt"] for r in rows)  # the hint is not part of the training prompt
+    assert summary["per_class"]["male"] == {"wanted": 3, "generated": 6, "consistent": 4, "kept": 3}
+    assert summary["per_class"]["female"] == {"wanted": 1, "generated": 2, "consistent": 0, "kept": 0}
+    assert summary["missing"] == [["job0", "female"]]
+    assert summary["hint_consistency"] == pytest.approx(4 / 8)
+    with pytest.raises(StoryDataError, match="2 requests, 1 stories"):
+        select_stories(reqs[:2], texts[:1], judged[:1], gender)

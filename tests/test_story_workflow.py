@@ -1,0 +1,67 @@
+"""D_story end to end on the embedded model: story_data -> train (ours-story) -> story generation."""
+
+import json
+
+import pytest
+import yaml
+
+from distalign.attributes import Attribute
+from distalign.judge import LexiconJudge
+from distalign.train import _sha256
+
+TINY_STORY = {
+    "census": {"tiny": "resources/census/tiny.csv"},
+    "datasets": {"tiny-real": {"attribute": "gender", "census": "tiny", "target": "real"}},
+    "run": {"datasets": ["tiny-real"], "methods": ["ours-story"], "tasks": ["story"]},
+    "prompts": {"per_split": {"train": 4, "val": 4, "test": 4}},
+    "data": {"responses_per_context": 4},
+    "story_data": {"per_context": 4, "oversample": 2},
+    "training": {"sft": {"epochs": 1, "batch_size": 8}, "preference": {"epochs": 1, "batch_size": 8},
+                 "max_length": 128},
+    "generation": {"batch_size": 8, "max_new_tokens": {"attribute": 16, "story": 48}},
+    "metrics": {"bootstrap": 50},
+    "report": {"artefacts": ["table2"]},
+}
+METRICS = "results/metrics/tiny-real/smollm2-135m-instruct/ours-story/story.json"
+
+
+def test_story_data_job_feeds_the_training_of_story_methods(workdir, snakemake_run):
+    (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY_STORY))
+    (workdir / "resources/census/tiny.csv").write_text("occupation,group,male,female,year,source\n"
+                                                       "Civil engineers,Engineering,90,10,2024,test\n")
+    proc = snakemake_run(workdir, "-n", "--configfile", "config/tiny.yaml", "--", METRICS, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "rule story_data:" in proc.stdout
+    assert "results/datasets/tiny-real/smollm2-135m-instruct/stories.jsonl" in proc.stdout.split("rule train:")[1]
+    # plain ours does not need D_story
+    plain = snakemake_run(workdir, "-n", "--configfile", "config/tiny.yaml", "--",
+                          "results/adapters/tiny-real/smollm2-135m-instruct/ours", timeout=300)
+    assert plain.returncode == 0 and "rule story_data:" not in plain.stdout, plain.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
+    (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY_STORY))
+    (workdir / "resources/census/tiny.csv").write_text("occupation,group,male,female,year,source\n"
+                                                       "Civil engineers,Engineering,90,10,2024,test\n"
+                                                       "Registered nurses,Health,15,85,2024,test\n")
+    proc = snakemake_run(workdir, "--cores", "2", "--configfile", "config/tiny.yaml", "--", METRICS, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    data = workdir / "results/datasets/tiny-real/smollm2-135m-instruct"
+    rows = [json.loads(x) for x in (data / "stories.jsonl").read_text().splitlines()]
+    summary = json.loads((data / "stories.summary.json").read_text())
+    gender = Attribute.from_config("gender", config["attributes"]["gender"])
+    # every kept story is read by the judge as the class it trains, and its prompt has no hint
+    assert [j.label for j in LexiconJudge(gender).judge([r["answer"] for r in rows])] == [r["class"] for r in rows]
+    hints = [c["story_hint"] for c in config["attributes"]["gender"]["classes"]]
+    assert not any(h in r["prompt"] for r in rows for h in hints)
+    assert summary["rows"] == len(rows) == sum(c["kept"] for c in summary["per_class"].values())
+    assert sum(c["generated"] for c in summary["per_class"].values()) == 2 * 4 * 2  # contexts x per_context x 2
+    adapter = workdir / "results/adapters/tiny-real/smollm2-135m-instruct/ours-story"
+    record = json.loads((adapter / "training_config.json").read_text())
+    assert record["inputs"]["stories"] == _sha256(data / "stories.jsonl")
+    log = (workdir / "results/logs/train/tiny-real/smollm2-135m-instruct/ours-story.log").read_text()
+    assert f"D_story: {len(rows)} story rows join the SFT rows" in log
+    metrics = json.loads((workdir / METRICS).read_text())
+    assert metrics["summary"]["n_total"] == 2 * 4
