@@ -8,7 +8,7 @@ wall time of the default run's stages. Prints a Markdown table (also written to 
 Workloads: 100 samples x 16 tokens (attribute) and 20 samples x 200 tokens (story) of one prompt,
 excluding model load. Training seconds per step come from the adapters of a finished default run
 (``results/adapters/*/*/{ift,ours}/metrics.jsonl`` and the rule benchmarks); stage wall times from
-Snakemake's benchmark files under results/benchmarks/.
+Snakemake's benchmark files under results/benchmarks/, in total per rule and per dataset.
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ def stage_times() -> dict[str, float]:
         if rows:
             totals[rule] += float(rows[-1]["s"])
     return dict(totals)
+
+
+def dataset_times() -> dict[str, dict[str, float]]:
+    """Job seconds per dataset and rule (benchmark files are results/benchmarks/<rule>[/<sub-rule>]/<dataset>/...).
+
+    On 2 cores every heavy job takes both, so a dataset's sum is the wall time its jobs need."""
+    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for f in (REPO / "results/benchmarks").rglob("*.tsv"):
+        parts = f.relative_to(REPO / "results/benchmarks").with_suffix("").parts
+        rule, rest = (parts[1], parts[2:]) if parts[0] == "evaluate" else (parts[0], parts[1:])
+        dataset = rest[0] if len(rest) > 1 else "(no dataset)"
+        with open(f) as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows:
+            out[dataset][rule] += float(rows[-1]["s"])
+    return {d: dict(r) for d, r in out.items()}
 
 
 def train_step_times() -> dict[str, float]:
@@ -86,6 +102,13 @@ def main() -> None:
         lines += ["", "| stage of the last run (sum over its jobs) | seconds |", "|---|---|"]
         lines += [f"| {r} | {s:.0f} |" for r, s in sorted(stages.items(), key=lambda x: -x[1])]
         lines.append(f"| total | {sum(stages.values()):.0f} |")
+    per_dataset = dataset_times()
+    if per_dataset:
+        rules = sorted({r for d in per_dataset.values() for r in d})
+        lines += ["", "| dataset | " + " | ".join(rules) + " | total (min) |", "|---" * (len(rules) + 2) + "|"]
+        for d, r in sorted(per_dataset.items()):
+            lines.append(f"| {d} | " + " | ".join(f"{r.get(x, 0):.0f}" for x in rules) +
+                         f" | {sum(r.values()) / 60:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     (REPO / "results").mkdir(exist_ok=True)
