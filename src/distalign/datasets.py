@@ -47,13 +47,18 @@ def sample_negative(k: int, a: int, rng: random.Random) -> int:
     return j if j < a else j + 1
 
 
+def prompts_by_context(prompts: list[dict], split: str = "train") -> dict[int, list[dict]]:
+    """The prompts of one split, grouped by context id (file order kept)."""
+    by_ctx: dict[int, list[dict]] = {}
+    for p in prompts:
+        if p["split"] == split:
+            by_ctx.setdefault(p["context_id"], []).append(p)
+    return by_ctx
+
+
 def build_base(train_prompts: list[dict], targets: list[dict], attribute: Attribute, bank: dict,
                responses_per_context: int, seed: int) -> list[dict]:
-    by_ctx: dict[int, list[dict]] = {}
-    for p in train_prompts:
-        if p["split"] != "train":
-            continue
-        by_ctx.setdefault(p["context_id"], []).append(p)
+    by_ctx = prompts_by_context(train_prompts)
     forms = answer_forms(bank, attribute.name)
     rows = []
     for t in targets:

@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 
 from .attributes import Attribute
-from .datasets import largest_remainder
+from .datasets import largest_remainder, prompts_by_context
 from .prompts import derive_seed
 
 
@@ -55,10 +55,7 @@ def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: 
     if per_context < 1 or oversample < 1:
         raise StoryDataError(f"story_data.per_context must be >= 1 and story_data.oversample >= 1, got "
                              f"{per_context} and {oversample}")
-    by_ctx: dict[int, list[dict]] = {}
-    for p in prompts:
-        if p["split"] == "train":
-            by_ctx.setdefault(p["context_id"], []).append(p)
+    by_ctx = prompts_by_context(list(prompts))
     out = []
     for t in targets:
         pool = by_ctx.get(t["context_id"])
