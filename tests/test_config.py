@@ -3,7 +3,15 @@ import copy
 import pytest
 import yaml
 
-from distalign.config import ConfigError, dataset_applies, load_config, method_training, validate_config
+from distalign.config import (
+    ConfigError,
+    dataset_applies,
+    load_config,
+    method_training,
+    stage_epochs,
+    training_params,
+    validate_config,
+)
 
 
 def _raw(repo):
@@ -36,7 +44,7 @@ def test_every_schema_key_has_description_and_default(repo):
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
-     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate\)"),
+     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, min_steps\)"),
     (lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),
      r"config key 'training\.sft\.learning_rate': expected number, got 'fast'"),
     (lambda c: c["generation"].__setitem__("backend", "tgi"),
@@ -123,10 +131,36 @@ def test_method_overrides_and_applicability(repo):
     assert not dataset_applies(cfg, "race-even", "ours-story")
 
 
+@pytest.mark.parametrize("epochs,min_steps,rows,expected", [
+    (2, None, 280, 2.0),      # unset: epochs as given
+    (2, 126, 500, 2.0),       # UK: 63 steps an epoch, 2 epochs already reach 126
+    (2, 126, 280, 4.0),       # US: 35 steps an epoch -> 4 whole epochs (140 steps)
+    (1, 36, 280, 2.0),        # one step short of 36 -> a second epoch
+    (0.5, 10, 280, 0.5),      # fractional epochs that already reach the minimum stay as they are
+    (1, 10, 0, 1.0),          # no rows: nothing to raise
+])
+def test_stage_epochs(epochs, min_steps, rows, expected):
+    assert stage_epochs({"epochs": epochs, "batch_size": 8, "min_steps": min_steps}, rows) == expected
+
+
+def test_unset_min_steps_is_not_part_of_a_jobs_params(repo):
+    """A key added with a null default must not change the params of jobs that existed before it."""
+    cfg = validate_config(_raw(repo))
+    assert cfg["training"]["preference"]["min_steps"] is None  # filled from the schema
+    ift = training_params(cfg, "ift")
+    assert "min_steps" not in ift["preference"] and "min_steps" not in ift["sft"]
+    assert training_params(cfg, "ours")["preference"]["min_steps"] == 126  # set: kept
+    assert method_training(cfg, "ift")["preference"]["min_steps"] is None  # what training itself reads
+
+
 def test_paper_config_is_valid(repo):
     cfg = load_config(repo / "config/config.yaml", repo / "config/paper.yaml")
     assert cfg["methods"]["ours"]["preference"] == "kto"  # the paper's hybrid; the CPU default uses nll
     assert load_config(repo / "config/config.yaml")["methods"]["ours"]["preference"] == "nll"
+    # the CPU sizing of the default (ours at lr 1e-3 with >= 126 steps, dpo 1 epoch) does not leak in
+    assert method_training(cfg, "ours")["preference"] == cfg["training"]["preference"]
+    assert method_training(cfg, "ours")["preference"]["learning_rate"] == 1.0e-6
+    assert method_training(cfg, "dpo")["preference"]["epochs"] == 3
 
 
 def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):

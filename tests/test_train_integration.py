@@ -71,6 +71,8 @@ def _tiny_setup(tmp_path, repo, config, preference):
     write_jsonl(tmp_path / "sft.jsonl", sft)
     write_jsonl(tmp_path / "pref.jsonl", pref)
     config["methods"]["ours"]["preference"] = preference
+    # the default's min_steps (126) is sized for 280-500 real rows, not for these 24
+    config["methods"]["ours"]["train_overrides"]["preference"].pop("min_steps", None)
     config["training"].update({
         "sft": {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3},
         "preference": {**config["training"]["preference"], "epochs": 2, "batch_size": 8, "learning_rate": 1e-2},
@@ -188,3 +190,21 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "end" and r["stage"] == "pref" and r["resumed_from"] for r in rows)
+
+
+def test_min_steps_raises_the_epochs_of_a_small_training_set(tmp_path, repo, config, tiny_model_dir):
+    """preference.min_steps: a stage on too few rows gets whole extra epochs, logged; sft is untouched."""
+    _tiny_setup(tmp_path, repo, config, "nll")
+    n_pref = len((tmp_path / "pref.jsonl").read_text().splitlines())
+    per_epoch = -(-n_pref // 8)
+    config["training"]["preference"]["epochs"] = 1
+    config["methods"]["ours"]["train_overrides"]["preference"]["min_steps"] = per_epoch + 1
+    out = tmp_path / "adapter"
+    train_adapter(config=config, dataset="uk-real", method="ours", model_dir=tiny_model_dir,
+                  sft_path=tmp_path / "sft.jsonl", pref_path=tmp_path / "pref.jsonl", out_dir=out,
+                  log=tmp_path / "train.log")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ends = {r["stage"]: r for r in rows if r.get("event") == "end"}
+    assert ends["pref"]["step"] == 2 * per_epoch  # 1 epoch is one step short: 2 whole epochs
+    assert ends["sft"]["step"] == per_epoch  # the sft stage has no min_steps
+    assert "epochs raised from 1 to 2.0 to reach min_steps" in (tmp_path / "train.log").read_text()

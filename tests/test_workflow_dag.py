@@ -97,6 +97,8 @@ TINY = {
     "data": {"responses_per_context": 4},
     "training": {"sft": {"epochs": 1, "batch_size": 8}, "preference": {"epochs": 1, "batch_size": 8},
                  "max_length": 128},
+    # one steering step on these 8 rows, not the default's 126
+    "methods": {"ours": {"train_overrides": {"preference": {"min_steps": None}}}},
     "generation": {"batch_size": 8},
     "metrics": {"bootstrap": 50},
     "report": {"artefacts": ["table1", "table4", "table5", "table7", "table10", "table11", "fig3", "fig4", "fig5",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,6 +212,35 @@ def load_config(*paths: str | os.PathLike, overrides: Mapping | None = None) -> 
 def method_training(config: dict, method: str) -> dict:
     """The training section with the method's overrides applied."""
     return deep_merge(config["training"], config["methods"][method].get("train_overrides") or {})
+
+
+# Keys added after results existed: left out of a job's params while they are null (their default),
+# so that adding them to the schema reruns nothing.
+_NULL_DEFAULT_STAGE_KEYS = ("min_steps",)
+
+
+def training_params(config: dict, method: str) -> dict:
+    """What of ``method_training`` changes an adapter: the resolved section without unset new keys."""
+    tr = method_training(config, method)
+    for stage in ("sft", "preference"):
+        section = tr.get(stage)
+        if isinstance(section, dict):
+            tr[stage] = {k: v for k, v in section.items() if not (k in _NULL_DEFAULT_STAGE_KEYS and v is None)}
+    return tr
+
+
+def stage_epochs(stage: dict, n_rows: int) -> float:
+    """Epochs a training stage runs on ``n_rows`` rows: ``epochs``, raised to the smallest whole number
+    of epochs that gives at least ``min_steps`` optimizer steps (one process, per-device batch size)."""
+    epochs = float(stage["epochs"])
+    min_steps = stage.get("min_steps")
+    if not min_steps or n_rows <= 0:
+        return epochs
+    per_epoch = -(-n_rows // int(stage["batch_size"]))
+    steps = math.ceil(epochs * per_epoch)  # how transformers' Trainer counts max_steps
+    if steps >= min_steps:
+        return epochs
+    return float(-(-int(min_steps) // per_epoch))
 
 
 def adapter_dataset(config: dict, dataset: str) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .attributes import attribute_of_dataset
-from .config import method_training
+from .config import method_training, stage_epochs
 from .io import atomic_dir, read_jsonl, write_json
 from .prompts import derive_seed
 
@@ -220,13 +220,23 @@ def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callba
     return done, history
 
 
+def _stage_config(name: str, stage: dict, n_rows: int) -> dict:
+    """The stage section with ``min_steps`` resolved into epochs for ``n_rows`` rows (logged when raised)."""
+    epochs = stage_epochs(stage, n_rows)
+    if epochs != float(stage["epochs"]):
+        log_.info("[%s] %d rows: epochs raised from %s to %s to reach min_steps %d", name, n_rows,
+                  stage["epochs"], epochs, stage["min_steps"])
+    return {**stage, "epochs": epochs}
+
+
 def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     def build(stage_dir: Path, cbs: list):
         tok, model = _load_base(model_dir, device)
-        args = SFTConfig(**_hf_args(tr, tr["sft"], stage_dir, seed, device), completion_only_loss=True,
+        stage = _stage_config(name, tr["sft"], len(rows))
+        args = SFTConfig(**_hf_args(tr, stage, stage_dir, seed, device), completion_only_loss=True,
                          dataset_num_proc=None)
         return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=_lora(tr), callbacks=cbs)
@@ -241,7 +251,7 @@ def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, ca
 
     from .steering import SteeringDPOTrainer, SteeringKTOTrainer, SteeringSFTTrainer
 
-    pc = tr["preference"]
+    pc = _stage_config(name, tr["preference"], len(rows))
 
     def build(stage_dir: Path, cbs: list):
         tok, model = _load_adapter(model_dir, start_adapter, device)

@@ -4,7 +4,14 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import ConfigError, adapter_dataset, dataset_applies, method_training, validate_config
+from distalign.config import (
+    ConfigError,
+    adapter_dataset,
+    dataset_applies,
+    method_training,
+    training_params,
+    validate_config,
+)
 from distalign.figures import KNOBS
 from distalign.judge import judge_config
 from distalign.prompts import TASKS, derive_seed
@@ -104,11 +111,6 @@ def method_kind(method):
     return config["methods"][method]["kind"]
 
 
-def method_training_spec(wildcards):
-    """Resolved training hyperparameters of a method (params: a change reruns only that method)."""
-    return method_training(config, wildcards.method)
-
-
 def applicable(dataset, method, task="attribute"):
     return dataset_applies(config, dataset, method, task)
 
@@ -155,9 +157,9 @@ def train_story_data(wildcards):
 
 
 def train_params(wildcards):
-    """Only what changes the result: the method spec and its resolved training section."""
-    return {"spec": method_spec(wildcards),
-            "training": method_training(config, wildcards.method)}
+    """Only what changes the result: the method spec and its resolved training section (a change reruns
+    only that method)."""
+    return {"spec": method_spec(wildcards), "training": training_params(config, wildcards.method)}
 
 
 def train_uses_gpu(wildcards):
