@@ -343,7 +343,7 @@ def _pad_id(tokenizer) -> int:
 
 
 class _SteeringMixin:
-    """Shared state and the KL term of both trainers."""
+    """Shared state, default collator, steering logits and the KL term of the three trainers."""
 
     _required: tuple[str, ...] = ()
 
@@ -361,6 +361,22 @@ class _SteeringMixin:
         if missing:
             raise ValueError(f"{type(self).__name__}: {dataset_name} dataset lacks pre-tokenized column(s) {missing}")
         return dataset
+
+    @staticmethod
+    def _default_collator(kwargs: dict, collator_cls, **extra) -> None:
+        """Fill ``kwargs["data_collator"]`` (unless given) with ``collator_cls`` padded like trl's default."""
+        if kwargs.get("data_collator") is None:
+            a = kwargs["args"]
+            kwargs["data_collator"] = collator_cls(pad_token_id=_pad_id(kwargs["processing_class"]),
+                                                   pad_to_multiple_of=a.pad_to_multiple_of, **extra)
+
+    @staticmethod
+    def _steering_logits(model, hidden, inputs: dict, positions: torch.Tensor, rows: int | None = None):
+        """Logits [B, V] at ``positions``: from the hidden states the main loss already computed when
+        they were captured, else from a separate forward pass of the first ``rows`` rows."""
+        if hidden is not None:
+            return _lm_head_at(model, hidden[:rows], positions)
+        return prompt_logits(model, inputs["input_ids"][:rows], inputs["attention_mask"][:rows], positions)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -397,12 +413,7 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
         self.use_kto = bool(use_kto)
         if not (self.use_kto or self.use_kl):
             raise ValueError("SteeringKTOTrainer: both the KTO and the KL term are switched off")
-        if kwargs.get("data_collator") is None:
-            a = kwargs["args"]
-            tok = kwargs["processing_class"]
-            kwargs["data_collator"] = SteeringUnpairedCollator(
-                pad_token_id=_pad_id(tok),
-                max_length=a.max_length, pad_to_multiple_of=a.pad_to_multiple_of)
+        self._default_collator(kwargs, SteeringUnpairedCollator, max_length=kwargs["args"].max_length)
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -419,10 +430,7 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
         else:
             total = None
         positions = answer_positions(inputs["completion_mask"])
-        if hidden is not None:
-            logits = _lm_head_at(model, hidden, positions)
-        else:
-            logits = prompt_logits(model, inputs["input_ids"], inputs["attention_mask"], positions)
+        logits = self._steering_logits(model, hidden, inputs, positions)
         term = self._steering_term(model, logits, target)
         total = term if total is None else total + term
         if return_outputs:
@@ -441,12 +449,8 @@ class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
     def __init__(self, *args, steering_ids: list[int] | None = None, kl_weight: float = 1.0,
                  kl_vocabulary: str = "restricted", use_kl: bool = True, **kwargs):
         self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
-        if kwargs.get("data_collator") is None:
-            a = kwargs["args"]
-            tok = kwargs["processing_class"]
-            kwargs["data_collator"] = SteeringPreferenceCollator(
-                pad_token_id=_pad_id(tok),
-                max_length=a.max_length, truncation_mode=a.truncation_mode, pad_to_multiple_of=a.pad_to_multiple_of)
+        self._default_collator(kwargs, SteeringPreferenceCollator, max_length=kwargs["args"].max_length,
+                               truncation_mode=kwargs["args"].truncation_mode)
         super().__init__(*args, **kwargs)
 
     def compute_ref_log_probs(self, model, inputs):
@@ -464,10 +468,7 @@ class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
         self._metrics[mode]["dpo_loss"].append(dpo.item())
         n = target.shape[0]  # rows are [chosen; rejected]: the chosen half carries each prompt once
         positions = answer_positions(inputs["completion_mask"][:n])
-        if hidden is not None:
-            logits = _lm_head_at(model, hidden[:n], positions)
-        else:
-            logits = prompt_logits(model, inputs["input_ids"][:n], inputs["attention_mask"][:n], positions)
+        logits = self._steering_logits(model, hidden, inputs, positions, rows=n)
         total = dpo + self._steering_term(model, logits, target)
         if return_outputs:
             return total, {"logits": logits}
@@ -499,12 +500,7 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
     def __init__(self, *args, steering_ids: list[int], kl_weight: float = 1.0, kl_vocabulary: str = "restricted",
                  use_kl: bool = True, **kwargs):
         self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
-        if kwargs.get("data_collator") is None:
-            a = kwargs["args"]
-            tok = kwargs["processing_class"]
-            kwargs["data_collator"] = SteeringLMCollator(
-                pad_token_id=_pad_id(tok),
-                pad_to_multiple_of=a.pad_to_multiple_of)
+        self._default_collator(kwargs, SteeringLMCollator)
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -516,10 +512,7 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
             nll = super().compute_loss(model, inputs, False, num_items_in_batch)
             hidden = cap.find(inputs["input_ids"])
         self._metrics[mode]["nll_loss"].append(nll.item())
-        if hidden is not None:
-            logits = _lm_head_at(model, hidden, positions)
-        else:
-            logits = prompt_logits(model, inputs["input_ids"], inputs["attention_mask"], positions)
+        logits = self._steering_logits(model, hidden, inputs, positions)
         total = nll + self._steering_term(model, logits, target)
         if return_outputs:
             return total, {"logits": logits}
