@@ -44,9 +44,13 @@ def test_every_schema_key_has_description_and_default(repo):
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
-     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, min_steps\)"),
+     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, lr_scheduler_type, min_steps\)"),
     (lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),
      r"config key 'training\.sft\.learning_rate': expected number, got 'fast'"),
+    (lambda c: c["methods"]["ours"]["train_overrides"]["preference"].__setitem__("lr_scheduler_type", "cosin"),
+     r"config key 'methods\.ours\.train_overrides\.preference\.lr_scheduler_type': expected one of .*got 'cosin'"),
+    (lambda c: c["methods"]["dpo"]["train_overrides"]["preference"].__setitem__("epochs", 0),
+     r"config key 'methods\.dpo\.train_overrides\.preference\.epochs'"),
     (lambda c: c["generation"].__setitem__("backend", "tgi"),
      r"config key 'generation\.backend': expected one of \['transformers', 'vllm'\], got 'tgi'"),
     (lambda c: c["generation"].__setitem__("top_p", 0),
@@ -149,6 +153,7 @@ def test_unset_min_steps_is_not_part_of_a_jobs_params(repo):
     assert cfg["training"]["preference"]["min_steps"] is None  # filled from the schema
     ift = training_params(cfg, "ift")
     assert "min_steps" not in ift["preference"] and "min_steps" not in ift["sft"]
+    assert "lr_scheduler_type" not in ift["preference"] and "lr_scheduler_type" not in ift["sft"]
     assert training_params(cfg, "ours")["preference"]["min_steps"] == 126  # set: kept
     assert method_training(cfg, "ift")["preference"]["min_steps"] is None  # what training itself reads
 
@@ -161,6 +166,19 @@ def test_paper_config_is_valid(repo):
     assert method_training(cfg, "ours")["preference"] == cfg["training"]["preference"]
     assert method_training(cfg, "ours")["preference"]["learning_rate"] == 1.0e-6
     assert method_training(cfg, "dpo")["preference"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("overlay", ["cpu-attribute", "cpu-full"])
+def test_full_cpu_configs_only_raise_the_steering_steps_of_ours(repo, overlay):
+    """The overlays merge key by key: ours keeps its loss and rate and gets 252 steps; others untouched."""
+    default = load_config(repo / "config/config.yaml")
+    cfg = load_config(repo / "config/config.yaml", repo / f"config/{overlay}.yaml")
+    ours, ours_default = method_training(cfg, "ours"), method_training(default, "ours")
+    assert ours["preference"]["min_steps"] == 252 and ours_default["preference"]["min_steps"] == 126
+    assert ours["preference"]["learning_rate"] == 1.0e-3 and cfg["methods"]["ours"]["preference"] == "nll"
+    assert {**ours["preference"], "min_steps": 126} == ours_default["preference"]
+    for method in ("ift", "dpo", "ours-story", "ours-kto"):
+        assert training_params(cfg, method) == training_params(default, method), method
 
 
 def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):

@@ -192,13 +192,16 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     assert any(r.get("event") == "end" and r["stage"] == "pref" and r["resumed_from"] for r in rows)
 
 
-def test_min_steps_raises_the_epochs_of_a_small_training_set(tmp_path, repo, config, tiny_model_dir):
-    """preference.min_steps: a stage on too few rows gets whole extra epochs, logged; sft is untouched."""
+def test_min_steps_and_scheduler_of_a_stage(tmp_path, repo, config, tiny_model_dir):
+    """preference.min_steps: a stage on too few rows gets whole extra epochs, logged; sft is untouched.
+    preference.lr_scheduler_type: constant_with_warmup keeps the peak rate to the last step."""
     _tiny_setup(tmp_path, repo, config, "nll")
     n_pref = len((tmp_path / "pref.jsonl").read_text().splitlines())
     per_epoch = -(-n_pref // 8)
     config["training"]["preference"]["epochs"] = 1
-    config["methods"]["ours"]["train_overrides"]["preference"]["min_steps"] = per_epoch + 1
+    config["training"]["logging_steps"] = 1
+    overrides = config["methods"]["ours"]["train_overrides"]["preference"]
+    overrides.update(min_steps=per_epoch + 1, lr_scheduler_type="constant_with_warmup")
     out = tmp_path / "adapter"
     train_adapter(config=config, dataset="uk-real", method="ours", model_dir=tiny_model_dir,
                   sft_path=tmp_path / "sft.jsonl", pref_path=tmp_path / "pref.jsonl", out_dir=out,
@@ -208,3 +211,6 @@ def test_min_steps_raises_the_epochs_of_a_small_training_set(tmp_path, repo, con
     assert ends["pref"]["step"] == 2 * per_epoch  # 1 epoch is one step short: 2 whole epochs
     assert ends["sft"]["step"] == per_epoch  # the sft stage has no min_steps
     assert "epochs raised from 1 to 2.0 to reach min_steps" in (tmp_path / "train.log").read_text()
+    lrs = {"pref": [r["learning_rate"] for r in rows if r.get("stage") == "pref" and "learning_rate" in r]}
+    peak = float(overrides["learning_rate"])
+    assert lrs["pref"][-2:] == pytest.approx([peak, peak])  # constant after the warm-up (linear: falling)

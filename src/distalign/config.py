@@ -178,11 +178,30 @@ def _cross_reference_errors(config: dict) -> list[str]:
     return errs
 
 
+def _override_errors(config: dict, schema: dict) -> list[str]:
+    """Each method's training section after its ``train_overrides``, checked against the schema of
+    ``training`` (an override such as an unknown scheduler name is caught here, not in a job)."""
+    sub = schema.get("properties", {}).get("training")
+    if not sub:
+        return []
+    validator = jsonschema.Draft202012Validator(sub)
+    errs = []
+    for name, m in config.get("methods", {}).items():
+        if not m.get("train_overrides"):
+            continue
+        merged = deep_merge(config.get("training", {}), m["train_overrides"])
+        for e in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
+            text = _describe(e)
+            errs.append(text.replace("config key '", f"config key 'methods.{name}.train_overrides.", 1))
+    return errs
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Fill defaults in place and check ``config``; raise ConfigError listing every problem."""
-    errs = _schema_errors(config, schema or load_schema())
+    schema = schema or load_schema()
+    errs = _schema_errors(config, schema)
     if not errs:
-        errs = _cross_reference_errors(config)
+        errs = _cross_reference_errors(config) + _override_errors(config, schema)
     if errs:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errs))
     return config
@@ -216,7 +235,7 @@ def method_training(config: dict, method: str) -> dict:
 
 # Keys added after results existed: left out of a job's params while they are null (their default),
 # so that adding them to the schema reruns nothing.
-_NULL_DEFAULT_STAGE_KEYS = ("min_steps",)
+_NULL_DEFAULT_STAGE_KEYS = ("min_steps", "lr_scheduler_type")
 
 
 def training_params(config: dict, method: str) -> dict:
@@ -236,11 +255,11 @@ def stage_epochs(stage: dict, n_rows: int) -> float:
     min_steps = stage.get("min_steps")
     if not min_steps or n_rows <= 0:
         return epochs
-    per_epoch = -(-n_rows // int(stage["batch_size"]))
+    per_epoch = math.ceil(n_rows / int(stage["batch_size"]))
     steps = math.ceil(epochs * per_epoch)  # how transformers' Trainer counts max_steps
     if steps >= min_steps:
         return epochs
-    return float(-(-int(min_steps) // per_epoch))
+    return float(math.ceil(int(min_steps) / per_epoch))
 
 
 def adapter_dataset(config: dict, dataset: str) -> str:

@@ -49,7 +49,8 @@ from .prompts import derive_seed
 
 log_ = logging.getLogger("distalign.train")
 
-FIXED = {"optim": "adamw_torch", "lr_scheduler_type": "linear", "warmup_steps": 0.05, "max_grad_norm": 1.0,
+LR_SCHEDULER = "linear"  # a stage's lr_scheduler_type when unset (transformers' default, the paper's)
+FIXED = {"optim": "adamw_torch", "lr_scheduler_type": LR_SCHEDULER, "warmup_steps": 0.05, "max_grad_norm": 1.0,
          "weight_decay": 0.0, "save_total_limit": 2}
 WORK_SUFFIX = ".work"
 SPEC_FILE = "spec.json"
@@ -145,7 +146,7 @@ def _hf_args(tr: dict, stage_cfg: dict, stage_dir: Path, seed: int, device: str)
         max_length=int(tr["max_length"]), logging_steps=int(tr["logging_steps"]), logging_first_step=True,
         save_strategy="steps", save_steps=int(tr["save_steps"]), seed=seed, data_seed=seed,
         use_cpu=cpu, bf16=not cpu, gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
-        disable_tqdm=False, **FIXED,
+        disable_tqdm=False, **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
     )
 
 
@@ -233,9 +234,10 @@ def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    stage = _stage_config(name, tr["sft"], len(rows))
+
     def build(stage_dir: Path, cbs: list):
         tok, model = _load_base(model_dir, device)
-        stage = _stage_config(name, tr["sft"], len(rows))
         args = SFTConfig(**_hf_args(tr, stage, stage_dir, seed, device), completion_only_loss=True,
                          dataset_num_proc=None)
         return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
