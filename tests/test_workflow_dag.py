@@ -234,6 +234,26 @@ def test_sigkilled_generation_job_reruns_to_the_same_file(tiny_run, tmp_path_fac
 
 
 @pytest.mark.slow
+def test_run_size_of_a_finished_run_is_the_sum_of_its_benchmarks(tiny_run):
+    """bench/run_size.py on the real dry runs of a finished run: every timed job is done and measured."""
+    import sys
+
+    from conftest import REPO, SNAKEMAKE
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import run_size
+
+    everything = run_size.dry_run(SNAKEMAKE, "all", ["config/tiny.yaml"], force=True, workdir=tiny_run)
+    todo = run_size.dry_run(SNAKEMAKE, "all", ["config/tiny.yaml"], force=False, workdir=tiny_run)
+    assert todo == [] and len(everything) > 20
+    rows = {(r["rule"], r["task"]): r for r in run_size.summarise(everything, todo, root=tiny_run)}
+    train = rows[("train", "")]
+    on_disk = sorted((tiny_run / "results/benchmarks/train").rglob("*.tsv"))
+    assert train["jobs"] == train["done"] == len(on_disk) > 0 and train["untimed"] == 0
+    assert train["measured_s"] == pytest.approx(sum(run_size.benchmark_seconds(f) for f in on_disk))
+    assert rows[("generate", "attribute")]["measured_s"] > 0 and not rows[("table1", "")]["timed"]
+
+
 def test_changing_one_method_reruns_only_that_method(tiny_run, snakemake_run):
     """After a complete run, editing one method's training config reruns only that method's jobs."""
     cfg = yaml.safe_load((tiny_run / "config/tiny.yaml").read_text())

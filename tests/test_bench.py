@@ -1,0 +1,85 @@
+"""bench/run_size.py: the wall time of a configuration from Snakemake's dry runs and benchmark files."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import run_size  # noqa: E402
+
+DRY_RUN = """Building DAG of jobs...
+Job stats:
+job         count
+--------  -------
+all             1
+generate        2
+total           3
+
+[Wed Nov 25 22:14:44 2026]
+rule generate:
+    input: results/models/m, results/prompts/us-real/attribute.jsonl
+    output: results/generations/us-real/m/ift/attribute.jsonl
+    log: results/logs/generate/us-real/m/ift/attribute.log
+    jobid: 4
+    benchmark: results/benchmarks/generate/us-real/m/ift/attribute.tsv
+    reason: Missing output files: results/generations/us-real/m/ift/attribute.jsonl
+    wildcards: dataset=us-real, model=m, method=ift, task=attribute
+    threads: 2
+    resources: tmpdir=/tmp, runtime=120
+
+[Wed Nov 25 22:14:44 2026]
+rule sweep_generate:
+    input: results/models/m
+    output: results/sweeps/us-real/m/ift/attribute/top_p-0.9/seed0/generations.jsonl, results/x.json
+    benchmark: results/benchmarks/sweeps/generate/us-real/m/ift/attribute/top_p-0.9/seed0.tsv
+    wildcards: dataset=us-real, model=m, method=ift, task=attribute, knob=top_p, value=0.9, rep=0
+
+[Wed Nov 25 22:14:44 2026]
+localrule all:
+    input: results/generations/us-real/m/ift/attribute.jsonl
+    jobid: 0
+    reason: Input files updated by another job
+    resources: tmpdir=/tmp
+Job stats:
+"""
+
+
+def test_parse_dry_run_reads_rule_output_benchmark_and_task():
+    jobs = run_size.parse_dry_run(DRY_RUN)
+    assert [(j.rule, j.task) for j in jobs] == [("generate", "attribute"), ("sweep_generate", "attribute"),
+                                                ("all", None)]
+    assert jobs[0].benchmark == "results/benchmarks/generate/us-real/m/ift/attribute.tsv"
+    assert jobs[1].output == "results/sweeps/us-real/m/ift/attribute/top_p-0.9/seed0/generations.jsonl"
+    assert jobs[2].benchmark is None and jobs[2].output == ""
+
+
+def _bench(root, rel, seconds):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("s\th:m:s\tmax_rss\n" + "".join(f"{s}\t0:00:00\t1\n" for s in seconds))
+    return rel
+
+
+def test_summarise_measures_done_jobs_and_estimates_the_rest(tmp_path):
+    gen = [run_size.PlannedJob("generate", f"g{i}", f"b/g{i}.tsv", "attribute") for i in range(4)]
+    sweep = [run_size.PlannedJob("sweep_generate", f"s{i}", f"b/s{i}.tsv", "attribute") for i in range(3)]
+    story = [run_size.PlannedJob("generate", "st0", "b/st0.tsv", "story")]
+    table = [run_size.PlannedJob("table1", "t", None, None)]
+    _bench(tmp_path, "b/g0.tsv", [999.0, 100.0])  # a rerun: the last row counts
+    _bench(tmp_path, "b/g1.tsv", [300.0])
+    _bench(tmp_path, "b/g2.tsv", [200.0])
+    # g3 is done but its benchmark file is gone; the sweeps and the story are still to run
+    todo = sweep + story + table
+    rows = {(r["rule"], r["task"]): r for r in run_size.summarise(gen + sweep + story + table, todo, root=tmp_path)}
+    g = rows[("generate", "attribute")]
+    assert (g["jobs"], g["done"], g["measured_s"], g["untimed"], g["todo"]) == (4, 4, 600.0, 1, 0)
+    # no sweep job has run: estimated from the median of the generation jobs of the same task
+    assert rows[("sweep_generate", "attribute")]["estimated_s"] == pytest.approx(3 * 200.0)
+    assert rows[("generate", "story")]["estimated_s"] is None  # nothing of that rule and task ran
+    assert rows[("table1", "")]["timed"] is False and rows[("table1", "")]["estimated_s"] == 0.0
+    text = run_size.markdown(list(rows.values()))
+    assert "| generate | attribute | 4 | 4 | 0.17 | 1 | 0 | 0.00 |" in text
+    assert "1 jobs to run have no measured job" in text and "table1" in text.splitlines()[-2]
