@@ -9,6 +9,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import run_size  # noqa: E402
+import same_draws  # noqa: E402
 
 DRY_RUN = """Building DAG of jobs...
 Job stats:
@@ -83,3 +84,26 @@ def test_summarise_measures_done_jobs_and_estimates_the_rest(tmp_path):
     text = run_size.markdown(list(rows.values()))
     assert "| generate | attribute | 4 | 4 | 0.17 | 1 | 0 | 0.00 |" in text
     assert "1 jobs to run have no measured job" in text and "table1" in text.splitlines()[-2]
+
+
+def _steered_rows(probs_of, n=200):
+    rows = []
+    for cid, target in enumerate(([0.9, 0.1], [0.5, 0.5], [0.2, 0.8])):
+        for i in range(n):
+            rows.append({"dataset": "us-real", "model": "m", "method": "ours", "task": "attribute", "context_id": cid,
+                         "prompt_id": f"test-{cid}-{i}", "sample": 0, "target": target,
+                         "steering_probs": probs_of(target)})
+    return rows
+
+
+def test_same_draws_replay_separates_calibration_from_luck():
+    exact = same_draws.replay(_steered_rows(lambda t: t), seed=1234)
+    # calibrated tokens: the run's draws are the ideal sampler's draws, whatever the luck
+    assert exact["token_mae"] == exact["ideal_same_draws"] > 0 and exact["contexts"] == 3
+    off = same_draws.replay(_steered_rows(lambda t: [t[0] - 0.1, t[1] + 0.1]), seed=1234)
+    assert off["ideal_same_draws"] == exact["ideal_same_draws"]  # same uniform numbers
+    assert off["token_mae"] > off["ideal_same_draws"] + 0.05  # a .1 miscalibration shows
+    other = same_draws.replay(_steered_rows(lambda t: t), seed=99)
+    assert other["ideal_same_draws"] != exact["ideal_same_draws"]  # the seed sets the luck
+    with pytest.raises(ValueError, match="no steering_probs"):
+        same_draws.replay([{**_steered_rows(lambda t: t)[0], "steering_probs": None}], seed=1)

@@ -27,6 +27,7 @@ from distalign.generate import (  # noqa: E402
     restricted_probs,
     run_generation,
     run_probe,
+    steering_draw_seed,
 )
 from distalign.io import read_jsonl, write_jsonl  # noqa: E402
 
@@ -121,6 +122,10 @@ def test_two_step_frequencies_match_restricted_distribution(tiny_dir, backend, p
     for k, p in enumerate(target):
         freq = sum(r["steering_token"] == str(k) for r in rows) / len(rows)
         assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(rows)), (k, freq, p)
+    # the draws replay from the recorded probabilities and steering_draw_seed (bench/same_draws.py)
+    replayed = [draw_index(r["steering_probs"], steering_draw_seed(job.seed_parts, r["prompt_id"], r["sample"]))
+                for r in rows]
+    assert replayed == [int(r["steering_token"]) for r in rows]
 
 
 @pytest.mark.parametrize("placement", ["assistant", "paper"])

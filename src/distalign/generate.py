@@ -207,6 +207,12 @@ def draw_index(probs: Sequence[float], seed: int) -> int:
     return len(probs) - 1
 
 
+def steering_draw_seed(seed_parts: Sequence, prompt_id, sample: int) -> int:
+    """Seed of the steering-token draw of one (prompt, sample) of a job with ``seed_parts``
+    ([seed, dataset, model, method, task]); ``bench/same_draws.py`` replays these draws."""
+    return derive_seed(*seed_parts, "steer", prompt_id, sample)
+
+
 def first_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
     """First token id of each label as an answer would start with it; the ids must differ."""
     ids = [tokenizer.encode(lab, add_special_tokens=False)[0] for lab in labels]
@@ -475,7 +481,7 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             item_seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
             tok = None
             if steering_ids is not None:
-                k = draw_index(steer_probs[i], derive_seed(*job.seed_parts, "steer", r["prompt_id"], s))
+                k = draw_index(steer_probs[i], steering_draw_seed(job.seed_parts, r["prompt_id"], s))
                 tok = k
                 prompts.append(steered_prompt_ids(tokenizer, r["prompt"], steering_ids[k], job.placement))
             else:

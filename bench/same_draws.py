@@ -1,0 +1,64 @@
+"""The noise floor of a steered run's own random draws (common random numbers).
+
+    .venv/bin/python bench/same_draws.py results/generations/us-real/smollm2-135m-instruct/ours/attribute.jsonl ...
+
+The noise floor in the metrics is the *expected* MAE of an ideal sampler with the same N; the MAE
+of one run scatters around it (SD about .006 on 14 US occupations x 100). A steering-token method
+draws its token by inverse CDF from one uniform number per (prompt, sample), seeded from the config
+(``distalign.generate.steering_draw_seed``). Replaying those same numbers through the exact targets
+gives what an ideal sampler would have scored with this run's luck; comparing the run's token MAE
+with it separates calibration error from an unlucky seed. Prints one Markdown row per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from distalign.generate import draw_index, steering_draw_seed
+from distalign.io import read_jsonl
+from distalign.metrics import mae
+
+
+def replay(rows: list[dict], seed: int) -> dict:
+    """Token MAE of the run and of an ideal sampler fed the run's uniform draws, per context averaged."""
+    drawn, ideal, target = defaultdict(list), defaultdict(list), {}
+    for r in rows:
+        if r.get("steering_probs") is None:
+            raise ValueError(f"row {r.get('prompt_id')}: no steering_probs (not a steering-token method)")
+        tgt = [float(x) for x in r["target"]]
+        parts = [seed, r["dataset"], r["model"], r["method"], r["task"]]
+        u_seed = steering_draw_seed(parts, r["prompt_id"], r["sample"])
+        target[r["context_id"]] = tgt
+        ideal[r["context_id"]].append(draw_index(tgt, u_seed))
+        drawn[r["context_id"]].append(draw_index(r["steering_probs"], u_seed))
+
+    def freq(idx, k):
+        return [sum(1 for i in idx if i == c) / len(idx) for c in range(k)]
+
+    def avg(draws):
+        return sum(mae(freq(v, len(target[c])), target[c]) for c, v in draws.items()) / len(draws)
+
+    return {"contexts": len(target), "n": len(rows), "token_mae": avg(drawn), "ideal_same_draws": avg(ideal)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("generations", nargs="+", type=Path)
+    ap.add_argument("--seed", type=int, default=None, help="config seed (default: config/config.yaml's)")
+    args = ap.parse_args()
+    seed = args.seed
+    if seed is None:
+        import yaml
+
+        seed = int(yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())["seed"])
+    print("| file | contexts | token MAE | ideal sampler, same draws |")
+    print("|---|---|---|---|")
+    for path in args.generations:
+        res = replay(read_jsonl(path), seed)
+        print(f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
