@@ -7,7 +7,8 @@ of one run scatters around it (SD about .006 on 14 US occupations x 100). A stee
 draws its token by inverse CDF from one uniform number per (prompt, sample), seeded from the config
 (``distalign.generate.steering_draw_seed``). Replaying those same numbers through the exact targets
 gives what an ideal sampler would have scored with this run's luck; comparing the run's token MAE
-with it separates calibration error from an unlucky seed. Prints one Markdown row per file.
+with it separates calibration error from an unlucky seed. Also simulates the floor's spread: how
+often an ideal sampler itself lands above 1.25x the floor. Prints one Markdown row per file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from distalign.generate import draw_index, steering_draw_seed
 from distalign.io import read_jsonl
@@ -43,21 +46,39 @@ def replay(rows: list[dict], seed: int) -> dict:
     return {"contexts": len(target), "n": len(rows), "token_mae": avg(drawn), "ideal_same_draws": avg(ideal)}
 
 
+def floor_spread(rows: list[dict], runs: int = 20000, seed: int = 0) -> dict:
+    """Mean and SD of the MAE of an ideal sampler with this file's targets and N per context, and
+    how often one such run lands above 1.25x the mean (multinomial draws, ``runs`` simulated runs)."""
+    target, n = {}, defaultdict(int)
+    for r in rows:
+        target[r["context_id"]] = np.asarray(r["target"], float)
+        n[r["context_id"]] += 1
+    rng = np.random.default_rng(seed)
+    maes = np.empty(runs)
+    for i in range(runs):
+        maes[i] = np.mean([np.mean(np.abs(rng.multinomial(n[c], t / t.sum()) / n[c] - t)) for c, t in target.items()])
+    mean = float(maes.mean())
+    return {"floor": mean, "floor_sd": float(maes.std()), "p_above_1_25": float((maes > 1.25 * mean).mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("generations", nargs="+", type=Path)
     ap.add_argument("--seed", type=int, default=None, help="config seed (default: config/config.yaml's)")
+    ap.add_argument("--runs", type=int, default=20000, help="simulated ideal-sampler runs for the floor's spread")
     args = ap.parse_args()
     seed = args.seed
     if seed is None:
         import yaml
 
         seed = int(yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())["seed"])
-    print("| file | contexts | token MAE | ideal sampler, same draws |")
-    print("|---|---|---|---|")
+    print("| file | contexts | token MAE | ideal sampler, same draws | floor (SD) | ideal run above 1.25x floor |")
+    print("|---|---|---|---|---|---|")
     for path in args.generations:
-        res = replay(read_jsonl(path), seed)
-        print(f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} |")
+        rows = read_jsonl(path)
+        res, spread = replay(rows, seed), floor_spread(rows, runs=args.runs)
+        print(f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} | "
+              f"{spread['floor']:.4f} ({spread['floor_sd']:.4f}) | {spread['p_above_1_25']:.1%} |")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,17 @@ def test_same_draws_replay_separates_calibration_from_luck():
     assert other["ideal_same_draws"] != exact["ideal_same_draws"]  # the seed sets the luck
     with pytest.raises(ValueError, match="no steering_probs"):
         same_draws.replay([{**_steered_rows(lambda t: t)[0], "steering_probs": None}], seed=1)
+
+
+def test_floor_spread_matches_the_binomial_floor():
+    rows = _steered_rows(lambda t: t, n=100)
+    spread = same_draws.floor_spread(rows, runs=4000, seed=1)
+    # E|k/100 - p| for p = .9, .5, .2 (exact binomial sums), averaged over the three contexts
+    from math import comb
+
+    def exact(p, n=100):
+        return sum(comb(n, k) * p**k * (1 - p) ** (n - k) * abs(k / n - p) for k in range(n + 1))
+
+    expected = (exact(0.9) + exact(0.5) + exact(0.2)) / 3
+    assert spread["floor"] == pytest.approx(expected, abs=4 * spread["floor_sd"] / 4000**0.5)
+    assert 0 < spread["p_above_1_25"] < 0.5 and spread["floor_sd"] > 0
