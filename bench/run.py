@@ -13,7 +13,6 @@ Snakemake's benchmark files under results/benchmarks/, in total per rule and per
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -24,6 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from run_size import benchmark_seconds  # noqa: E402
+
 MODEL = REPO / "results/models/smollm2-135m-instruct"
 
 
@@ -40,10 +42,9 @@ def stage_times() -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for f in (REPO / "results/benchmarks").rglob("*.tsv"):
         rule = f.relative_to(REPO / "results/benchmarks").parts[0]
-        with open(f) as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if rows:
-            totals[rule] += float(rows[-1]["s"])
+        seconds = benchmark_seconds(f)
+        if seconds is not None:
+            totals[rule] += seconds
     return dict(totals)
 
 
@@ -56,10 +57,9 @@ def dataset_times() -> dict[str, dict[str, float]]:
         parts = f.relative_to(REPO / "results/benchmarks").with_suffix("").parts
         rule, rest = (parts[1], parts[2:]) if parts[0] == "evaluate" else (parts[0], parts[1:])
         dataset = rest[0] if len(rest) > 1 else "(no dataset)"
-        with open(f) as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if rows:
-            out[dataset][rule] += float(rows[-1]["s"])
+        seconds = benchmark_seconds(f)
+        if seconds is not None:
+            out[dataset][rule] += seconds
     return {d: dict(r) for d, r in out.items()}
 
 
