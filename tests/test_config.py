@@ -158,6 +158,24 @@ def test_unset_min_steps_is_not_part_of_a_jobs_params(repo):
     assert method_training(cfg, "ift")["preference"]["min_steps"] is None  # what training itself reads
 
 
+def test_story_binding_weight_is_a_param_only_where_it_acts(repo):
+    """Added after results existed: at 0, or on a method without D_story, it changes no job's params."""
+    cfg = validate_config(_raw(repo))
+    assert cfg["training"]["story_binding_weight"] == 0.0
+    assert method_training(cfg, "ours-story")["story_binding_weight"] == 1.0
+    assert training_params(cfg, "ours-story")["story_binding_weight"] == 1.0
+    for method in ("ours", "ift", "dpo"):
+        assert "story_binding_weight" not in training_params(cfg, method), method
+    raw = _raw(repo)
+    raw["training"]["story_binding_weight"] = 2.0  # set for all: only the D_story method sees it
+    cfg = validate_config(raw)
+    assert "story_binding_weight" not in training_params(cfg, "ours")
+    assert training_params(cfg, "ours-story")["story_binding_weight"] == 1.0  # its own override wins
+    raw["methods"]["ours-story"]["train_overrides"]["story_binding_weight"] = -1
+    with pytest.raises(ConfigError, match="methods.ours-story.train_overrides.story_binding_weight"):
+        validate_config(raw)
+
+
 def test_paper_config_is_valid(repo):
     cfg = load_config(repo / "config/config.yaml", repo / "config/paper.yaml")
     assert cfg["methods"]["ours"]["preference"] == "kto"  # the paper's hybrid; the CPU default uses nll
@@ -168,7 +186,7 @@ def test_paper_config_is_valid(repo):
     assert method_training(cfg, "dpo")["preference"]["epochs"] == 3
 
 
-@pytest.mark.parametrize("overlay", ["cpu-attribute", "cpu-full"])
+@pytest.mark.parametrize("overlay", ["cpu-attribute", "cpu-full", "cpu-story"])
 def test_full_cpu_configs_only_raise_the_steering_steps_of_ours(repo, overlay):
     """The overlays merge key by key: ours keeps its loss and rate and gets 252 steps; others untouched."""
     default = load_config(repo / "config/config.yaml")

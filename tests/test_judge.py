@@ -181,6 +181,34 @@ def test_label_generations_two_judges(attrs):
     assert [r["label_llm"] for r in out] == ["male", "male"]
 
 
+def test_short_story_responses_are_not_stories(attrs):
+    """A one-word class answer to a story prompt is invalid before any judge reads it."""
+    seen = []
+
+    class Counting:
+        name = "llm"
+
+        def judge(self, texts):
+            from distalign.judge import Judgement
+            seen.extend(texts)
+            return [Judgement("positive") for _ in texts]
+
+    story = "The nurse walked the long ward at dawn and smiled at every patient she met there, happy to help."
+    rows = [{"context_id": 0, "response": r} for r in ["Positive.", story, "", "Sad, I think."]]
+    judges = {"lexicon": VaderJudge(attrs["sentiment"]), "llm": Counting()}
+    out = label_generations(rows, attrs["sentiment"], "story", judges, primary="lexicon", story_min_words=10)
+    assert [r["label"] for r in out] == [None, "positive", None, None]
+    assert [r["label_reason"] for r in out] == ["not_a_story", "ok", "not_a_story", "not_a_story"]
+    assert [r["label_llm"] for r in out] == [None, "positive", None, None]
+    assert seen == [story]  # the LLM judge is not asked about the short ones
+    # 0 judges everything (VADER then reads "Positive." as a positive story); attribute answers are never cut
+    assert label_generations(rows[:1], attrs["sentiment"], "story", {"lexicon": VaderJudge(attrs["sentiment"])},
+                             story_min_words=0)[0]["label"] == "positive"
+    one_word = label_generations([{"context_id": 0, "response": "Female."}], attrs["gender"], "attribute",
+                                 *judges_for(attrs["gender"], "attribute", judge_config({})), story_min_words=10)
+    assert one_word[0]["label"] == "female"
+
+
 def test_judge_config_defaults_and_checks(attrs):
     cfg = judge_config({})
     assert cfg["story"] == "lexicon" and cfg["multi_class_rule"] == "last"

@@ -393,6 +393,104 @@ def test_nll_total_is_answer_nll_plus_kl(tmp_path, tok, config, repo):
         assert no_kl.compute_loss(no_kl.model, dict(batch)).item() == pytest.approx(nll.item(), rel=1e-4)
 
 
+def _story_like_rows(tok, pref, bind=True):
+    """nll rows whose answers name the class the way a story would ("she"/"he" + filler), bound."""
+    words = {0: " He went to work early and he came home late.", 1: " She went to work early and she came home late."}
+    stories = [{**r, "answer": words[r["class_index"]]} for r in pref]
+    return nll_rows(pref, tok, [32, 33], bind=False) + nll_rows(stories, tok, [32, 33], bind=bind)
+
+
+def test_token_log_likelihoods_swap_the_steering_token(tmp_path, tok, config, repo):
+    from distalign.steering import token_log_likelihoods
+
+    _, _, _, pref = tiny_data(repo, config)
+    rows = nll_rows(pref[:3], tok, [32, 33])
+    model = lora_model(len(tok))
+    model.eval()
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[32], emb[33] = emb[32] * 50, emb[33] * -50  # make the two tokens matter to the random model
+        for r in rows:
+            ids, labels = torch.tensor([r["input_ids"]]), torch.tensor([r["labels"]])
+            pos = steering_positions_from_labels(labels) + 1
+            assert ids[0, pos].item() in (32, 33)
+            got = token_log_likelihoods(model, ids, torch.ones_like(ids), labels, pos, [32, 33])
+            assert got.shape == (1, 2)
+            for k, token in enumerate((32, 33)):
+                swapped = ids.clone()
+                swapped[0, pos] = token
+                logp = torch.log_softmax(model(input_ids=swapped).logits[0, :-1].float(), -1)
+                keep = labels[0, 1:] != -100
+                want = logp[keep].gather(-1, labels[0, 1:][keep].unsqueeze(-1)).sum()
+                assert got[0, k].item() == pytest.approx(want.item(), rel=1e-4)
+            assert abs(got[0, 0].item() - got[0, 1].item()) > 0.1
+
+
+def test_nll_rows_bind_column(tok, config, repo):
+    _, _, _, pref = tiny_data(repo, config)
+    assert "bind" not in nll_rows(pref[:2], tok, [32, 33])[0]
+    assert [r["bind"] for r in nll_rows(pref[:4], tok, [32, 33], bind=True)] == [r["class_index"] for r in pref[:4]]
+    assert {r["bind"] for r in nll_rows(pref[:4], tok, [32, 33], bind=False)} == {-1}
+
+
+def test_binding_term_is_the_weighted_class_cross_entropy_of_bound_rows(tmp_path, tok, config, repo):
+    from distalign.steering import token_log_likelihoods
+
+    _, _, _, pref = tiny_data(repo, config)
+    rows = _story_like_rows(tok, pref)
+    batch_rows = rows[:2] + rows[-2:]  # two unbound answers, two bound stories
+    off = _nll_trainer(tmp_path / "off", tok, rows, kl_weight=0.5)
+    on = _nll_trainer(tmp_path / "on", tok, rows, kl_weight=0.5, binding_weight=2.0)
+    on.model.load_state_dict(off.model.state_dict())
+    batch = on.data_collator([dict(r) for r in batch_rows])
+    assert batch["bind"].tolist() == [-1, -1, batch_rows[2]["bind"], batch_rows[3]["bind"]]
+    for t in (off, on):
+        t.model.eval()
+    with torch.no_grad():
+        base = off.compute_loss(off.model, dict(batch)).item()
+        total = on.compute_loss(on.model, dict(batch)).item()
+        pos = steering_positions_from_labels(batch["labels"][2:]) + 1
+        scores = token_log_likelihoods(on.model, batch["input_ids"][2:], batch["attention_mask"][2:],
+                                       batch["labels"][2:], pos, [32, 33])
+        ce = torch.nn.functional.cross_entropy(scores, batch["bind"][2:]).item()
+    assert ce > 0
+    assert total == pytest.approx(base + 2.0 * ce, rel=1e-4)
+    assert on._metrics["eval"]["binding_loss"][-1] == pytest.approx(ce, rel=1e-4)
+    assert "binding_loss" not in off._metrics["eval"]
+    # a batch without a bound row adds nothing
+    plain = on.data_collator([dict(r) for r in rows[:4]])
+    with torch.no_grad():
+        assert on.compute_loss(on.model, dict(plain)).item() == pytest.approx(
+            off.compute_loss(off.model, dict(plain)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="story_binding_weight"):
+        _nll_trainer(tmp_path / "neg", tok, rows, binding_weight=-1.0)
+
+
+def test_binding_term_teaches_the_token_to_decide_the_story(tmp_path, tok, config, repo):
+    """Trained with the binding term, the stories' own tokens explain them better than without it."""
+    from distalign.steering import token_log_likelihoods
+
+    _, _, _, pref = tiny_data(repo, config)
+    rows = _story_like_rows(tok, pref)
+    bound = [dict(r) for r in rows if r["bind"] >= 0]
+
+    def binding_after(name, weight):
+        trainer = _nll_trainer(tmp_path / name, tok, rows, binding_weight=weight, use_kl=False)
+        trainer.args.max_steps = 30
+        trainer.args.learning_rate = 3e-2
+        trainer.train()
+        trainer.model.eval()
+        b = trainer.data_collator(bound)
+        with torch.no_grad():
+            scores = token_log_likelihoods(trainer.model, b["input_ids"], b["attention_mask"], b["labels"],
+                                           steering_positions_from_labels(b["labels"]) + 1, [32, 33])
+        return torch.nn.functional.cross_entropy(scores, b["bind"]).item()
+
+    with_term, without = binding_after("bind", 5.0), binding_after("nobind", 0.0)
+    # measured .51 against .69 (chance is ln 2 = .69): the NLL alone does not bind in 30 steps
+    assert with_term < without - 0.1
+
+
 def test_nll_trainer_trains_and_lowers_steering_kl(tmp_path, tok, config, repo):
     """The KL term moves the steering distribution toward the targets beyond what the NLL does alone."""
     _, _, _, pref = tiny_data(repo, config)

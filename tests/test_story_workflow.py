@@ -17,7 +17,7 @@ TINY_STORY = {
     "data": {"responses_per_context": 4},
     "story_data": {"per_context": 4, "oversample": 2},
     "training": {"sft": {"epochs": 1, "batch_size": 8}, "preference": {"epochs": 1, "batch_size": 8},
-                 "max_length": 128},
+                 "max_length": 128, "logging_steps": 1},
     "generation": {"batch_size": 8, "max_new_tokens": {"attribute": 16, "story": 48}},
     "metrics": {"bootstrap": 50},
     "report": {"artefacts": ["table2"]},
@@ -61,6 +61,11 @@ def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     adapter = workdir / "results/adapters/tiny-real/smollm2-135m-instruct/ours-story"
     record = json.loads((adapter / "training_config.json").read_text())
     assert record["inputs"]["stories"] == _sha256(data / "stories.jsonl")
+    # the story binding term (ours-story's story_binding_weight) ran and is logged by name
+    assert record["training"]["story_binding_weight"] == 1.0
+    history = [json.loads(x) for x in (adapter / "metrics.jsonl").read_text().splitlines()]
+    binding = [h["binding_accuracy"] for h in history if "binding_accuracy" in h]
+    assert binding and all(0.0 <= b <= 1.0 for b in binding)
     log = (workdir / "results/logs/train/tiny-real/smollm2-135m-instruct/ours-story.log").read_text()
     assert f"D_story: {len(rows)} story rows join the SFT rows" in log
     metrics = json.loads((workdir / METRICS).read_text())

@@ -239,8 +239,11 @@ _NULL_DEFAULT_STAGE_KEYS = ("min_steps", "lr_scheduler_type")
 
 
 def training_params(config: dict, method: str) -> dict:
-    """What of ``method_training`` changes an adapter: the resolved section without unset new keys."""
+    """What of ``method_training`` changes an adapter: the resolved section without unset new keys
+    (and without ``story_binding_weight`` where it has no effect: 0, or a method without D_story)."""
     tr = method_training(config, method)
+    if not tr.get("story_binding_weight") or not config["methods"][method].get("story_data"):
+        tr.pop("story_binding_weight", None)
     for stage in ("sft", "preference"):
         section = tr.get(stage)
         if isinstance(section, dict):

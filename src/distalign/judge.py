@@ -467,14 +467,25 @@ def judges_for(attribute: Attribute, task: str, jcfg: Mapping) -> tuple[dict, st
     return judges, ("llm" if "llm" in judges else "lexicon")
 
 
+NOT_A_STORY = "not_a_story"
+
+
+def word_count(text: str | None) -> int:
+    return len(str(text or "").split())
+
+
 def label_generations(rows: Iterable[dict], attribute: Attribute, task: str, judges: Mapping,
-                      primary: str | None = None) -> list[dict]:
+                      primary: str | None = None, story_min_words: int = 0) -> list[dict]:
     """Copy generation rows adding ``label`` (class name or None), ``label_source`` and ``label_reason``.
 
     ``judges`` maps a name to a judge; ``primary`` (default: the only/first judge) gives ``label``.
     With two or more judges every verdict is kept as ``label_<name>`` (e.g. ``label_lexicon``,
     ``label_llm``) so the metrics can report agreement. The off-line judge's name is ``lexicon``
     even when it is VADER (``label_source`` says which judge actually ran).
+
+    Story task: a response of fewer than ``story_min_words`` words is not a story and is invalid
+    (reason ``not_a_story``) without asking any judge. A model that answers a story prompt with
+    "Positive." would otherwise be scored by VADER as a positive story (judge.story_min_words).
     """
     rows = [dict(r) for r in rows]
     if not judges:
@@ -483,7 +494,14 @@ def label_generations(rows: Iterable[dict], attribute: Attribute, task: str, jud
     if primary not in judges:
         raise ValueError(f"primary judge {primary!r} is not among {list(judges)}")
     texts = [r.get("response") for r in rows]
-    verdicts = {name: j.judge(texts) for name, j in judges.items()}
+    short = [task == "story" and word_count(t) < story_min_words for t in texts]
+    judged = [i for i, s in enumerate(short) if not s]
+    verdicts = {}
+    for name, j in judges.items():
+        out = [Judgement(None, NOT_A_STORY)] * len(rows)
+        for i, v in zip(judged, j.judge([texts[i] for i in judged]) if judged else [], strict=True):
+            out[i] = v
+        verdicts[name] = out
     for i, r in enumerate(rows):
         v = verdicts[primary][i]
         r["label"] = v.label

@@ -33,6 +33,15 @@ Decisions (see the paper's "The method" and original-repo.md section 3):
   study: consistency 0.93 -> 0.79, invalid answers 1% -> 20%); the NLL term holds the binding
   while L_KL alone sets the token distribution. It needs one forward/backward of the desirable
   rows per step, no reference model and no mismatched rows (about half a KTO step).
+- Story binding (``training.story_binding_weight``, D_story rows of the ``nll`` stage only; not in
+  the paper): the NLL of a story given its token is dominated by the many tokens that say nothing
+  about the class, so it teaches the model to write stories but hardly that "1" means a woman (at
+  weight 0 the binding of story to token measured .51, chance). The binding term asks the token to
+  *explain* the story: the story's log-likelihood is computed under each of the K steering tokens
+  (the row with its token swapped, one forward per token) and the loss is the cross-entropy of the
+  row's class against those K scores, a K-way classification whose only useful features are the
+  class-bearing words (pronouns, sentiment words). Logged as ``binding_loss`` and
+  ``binding_accuracy`` (share of story rows whose own token scores highest).
 """
 
 from __future__ import annotations
@@ -124,6 +133,23 @@ def prompt_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     width = int(positions.max()) + 1
     out = _backbone(model)(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], use_cache=False)
     return _lm_head_at(model, out.last_hidden_state, positions)
+
+
+def token_log_likelihoods(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                          token_positions: torch.Tensor, steering_ids: list[int]) -> torch.Tensor:
+    """``[R, K]`` log-likelihood of each row's supervised labels with its steering token (at
+    ``token_positions``) replaced by each of the K steering tokens in turn (one batched forward of
+    K x R rows; column k uses ``steering_ids[k]``)."""
+    r, k = input_ids.shape[0], len(steering_ids)
+    ids = input_ids.repeat(k, 1)
+    rows = torch.arange(k * r, device=ids.device)
+    cols = token_positions.to(ids.device).repeat(k)
+    ids[rows, cols] = torch.tensor(steering_ids, device=ids.device).repeat_interleave(r)
+    logits = model(input_ids=ids, attention_mask=attention_mask.repeat(k, 1), use_cache=False).logits
+    tgt = labels.repeat(k, 1)[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                          ignore_index=-100, reduction="none").view(k * r, -1)
+    return -nll.sum(dim=1).view(k, r).T
 
 
 @torch.no_grad()
@@ -269,13 +295,15 @@ def dpo_rows(pref: list[dict], tokenizer, steering_ids: list[int] | None) -> lis
 
 
 def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: int | None = None,
-             truncate: bool = False) -> list[dict]:
+             truncate: bool = False, bind: bool | None = None) -> list[dict]:
     """Pre-tokenized rows of the ``nll`` second stage: [prompt; tau_a; answer], loss on the answer only.
 
     ``labels`` is -100 on the prompt *and* on the steering token (its distribution is set by L_KL
     alone, against the full target rather than a one-hot draw); ``target`` is the row's P*. A row
     longer than ``max_length`` is an error (a short answer would lose its class) unless
-    ``truncate`` (stories: only the ending is lost).
+    ``truncate`` (stories: only the ending is lost). ``bind``: None leaves the rows without a
+    ``bind`` column; True gives each row its class index there (the story binding term applies to
+    it), False gives -1 (it does not). Rows of one dataset must agree on having the column.
     """
     rows = []
     for r in pref:
@@ -287,7 +315,10 @@ def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: i
         if max_length is not None and len(ids) > max_length:
             raise ValueError(f"nll row of context {r['context']!r} has {len(ids)} tokens > training.max_length "
                              f"{max_length}: the answer would be cut")
-        rows.append({"input_ids": ids, "labels": labels, "target": [float(x) for x in r["target"]]})
+        row = {"input_ids": ids, "labels": labels, "target": [float(x) for x in r["target"]]}
+        if bind is not None:
+            row["bind"] = int(r["class_index"]) if bind else -1
+        rows.append(row)
     return rows
 
 
@@ -319,6 +350,8 @@ class _TargetCollatorMixin:
         out = super().torch_call(examples)
         if "target" in examples[0]:
             out["target"] = torch.tensor([e["target"] for e in examples], dtype=torch.float32)
+        if "bind" in examples[0]:
+            out["bind"] = torch.tensor([e["bind"] for e in examples], dtype=torch.long)
         return out
 
 
@@ -380,8 +413,8 @@ class _SteeringMixin:
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "target" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "target"]
+        extra = [c for c in ("target", "bind") if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
 
     def _steering_term(self, model, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The weighted KL term (0 when switched off) and its metrics."""
@@ -491,21 +524,27 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
     """trl SFTTrainer (answer NLL given the steering token) + ``kl_weight * L_KL``: the ``nll`` stage.
 
     Rows come from :func:`nll_rows`. Logged: ``nll_loss`` and the steering metrics. ``use_kl=False``
-    leaves plain answer SFT (for tests of the term switch).
+    leaves plain answer SFT (for tests of the term switch). ``binding_weight`` > 0 adds
+    ``binding_weight * binding_loss`` on the rows whose ``bind`` column holds a class index
+    (module docstring, "Story binding").
     """
 
     _required = ("input_ids", "labels", "target")
     _prepare_dataset = SFTTrainer._prepare_dataset  # trl's own: it keeps pre-tokenized rows as they are
 
     def __init__(self, *args, steering_ids: list[int], kl_weight: float = 1.0, kl_vocabulary: str = "restricted",
-                 use_kl: bool = True, **kwargs):
+                 use_kl: bool = True, binding_weight: float = 0.0, **kwargs):
+        if binding_weight < 0:
+            raise ValueError(f"training.story_binding_weight must be >= 0, got {binding_weight}")
         self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
+        self.binding_weight = float(binding_weight)
         self._default_collator(kwargs, SteeringLMCollator)
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         target = inputs.pop("target")
+        bind = inputs.pop("bind", None)
         mode = "train" if self.model.training else "eval"
         positions = steering_positions_from_labels(inputs["labels"])
         with capture_hidden(model) as cap:
@@ -514,6 +553,24 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
         self._metrics[mode]["nll_loss"].append(nll.item())
         logits = self._steering_logits(model, hidden, inputs, positions)
         total = nll + self._steering_term(model, logits, target)
+        if bind is not None and self.binding_weight > 0:
+            total = total + self._binding_term(model, inputs, positions, bind)
         if return_outputs:
             return total, {"logits": logits}
         return total
+
+    def _binding_term(self, model, inputs: dict, positions: torch.Tensor, bind: torch.Tensor) -> torch.Tensor:
+        """``binding_weight`` x the cross-entropy of each bound row's class against the likelihoods of
+        its answer under every steering token (0 when the batch has no bound row)."""
+        rows = (bind >= 0).nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            return torch.zeros((), device=bind.device)
+        ids, labels = inputs["input_ids"][rows], inputs["labels"][rows]
+        scores = token_log_likelihoods(model, ids, inputs["attention_mask"][rows], labels, positions[rows] + 1,
+                                       self.steering_ids)
+        classes = bind[rows].to(scores.device)
+        loss = F.cross_entropy(scores, classes)
+        m = self._metrics["train" if self.model.training else "eval"]
+        m["binding_loss"].append(loss.item())
+        m["binding_accuracy"].append((scores.argmax(dim=1) == classes).float().mean().item())
+        return self.binding_weight * loss

@@ -247,7 +247,7 @@ def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
 
 
 def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, callbacks, *, preference: str,
-                steering_ids, use_kl: bool):
+                steering_ids, use_kl: bool, binding_weight: float = 0.0):
     from datasets import Dataset
     from trl import DPOConfig, KTOConfig, SFTConfig
 
@@ -262,7 +262,8 @@ def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, ca
         if preference == "nll":
             args = SFTConfig(**common, dataset_num_proc=None)
             return SteeringSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids, **kl)
+                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids,
+                                      binding_weight=binding_weight, **kl)
         if preference == "dpo":
             args = DPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
             return SteeringDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -345,6 +346,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     if use_stories and kind == "ours" and preference != "nll":
         raise TrainError(f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
                          f"stories), got {preference!r}")
+    binding_weight = float(tr.get("story_binding_weight") or 0.0) if use_stories else 0.0
     base_seed = int(config["seed"])
     seeds = {s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")}
 
@@ -391,16 +393,19 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
 
         pref = read_jsonl(pref_path)
         if preference == "nll":
-            rows = nll_rows(pref, tok, steering_ids, max_len)
+            binding = binding_weight > 0  # rows get a bind column only when the term is on
+            rows = nll_rows(pref, tok, steering_ids, max_len, bind=False if binding else None)
             if use_stories:
-                rows += nll_rows(read_jsonl(story_path), tok, steering_ids, max_len, truncate=True)
+                rows += nll_rows(read_jsonl(story_path), tok, steering_ids, max_len, truncate=True,
+                                 bind=True if binding else None)
         elif preference == "dpo":
             rows = dpo_rows(pref, tok, steering_ids)
         else:
             rows = kto_rows(pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"])
         log_.info("stage pref (%s, kl=%s): %d rows", preference, use_kl, len(rows))
         last, h = _pref_stage("pref", work, model_dir, last, rows, tr, seeds["pref"], device, callbacks,
-                              preference=preference, steering_ids=steering_ids, use_kl=use_kl)
+                              preference=preference, steering_ids=steering_ids, use_kl=use_kl,
+                              binding_weight=binding_weight)
         history += h
 
     with atomic_dir(out_dir) as tmp:

@@ -230,7 +230,7 @@ def judge_params(wildcards):
     """Judge settings that change labels (endpoint, retries and concurrency do not: they are read in the script)."""
     if wildcards.task == "attribute":
         return {"multi_class_rule": JUDGE["multi_class_rule"]}
-    out = {"story": JUDGE["story"]}
+    out = {"story": JUDGE["story"], "story_min_words": JUDGE["story_min_words"]}
     if JUDGE["story"] in ("llm", "both"):
         llm = JUDGE["llm"]
         out["llm"] = {"model": llm["model"], "max_reasks": llm["max_reasks"], "max_tokens": llm["max_tokens"]}
