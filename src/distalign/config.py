@@ -238,11 +238,18 @@ def method_training(config: dict, method: str) -> dict:
 _NULL_DEFAULT_STAGE_KEYS = ("min_steps", "lr_scheduler_type")
 
 
+def story_binding_weight(config: dict, method: str) -> float:
+    """The weight of the story binding term a method trains with: 0 without D_story (no row to bind)."""
+    if not config["methods"][method].get("story_data"):
+        return 0.0
+    return float(method_training(config, method).get("story_binding_weight") or 0.0)
+
+
 def training_params(config: dict, method: str) -> dict:
     """What of ``method_training`` changes an adapter: the resolved section without unset new keys
     (and without ``story_binding_weight`` where it has no effect: 0, or a method without D_story)."""
     tr = method_training(config, method)
-    if not tr.get("story_binding_weight") or not config["methods"][method].get("story_data"):
+    if not story_binding_weight(config, method):
         tr.pop("story_binding_weight", None)
     for stage in ("sft", "preference"):
         section = tr.get(stage)

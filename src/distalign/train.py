@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .attributes import attribute_of_dataset
-from .config import method_training, stage_epochs
+from .config import method_training, stage_epochs, story_binding_weight
 from .io import atomic_dir, read_jsonl, write_json
 from .prompts import derive_seed
 
@@ -346,7 +346,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     if use_stories and kind == "ours" and preference != "nll":
         raise TrainError(f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
                          f"stories), got {preference!r}")
-    binding_weight = float(tr.get("story_binding_weight") or 0.0) if use_stories else 0.0
+    binding_weight = story_binding_weight(config, method)
     base_seed = int(config["seed"])
     seeds = {s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")}
 
