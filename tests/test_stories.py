@@ -4,7 +4,7 @@ import pytest
 
 from distalign.attributes import Attribute
 from distalign.judge import LexiconJudge
-from distalign.stories import StoryDataError, select_stories, story_requests
+from distalign.stories import StoryCollector, StoryDataError, select_stories, story_requests
 
 
 @pytest.fixture()
@@ -60,14 +60,60 @@ def test_selection_keeps_only_judged_stories_up_to_the_count(gender):
         texts.append(stories[key][seen.get(key, 0)])
         seen[key] = seen.get(key, 0) + 1
     judged = [j.label for j in LexiconJudge(gender).judge(texts)]
-    rows, summary = select_stories(reqs, texts, judged, gender)
+    rows, summary = select_stories(reqs, texts, judged, gender, targets, per_context=2)
     assert [(r["context"], r["class"], r["answer"]) for r in rows] == [
         ("job0", "male", "He ran, his dog too."), ("job1", "male", "He left."),
         ("job1", "male", "Mr Smith and his son.")]
     assert all("man." not in r["prompt"] for r in rows)  # the hint is not part of the training prompt
-    assert summary["per_class"]["male"] == {"wanted": 3, "generated": 6, "consistent": 4, "kept": 3}
-    assert summary["per_class"]["female"] == {"wanted": 1, "generated": 2, "consistent": 0, "kept": 0}
+    assert summary["per_class"]["male"] == {"wanted": 3, "generated": 6, "consistent": 4, "kept": 3,
+                                            "kept_unhinted": 0, "judged": 5}
+    assert summary["per_class"]["female"] == {"wanted": 1, "generated": 2, "consistent": 0, "kept": 0,
+                                              "kept_unhinted": 0, "judged": 1}
     assert summary["missing"] == [["job0", "female"]]
     assert summary["hint_consistency"] == pytest.approx(4 / 8)
     with pytest.raises(StoryDataError, match="2 requests, 1 stories"):
-        select_stories(reqs[:2], texts[:1], judged[:1], gender)
+        select_stories(reqs[:2], texts[:1], judged[:1], gender, targets, per_context=2)
+    # a story the judge reads as another class fills that class's open quota when asked to, after
+    # the hinted ones: job0's "She ran." (hinted male) becomes its female story
+    rows, summary = select_stories(reqs, texts, judged, gender, targets, per_context=2, keep_unhinted=True)
+    assert [(r["context"], r["class"], r["hinted_class"], r["answer"]) for r in rows] == [
+        ("job0", "male", "male", "He ran, his dog too."), ("job1", "male", "male", "He left."),
+        ("job1", "male", "male", "Mr Smith and his son."), ("job0", "female", "male", "She ran.")]
+    assert summary["missing"] == [] and summary["per_class"]["female"]["kept_unhinted"] == 1
+    # min_words: a story shorter than the evaluation's minimum is never kept
+    rows, summary = select_stories(reqs, texts, judged, gender, targets, per_context=2, min_words=3)
+    assert [r["answer"] for r in rows] == ["He ran, his dog too.", "Mr Smith and his son."]
+    assert summary["too_short"] == 4  # "She ran.", "He sat.", "He left.", "He won."
+
+
+def test_rounds_ask_only_for_what_is_short_scaled_by_the_class_yield(gender):
+    targets = [{"context_id": 0, "context": "job0", "target": [0.5, 0.5]},
+               {"context_id": 1, "context": "job1", "target": [0.5, 0.5]}]
+    prompts = _prompts([0, 1])
+    hints = ["man.", "woman."]
+    collector = StoryCollector(targets, gender, per_context=2)
+    reqs = story_requests(prompts, targets, gender, hints, per_context=2, oversample=2, seed=3)
+    assert len(reqs) == 8
+    # every male candidate is male; of the 4 female candidates only job1's first is read as female
+    texts = ["He sat." if r["class_index"] == 0 else "It rained." for r in reqs]
+    texts[[i for i, r in enumerate(reqs) if (r["context_id"], r["class_index"]) == (1, 1)][0]] = "She sat."
+    collector.add(reqs, texts, [j.label for j in LexiconJudge(gender).judge(texts)])
+    assert collector.shortfall() == {(0, 1): 1}
+    assert collector.class_yield(1) == pytest.approx(1 / 4)
+    needed = collector.needed(oversample=2)
+    assert needed == {(0, 1): 8}  # 1 story x 2 / yield .25
+    again = story_requests(prompts, targets, gender, hints, per_context=2, oversample=2, seed=3, needed=needed,
+                           round_index=1)
+    assert [(r["context_id"], r["class_index"]) for r in again] == [(0, 1)] * 8
+    assert all("/r1/" in r["prompt_id"] for r in again)
+    assert not {r["prompt_id"] for r in again} & {r["prompt_id"] for r in reqs}  # new sampling seeds
+    texts = ["It rained."] * 5 + ["Her cat.", "She won.", "It rained."]
+    collector.add(again, texts, [j.label for j in LexiconJudge(gender).judge(texts)])
+    assert collector.shortfall() == {} and collector.needed(2) == {}
+    summary = collector.summary()
+    assert summary["rounds"] == 2 and summary["rows"] == 4 and summary["missing"] == []
+    assert [r["answer"] for r in collector.rows if r["class"] == "female"] == ["She sat.", "Her cat."]
+    # a class the judge never reads costs at most 20 x oversample candidates a story
+    empty = StoryCollector(targets, gender, per_context=2)
+    empty.add(reqs, ["It rained."] * len(reqs), [None] * len(reqs))
+    assert empty.needed(oversample=2) == {(c, k): 40 for c in (0, 1) for k in (0, 1)}

@@ -9,16 +9,23 @@ without any external data or model:
    D_base). For each needed story of class k, the base model writes ``story_data.oversample``
    candidates for a training story prompt with the class's ``story_hint`` appended
    ("The main character is a woman.").
-2. The offline story judge of the attribute (lexicon / VADER) labels every candidate; a candidate
-   is kept only when the judge reads the hinted class, so the row's class is what the evaluation's
-   judge would say, not what was asked for.
-3. Rows carry the prompt *without* the hint, the class index and the story as ``answer``: the
+2. The offline story judge of the attribute (lexicon / VADER) labels every candidate. A candidate
+   shorter than ``judge.story_min_words`` is never kept (the evaluation would not count it as a
+   story). Candidates the judge reads as their hinted class fill the quotas first; with
+   ``story_data.keep_unhinted`` a candidate read as another class fills that class's open quota.
+   The row's class is always the judged one: what the evaluation's judge would say, not what was
+   asked for.
+3. While some (context, class) is short, up to ``story_data.rounds`` rounds write more candidates
+   for just those pairs, as many as the class's yield so far says a story costs. A rare class needs
+   this: VADER reads a base-model story as neutral (no sentiment words) 1-12% of the time whatever
+   the hint, so one round of 2 candidates a story kept 1 neutral story of 42 wanted.
+4. Rows carry the prompt *without* the hint, the class index and the story as ``answer``: the
    trainer renders [tau_k; story] like a D_base row, and the steering KL of the second stage also
    sees story prompts.
 
-When fewer candidates than needed pass the judge, the shortfall is logged and recorded in the
-summary (``kept`` < ``wanted``); a class with none kept in a context that needs it is listed in
-``missing``. Candidates are taken in generation order, so the selection is deterministic.
+A shortfall left after the last round is logged and recorded in the summary (``kept`` <
+``wanted``); a class with none kept in a context that needs it is listed in ``missing``.
+Candidates are taken in generation order, so the selection is deterministic.
 """
 
 from __future__ import annotations
@@ -41,14 +48,28 @@ def hint_text(prompt: str, hint: str) -> str:
     return f"{prompt.rstrip()} {hint.strip()}"
 
 
+def story_quotas(targets: Sequence[dict], attribute: Attribute, per_context: int) -> dict[tuple, int]:
+    """Stories wanted per (context_id, class index): ``largest_remainder(P*, per_context)``."""
+    quotas = {}
+    for t in targets:
+        for k, count in enumerate(largest_remainder(t["target"], per_context)):
+            quotas[(t["context_id"], k)] = count
+    return quotas
+
+
 def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: Attribute, hints: Sequence[str],
-                   per_context: int, oversample: float, seed: int) -> list[dict]:
+                   per_context: int, oversample: float, seed: int, needed: dict[tuple, int] | None = None,
+                   round_index: int = 0) -> list[dict]:
     """Generation requests for D_story candidates, from the *train* split of the story prompts.
 
     Every request has the generation fields (``context_id``, ``context``, ``prompt_id``, ``prompt``
     = prompt + hint, ``target``) plus ``class_index``, ``plain_prompt`` (without the hint) and a
-    unique ``prompt_id`` per candidate (``<prompt_id>/c<k>/<j>``, so that each candidate gets its own
-    sampling seed).
+    unique ``prompt_id`` per candidate (``<prompt_id>/c<k>/<j>``, and ``<prompt_id>/c<k>/r<r>/<j>``
+    in round r > 0, so that each candidate gets its own sampling seed).
+
+    Round 0 writes ``ceil(count * oversample)`` candidates per (context, class); a later round
+    writes ``needed[(context_id, k)]`` (what :meth:`StoryCollector.needed` asks for; pairs not in it
+    get none).
     """
     if len(hints) != len(attribute):
         raise StoryDataError(f"attribute {attribute.name!r}: {len(hints)} story hints for {len(attribute)} classes")
@@ -56,63 +77,134 @@ def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: 
         raise StoryDataError(f"story_data.per_context must be >= 1 and story_data.oversample >= 1, got "
                              f"{per_context} and {oversample}")
     by_ctx = prompts_by_context(list(prompts))
+    quotas = story_quotas(targets, attribute, per_context)
     out = []
     for t in targets:
         pool = by_ctx.get(t["context_id"])
         if not pool:
             raise StoryDataError(f"no training story prompts for context {t['context']!r}")
-        rng = random.Random(derive_seed(seed, "story_data", attribute.name, t["context"]))
+        parts = ("story_data", attribute.name, t["context"]) + ((f"round{round_index}",) if round_index else ())
+        rng = random.Random(derive_seed(seed, *parts))
         order = list(range(len(pool)))
         rng.shuffle(order)
-        counts = largest_remainder(t["target"], per_context)
         j = 0
-        for k, count in enumerate(counts):
-            for c in range(math.ceil(count * oversample)):
+        for k in range(len(attribute)):
+            count = quotas[(t["context_id"], k)]
+            n = math.ceil(count * oversample) if needed is None else needed.get((t["context_id"], k), 0)
+            tag = f"c{k}" if not round_index else f"c{k}/r{round_index}"
+            for c in range(n):
                 p = pool[order[j % len(pool)]]
                 j += 1
                 out.append({"context_id": t["context_id"], "context": t["context"],
-                            "prompt_id": f"{p['prompt_id']}/c{k}/{c}", "source_prompt_id": p["prompt_id"],
+                            "prompt_id": f"{p['prompt_id']}/{tag}/{c}", "source_prompt_id": p["prompt_id"],
                             "prompt": hint_text(p["prompt"], hints[k]), "plain_prompt": p["prompt"],
                             "target": t["target"], "class_index": k, "wanted": count})
     return out
 
 
-def select_stories(requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None],
-                   attribute: Attribute) -> tuple[list[dict], dict]:
-    """Keep, per (context, class), the first ``wanted`` candidates whose judged class is the hinted one.
+class StoryCollector:
+    """D_story over one or more rounds of candidates: which to keep, and what the next round needs.
 
-    ``stories[i]`` and ``judged[i]`` (a class name or None) belong to ``requests[i]``. Returns the
-    D_story rows and a summary: per class wanted / generated / consistent / kept, the contexts where a
-    needed class got no story (``missing``) and the overall consistency of the hinted stories.
+    A candidate is *eligible* when its story has at least ``min_words`` words (the evaluation's
+    ``judge.story_min_words``: a shorter text is not a story there either) and the judge gave it a
+    class. Within a round, candidates the judge reads as their hinted class fill the (context,
+    class) quotas first, in generation order; with ``keep_unhinted``, eligible candidates read as
+    another class then fill that class's open quota (the row's class is always the judged one, so
+    a neutral story written under a "sad" hint trains the neutral token). Deterministic: the same
+    candidates in the same order give the same rows.
     """
-    if not (len(requests) == len(stories) == len(judged)):
-        raise StoryDataError(f"{len(requests)} requests, {len(stories)} stories and {len(judged)} judgements")
-    rows: list[dict] = []
-    kept: dict[tuple[int, int], int] = {}
-    per_class = {c.name: {"wanted": 0, "generated": 0, "consistent": 0, "kept": 0} for c in attribute.classes}
-    wanted_seen: set[tuple[int, int]] = set()
-    for req, story, label in zip(requests, stories, judged, strict=True):
-        k, key = req["class_index"], (req["context_id"], req["class_index"])
-        name = attribute.classes[k].name
-        if key not in wanted_seen:
-            wanted_seen.add(key)
-            per_class[name]["wanted"] += req["wanted"]
-        per_class[name]["generated"] += 1
-        if label != name or not story or not story.strip():
-            continue
-        per_class[name]["consistent"] += 1
-        if kept.get(key, 0) >= req["wanted"]:
-            continue
-        kept[key] = kept.get(key, 0) + 1
-        per_class[name]["kept"] += 1
-        rows.append({"context_id": req["context_id"], "context": req["context"],
-                     "prompt_id": req["source_prompt_id"], "prompt": req["plain_prompt"], "target": req["target"],
-                     "class_index": k, "class": name, "answer": story.strip()})
-    missing = sorted({(r["context"], attribute.classes[r["class_index"]].name) for r in requests
-                      if r["wanted"] > 0 and kept.get((r["context_id"], r["class_index"]), 0) == 0})
-    generated = sum(v["generated"] for v in per_class.values())
-    consistent = sum(v["consistent"] for v in per_class.values())
-    summary = {"rows": len(rows), "per_class": per_class,
-               "hint_consistency": consistent / generated if generated else None,
-               "missing": [list(m) for m in missing]}
-    return rows, summary
+
+    def __init__(self, targets: Sequence[dict], attribute: Attribute, per_context: int, min_words: int = 0,
+                 keep_unhinted: bool = False):
+        self.attribute = attribute
+        self.quotas = story_quotas(targets, attribute, per_context)
+        self.contexts = {t["context_id"]: t["context"] for t in targets}
+        self.min_words = int(min_words)
+        self.keep_unhinted = bool(keep_unhinted)
+        self.rows: list[dict] = []
+        self.kept: dict[tuple, int] = {}
+        names = [c.name for c in attribute.classes]
+        self.per_class = {n: {"wanted": 0, "generated": 0, "consistent": 0, "kept": 0, "kept_unhinted": 0,
+                              "judged": 0} for n in names}
+        for (_, k), count in self.quotas.items():
+            self.per_class[names[k]]["wanted"] += count
+        self.too_short = 0
+        self.rounds = 0
+
+    def _keep(self, req: dict, story: str, k: int) -> bool:
+        key = (req["context_id"], k)
+        if self.kept.get(key, 0) >= self.quotas.get(key, 0):
+            return False
+        self.kept[key] = self.kept.get(key, 0) + 1
+        name = self.attribute.classes[k].name
+        self.per_class[name]["kept"] += 1
+        if k != req["class_index"]:
+            self.per_class[name]["kept_unhinted"] += 1
+        self.rows.append({"context_id": req["context_id"], "context": req["context"],
+                          "prompt_id": req["source_prompt_id"], "prompt": req["plain_prompt"],
+                          "target": req["target"], "class_index": k, "class": name,
+                          "hinted_class": self.attribute.classes[req["class_index"]].name, "answer": story})
+        return True
+
+    def add(self, requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None]) -> None:
+        """One round: ``stories[i]`` and ``judged[i]`` (a class name or None) belong to ``requests[i]``."""
+        if not (len(requests) == len(stories) == len(judged)):
+            raise StoryDataError(f"{len(requests)} requests, {len(stories)} stories and {len(judged)} judgements")
+        names = [c.name for c in self.attribute.classes]
+        self.rounds += 1
+        unhinted = []
+        for req, story, label in zip(requests, stories, judged, strict=True):
+            hinted = names[req["class_index"]]
+            self.per_class[hinted]["generated"] += 1
+            text = (story or "").strip()
+            if not text or label not in names:
+                continue
+            if len(text.split()) < self.min_words:
+                self.too_short += 1
+                continue
+            self.per_class[label]["judged"] += 1
+            if label == hinted:
+                self.per_class[hinted]["consistent"] += 1
+                self._keep(req, text, req["class_index"])
+            elif self.keep_unhinted:
+                unhinted.append((req, text, names.index(label)))
+        for req, text, k in unhinted:
+            self._keep(req, text, k)
+
+    def shortfall(self) -> dict[tuple, int]:
+        """Stories still wanted per (context_id, class index), only where some are."""
+        return {key: q - self.kept.get(key, 0) for key, q in self.quotas.items() if q > self.kept.get(key, 0)}
+
+    def class_yield(self, k: int) -> float:
+        """Eligible candidates read as class k per candidate hinted k so far (how many a story costs)."""
+        c = self.per_class[self.attribute.classes[k].name]
+        got = c["judged"] if self.keep_unhinted else c["consistent"]
+        return got / c["generated"] if c["generated"] else 1.0
+
+    def needed(self, oversample: float, min_yield: float = 0.05) -> dict[tuple, int]:
+        """Candidates to write next round: ``ceil(shortfall * oversample / yield)`` per open (context,
+        class), the class's yield so far floored at ``min_yield`` (at most 20 x oversample a story)."""
+        return {key: math.ceil(short * oversample / max(self.class_yield(key[1]), min_yield))
+                for key, short in self.shortfall().items()}
+
+    def summary(self) -> dict:
+        """Per class wanted / generated / consistent / judged / kept (and kept_unhinted), the contexts
+        where a needed class got no story (``missing``), too-short candidates, rounds run and the
+        overall consistency of the hinted stories."""
+        names = [c.name for c in self.attribute.classes]
+        missing = sorted((self.contexts[cid], names[k]) for (cid, k), q in self.quotas.items()
+                         if q > 0 and self.kept.get((cid, k), 0) == 0)
+        generated = sum(v["generated"] for v in self.per_class.values())
+        consistent = sum(v["consistent"] for v in self.per_class.values())
+        return {"rows": len(self.rows), "rounds": self.rounds, "per_class": self.per_class,
+                "too_short": self.too_short, "hint_consistency": consistent / generated if generated else None,
+                "missing": [list(m) for m in missing]}
+
+
+def select_stories(requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None],
+                   attribute: Attribute, targets: Sequence[dict], per_context: int, min_words: int = 0,
+                   keep_unhinted: bool = False) -> tuple[list[dict], dict]:
+    """One round of :class:`StoryCollector`: the D_story rows and the summary."""
+    collector = StoryCollector(targets, attribute, per_context, min_words, keep_unhinted)
+    collector.add(requests, stories, judged)
+    return collector.rows, collector.summary()

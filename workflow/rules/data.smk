@@ -90,7 +90,7 @@ rule datasets:
         "../scripts/datasets.py"
 
 
-# D_story: hinted stories of the base model, kept when the story judge reads the hinted class.
+# D_story: hinted stories of the base model labelled by the story judge, written in rounds until every class has its quota.
 rule story_data:
     input:
         model=MODEL,
@@ -103,6 +103,7 @@ rule story_data:
         attribute=attribute_spec,
         hints=story_hints,
         story_data=config["story_data"],
+        min_words=JUDGE["story_min_words"],
         generation=generation_settings,
         seed=config["seed"],
     log:

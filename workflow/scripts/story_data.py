@@ -1,4 +1,4 @@
-"""Rule story_data: D_story, hinted stories of the base model kept when the story judge agrees."""
+"""Rule story_data: D_story, hinted stories of the base model labelled by the story judge, in rounds."""
 
 import json
 
@@ -7,7 +7,7 @@ from distalign.generate import generate
 from distalign.io import read_jsonl, write_json, write_jsonl
 from distalign.judge import offline_story_judge
 from distalign.scripting import setup_logging
-from distalign.stories import select_stories, story_requests
+from distalign.stories import StoryCollector, story_requests
 from distalign.targets import read_targets_csv
 
 log = setup_logging(snakemake.log[0])
@@ -16,30 +16,40 @@ params = snakemake.params
 attr_spec = dict(params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 story_cfg = dict(params.story_data)
-requests = story_requests(read_jsonl(snakemake.input.prompts), read_targets_csv(snakemake.input.targets, attribute),
-                          attribute, params.hints, int(story_cfg["per_context"]), float(story_cfg["oversample"]),
-                          params.seed)
+per_context, oversample = int(story_cfg["per_context"]), float(story_cfg["oversample"])
+prompts = read_jsonl(snakemake.input.prompts)
+targets = read_targets_csv(snakemake.input.targets, attribute)
+collector = StoryCollector(targets, attribute, per_context, min_words=params.min_words,
+                           keep_unhinted=story_cfg["keep_unhinted"])
 # The candidates are written by the base model as a prompting method of its own name (its seeds
 # differ from every evaluated method's).
 config = json.loads(json.dumps(snakemake.config))
 config["seed"] = params.seed
 config["generation"].update(dict(params.generation))
 config["methods"]["story-data"] = {"kind": "prompt", "prompt_style": "plain"}
-log.info("%s/%s: %d candidate stories (%s per context, oversample %s)", w.dataset, w.model, len(requests),
-         story_cfg["per_context"], story_cfg["oversample"])
-generations = generate(requests, config=config, dataset=w.dataset, model=w.model, method="story-data", task="story",
-                       model_dir=snakemake.input.model, threads=snakemake.threads)
 judge = offline_story_judge(attribute)
-stories = [g["response"] for g in generations]
-judged = [j.label for j in judge.judge(stories)]
-rows, summary = select_stories(requests, stories, judged, attribute)
-summary.update({"dataset": w.dataset, "model": w.model, "judge": judge.name, "story_data": story_cfg})
+for round_index in range(int(story_cfg["rounds"])):
+    needed = None if round_index == 0 else collector.needed(oversample)
+    if needed == {}:
+        break
+    requests = story_requests(prompts, targets, attribute, params.hints, per_context, oversample, params.seed,
+                              needed=needed, round_index=round_index)
+    log.info("%s/%s round %d: %d candidate stories", w.dataset, w.model, round_index, len(requests))
+    generations = generate(requests, config=config, dataset=w.dataset, model=w.model, method="story-data",
+                           task="story", model_dir=snakemake.input.model, threads=snakemake.threads)
+    stories = [g["response"] for g in generations]
+    collector.add(requests, stories, [j.label for j in judge.judge(stories)])
+    log.info("round %d: %d stories kept, %d still wanted", round_index, len(collector.rows),
+             sum(collector.shortfall().values()))
+summary = collector.summary()
+summary.update({"dataset": w.dataset, "model": w.model, "judge": judge.name, "story_data": story_cfg,
+                "min_words": params.min_words})
 for name, c in summary["per_class"].items():
-    log.info("class %s: wanted %d, generated %d, judged as hinted %d, kept %d", name, c["wanted"], c["generated"],
-             c["consistent"], c["kept"])
+    log.info("class %s: wanted %d, hinted %d, judged as hinted %d, kept %d (%d written under another hint)", name,
+             c["wanted"], c["generated"], c["consistent"], c["kept"], c["kept_unhinted"])
 if summary["missing"]:
     log.warning("no story kept for %d (context, class) pairs that need one: %s", len(summary["missing"]),
                 summary["missing"][:10])
 write_json(snakemake.output.summary, summary)
-write_jsonl(snakemake.output.stories, rows)
-log.info("wrote %d stories to %s", len(rows), snakemake.output.stories)
+write_jsonl(snakemake.output.stories, collector.rows)
+log.info("wrote %d stories to %s", len(collector.rows), snakemake.output.stories)
