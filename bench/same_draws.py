@@ -21,7 +21,7 @@ import numpy as np
 
 from distalign.generate import draw_index, steering_draw_seed
 from distalign.io import read_jsonl
-from distalign.metrics import mae
+from distalign.metrics import mae, noise_floor
 
 
 def replay(rows: list[dict], seed: int) -> dict:
@@ -47,18 +47,19 @@ def replay(rows: list[dict], seed: int) -> dict:
 
 
 def floor_spread(rows: list[dict], runs: int = 20000, seed: int = 0) -> dict:
-    """Mean and SD of the MAE of an ideal sampler with this file's targets and N per context, and
-    how often one such run lands above 1.25x the mean (multinomial draws, ``runs`` simulated runs)."""
+    """The noise floor of this file's targets and N per context (exact, as in the metrics:
+    :func:`distalign.metrics.noise_floor`), the SD of an ideal sampler's MAE around it and how often
+    one such run lands above 1.25x it (``runs`` simulated runs of multinomial draws)."""
     target, n = {}, defaultdict(int)
     for r in rows:
         target[r["context_id"]] = np.asarray(r["target"], float)
         n[r["context_id"]] += 1
+    floor = noise_floor([t.tolist() for t in target.values()], [n[c] for c in target])["mean"]
     rng = np.random.default_rng(seed)
     maes = np.empty(runs)
     for i in range(runs):
         maes[i] = np.mean([np.mean(np.abs(rng.multinomial(n[c], t / t.sum()) / n[c] - t)) for c, t in target.items()])
-    mean = float(maes.mean())
-    return {"floor": mean, "floor_sd": float(maes.std()), "p_above_1_25": float((maes > 1.25 * mean).mean())}
+    return {"floor": floor, "floor_sd": float(maes.std()), "p_above_1_25": float((maes > 1.25 * floor).mean())}
 
 
 def main() -> None:
