@@ -4,7 +4,7 @@ import pytest
 
 from distalign.attributes import Attribute
 from distalign.judge import LexiconJudge
-from distalign.stories import StoryCollector, StoryDataError, select_stories, story_requests
+from distalign.stories import StoryCollector, StoryDataError, story_requests
 
 
 @pytest.fixture()
@@ -43,6 +43,13 @@ def test_requests_follow_largest_remainder_and_oversample(gender):
         story_requests(_prompts([0]), targets[:1], gender, hints[:1], per_context=4, oversample=2, seed=7)
     with pytest.raises(StoryDataError, match="no training story prompts for context 'job1'"):
         story_requests(_prompts([0]), targets, gender, hints, per_context=4, oversample=2, seed=7)
+
+
+def select_stories(requests, stories, judged, attribute, targets, per_context, min_words=0, keep_unhinted=False):
+    """One round of StoryCollector: its rows and summary."""
+    collector = StoryCollector(targets, attribute, per_context, min_words, keep_unhinted)
+    collector.add(requests, stories, judged)
+    return collector.rows, collector.summary()
 
 
 def test_selection_keeps_only_judged_stories_up_to_the_count(gender):

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 from .attributes import Attribute
 from .datasets import largest_remainder, prompts_by_context
+from .judge import word_count
 from .prompts import derive_seed
 
 
@@ -131,10 +132,11 @@ class StoryCollector:
         self.too_short = 0
         self.rounds = 0
 
-    def _keep(self, req: dict, story: str, k: int) -> bool:
+    def _keep(self, req: dict, story: str, k: int) -> None:
+        """Add the story as a row of class k unless (context, k) already has its quota."""
         key = (req["context_id"], k)
         if self.kept.get(key, 0) >= self.quotas.get(key, 0):
-            return False
+            return
         self.kept[key] = self.kept.get(key, 0) + 1
         name = self.attribute.classes[k].name
         self.per_class[name]["kept"] += 1
@@ -144,7 +146,6 @@ class StoryCollector:
                           "prompt_id": req["source_prompt_id"], "prompt": req["plain_prompt"],
                           "target": req["target"], "class_index": k, "class": name,
                           "hinted_class": self.attribute.classes[req["class_index"]].name, "answer": story})
-        return True
 
     def add(self, requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None]) -> None:
         """One round: ``stories[i]`` and ``judged[i]`` (a class name or None) belong to ``requests[i]``."""
@@ -159,7 +160,7 @@ class StoryCollector:
             text = (story or "").strip()
             if not text or label not in names:
                 continue
-            if len(text.split()) < self.min_words:
+            if word_count(text) < self.min_words:
                 self.too_short += 1
                 continue
             self.per_class[label]["judged"] += 1
@@ -200,11 +201,3 @@ class StoryCollector:
                 "too_short": self.too_short, "hint_consistency": consistent / generated if generated else None,
                 "missing": [list(m) for m in missing]}
 
-
-def select_stories(requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None],
-                   attribute: Attribute, targets: Sequence[dict], per_context: int, min_words: int = 0,
-                   keep_unhinted: bool = False) -> tuple[list[dict], dict]:
-    """One round of :class:`StoryCollector`: the D_story rows and the summary."""
-    collector = StoryCollector(targets, attribute, per_context, min_words, keep_unhinted)
-    collector.add(requests, stories, judged)
-    return collector.rows, collector.summary()
