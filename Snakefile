@@ -39,6 +39,12 @@ SWEEP = "results/sweeps/{dataset}/{model}/{method}/{task}/{knob}-{value}/seed{re
 SWEEP_GENERATIONS = f"{SWEEP}/generations.jsonl"
 SWEEP_LABELS = f"{SWEEP}/labels.jsonl"
 SWEEP_METRICS = f"{SWEEP}/metrics.json"
+# Validity correction (methods.<m>.validity_correction): the method's answers to the validation
+# prompts of a task, their labels, and the per-token valid shares and draw weights.
+VALIDITY = "results/validity/{dataset}/{model}/{method}/{task}"
+VALIDITY_GENERATIONS = f"{VALIDITY}/generations.jsonl"
+VALIDITY_LABELS = f"{VALIDITY}/labels.jsonl"
+VALIDITY_WEIGHTS = f"{VALIDITY}/weights.json"
 TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
 FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf
 LOGS = "results/logs"

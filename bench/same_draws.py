@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distalign.generate import draw_index, steering_draw_seed
+from distalign.generate import draw_index, steering_draw_seed, weighted_probs
 from distalign.io import read_jsonl
 from distalign.metrics import mae, noise_floor
 
@@ -35,7 +35,8 @@ def replay(rows: list[dict], seed: int) -> dict:
         u_seed = steering_draw_seed(parts, r["prompt_id"], r["sample"])
         target[r["context_id"]] = tgt
         ideal[r["context_id"]].append(draw_index(tgt, u_seed))
-        drawn[r["context_id"]].append(draw_index(r["steering_probs"], u_seed))
+        # a validity-corrected run drew from the reweighted probabilities (distalign.validity)
+        drawn[r["context_id"]].append(draw_index(weighted_probs(r["steering_probs"], r.get("token_weights")), u_seed))
 
     def freq(idx, k):
         return [sum(1 for i in idx if i == c) / len(idx) for c in range(k)]

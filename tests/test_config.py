@@ -100,6 +100,10 @@ def test_every_schema_key_has_description_and_default(repo):
                 c["attributes"]["gender"]["classes"][1].pop("story_hint")),
      r"config key 'attributes\.gender\.classes': class\(es\) \['female'\] have no story_hint, which method "
      r"'ours-story' \(story_data: true\) needs"),
+    (lambda c: c["methods"]["ift"].__setitem__("validity_correction", ["story"]),
+     r"config key 'methods\.ift\.validity_correction': only methods of kind 'ours' draw a steering token"),
+    (lambda c: c["methods"]["ours"].__setitem__("validity_correction", ["poems"]),
+     r"methods\.ours\.validity_correction"),
     (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
      r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
 ])

@@ -128,6 +128,38 @@ def test_two_step_frequencies_match_restricted_distribution(tiny_dir, backend, p
     assert replayed == [int(r["steering_token"]) for r in rows]
 
 
+def test_token_weights_reweight_the_draw_not_the_recorded_probs(tiny_dir, backend, pin_logits):
+    """Validity correction: tokens drawn from p * w renormalised; steering_probs stay the model's."""
+    target = [0.5, 0.5]
+    pin_logits({DIGIT[str(k)]: math.log(p) + 3.0 for k, p in enumerate(target)})
+    job = _job(tiny_dir, _requests(1), steering_tokens=["0", "1"], samples_per_prompt=2000, token_weights=[3.0, 1.0],
+               sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1})
+    rows = run_generation(backend, backend.tokenizer, job)
+    assert rows[0]["steering_probs"] == pytest.approx(target, abs=1e-6)
+    assert rows[0]["token_weights"] == [3.0, 1.0]
+    freq = sum(r["steering_token"] == "0" for r in rows) / len(rows)
+    assert abs(freq - 0.75) < 4 * math.sqrt(0.75 * 0.25 / len(rows)), freq
+    # the same uniform numbers as the unweighted draw: only the weights differ
+    plain = run_generation(backend, backend.tokenizer, dataclasses.replace(job, token_weights=None))
+    assert "token_weights" not in plain[0]
+    assert all(int(p["steering_token"]) >= int(w["steering_token"]) for p, w in zip(plain, rows, strict=True))
+
+
+def test_token_weights_are_checked(tiny_dir, config):
+    from distalign.generate import GenerationError, weighted_probs
+
+    assert weighted_probs([0.5, 0.5], None) == [0.5, 0.5]
+    assert weighted_probs([0.5, 0.5], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
+    kw = dict(config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir)
+    with pytest.raises(GenerationError, match="expected 2 positive token weights"):
+        make_job("generate", _requests(1), method="ours", token_weights=[1.0, 0.0], **kw)
+    with pytest.raises(GenerationError, match="expected 2 positive token weights"):
+        make_job("generate", _requests(1), method="ours", token_weights=[1.0], **kw)
+    with pytest.raises(GenerationError, match="need steering tokens"):
+        make_job("generate", _requests(1), method="ift", token_weights=[1.0, 1.0], **kw)
+    assert make_job("generate", _requests(1), method="ours", token_weights=[2, 1], **kw).token_weights == [2.0, 1.0]
+
+
 @pytest.mark.parametrize("placement", ["assistant", "paper"])
 def test_steering_token_excluded_model_digits_kept(tiny_dir, backend, pin_logits, placement):
     """The model writes "0000"; the steering "0" is not in the answer and no digit is stripped."""

@@ -153,8 +153,24 @@ def test_agreement_and_steering(config):
     assert ctx["generated_freq"] == pytest.approx([0.75, 0.25])
     assert st["consistency"] == pytest.approx(3 / 4) and st["n_checked"] == 4
     assert st["mae_prob_vs_target"] == pytest.approx(0.0)
+    # the invalid answer had token 0: valid rows' tokens are [.5, .5] against [.6, .4] for all rows
+    assert ctx["valid_token_freq"] == pytest.approx([0.5, 0.5])
+    assert st["mae_valid_token_vs_token"] == pytest.approx(0.1)
+    assert st["invalid_by_token"] == pytest.approx({"male": 1 / 3, "female": 0.0})
     ag = out["agreement"]
     assert ag["raw_agreement"] == pytest.approx(3 / 5)
     # lexicon: male 3, female 1, None 1; llm: male 5 -> p_e = 3/5; p_o = 3/5 -> kappa 0
     assert ag["kappa"] == pytest.approx(0.0)
     json.dumps(out)
+
+
+def test_invalid_skew_undefined_without_valid_answers(config):
+    """A context whose answers are all invalid has no valid-token frequencies: no skew, not a fake one."""
+    attr = attributes_from_config(config)["gender"]
+    targets = [{"context_id": 0, "context": "a", "target": [0.5, 0.5]}]
+    rows = [{"context_id": 0, "label": None, "steering_token": tok, "steering_probs": [0.5, 0.5],
+             "target": [0.5, 0.5]} for tok in ("0", "1", "1")]
+    st = M.compute_metrics(rows, targets, attr, seed=0, bootstrap=5)["steering"]
+    assert st["contexts"][0]["valid_token_freq"] is None
+    assert st["mae_valid_token_vs_token"] is None
+    assert st["invalid_by_token"] == {"male": 1.0, "female": 1.0}

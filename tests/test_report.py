@@ -160,5 +160,8 @@ def test_steering_diagnosis_table(records, config):
     assert row["Consistency"] == pytest.approx(1.0)
     assert row["Calibration"] == pytest.approx((0.3 + 0.4) / 2)
     assert row["Invalid"] == pytest.approx(0.05)
+    # the invalid answer of context 1 had a female token: valid tokens 8/9 male against 8/10 of all
+    assert row["Invalid skew"] == pytest.approx((0 + abs(8 / 9 - 0.8)) / 2)
+    assert row["Task"] == "attribute"
     md = to_markdown(df)
     assert "| m | Ours | UK-real |" in md

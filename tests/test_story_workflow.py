@@ -21,6 +21,9 @@ TINY_STORY = {
     "generation": {"batch_size": 8, "max_new_tokens": {"attribute": 16, "story": 48}},
     "metrics": {"bootstrap": 50},
     "report": {"artefacts": ["table2"]},
+    # a few steering steps on these rows, not the 252 of the config; the draw corrected for invalid stories
+    "methods": {"ours-story": {"train_overrides": {"preference": {"min_steps": None}},
+                               "validity_correction": ["story"]}},
 }
 METRICS = "results/metrics/tiny-real/smollm2-135m-instruct/ours-story/story.json"
 
@@ -75,3 +78,13 @@ def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     assert f"D_story: {len(rows)} story rows join the SFT rows" in log
     metrics = json.loads((workdir / METRICS).read_text())
     assert metrics["summary"]["n_total"] == 2 * 4
+    # validity correction: the validation stories (not the test ones) gave the weights the test draw used
+    validity = workdir / "results/validity/tiny-real/smollm2-135m-instruct/ours-story/story"
+    val_rows = [json.loads(x) for x in (validity / "generations.jsonl").read_text().splitlines()]
+    assert len(val_rows) == 2 * 4 and all(r["prompt_id"].startswith("val-") for r in val_rows)
+    weights = json.loads((validity / "weights.json").read_text())
+    assert sum(weights["n"]) == 2 * 4 and sum(weights["weights"]) == pytest.approx(2.0)
+    test_rows = [json.loads(x) for x in
+                 (workdir / "results/generations/tiny-real/smollm2-135m-instruct/ours-story/story.jsonl")
+                 .read_text().splitlines()]
+    assert all(r["prompt_id"].startswith("test-") and r["token_weights"] == weights["weights"] for r in test_rows)

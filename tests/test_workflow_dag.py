@@ -49,6 +49,22 @@ def test_one_table_builds_only_what_it_needs(workdir, snakemake_run):
     assert trained == {"ours", "ours-no-kl", "ours-no-kto", "ours-dpo"}
 
 
+def test_steering_diagnosis_covers_the_story_task_when_it_runs(workdir, snakemake_run):
+    """With stories in run.tasks the diagnosis reads the steering methods' story metrics too (not race's)."""
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["run"]["datasets"] = ["us-even", "race-even"]
+    cfg["run"]["tasks"] = ["attribute", "story"]
+    cfg["report"]["table1_methods"] = ["zero-shot", "ours", "ours-story"]
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake_run(workdir, "-n", "results/tables/steering_diagnosis.csv", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    metrics = set(re.findall(r"results/metrics/([a-z0-9-]+)/[^/]+/([a-z0-9-]+)/(attribute|story)\.json", proc.stdout))
+    # zero-shot does not steer; ours-story needs a story judge, which race has not, even for its answers
+    assert metrics == {("us-even", "ours", "attribute"), ("us-even", "ours-story", "attribute"),
+                       ("race-even", "ours", "attribute"), ("us-even", "ours", "story"),
+                       ("us-even", "ours-story", "story")}
+
+
 def test_table7_trains_on_uk_only(workdir, snakemake_run):
     """Transfer: the US columns generate with the UK adapters; nothing is trained on US data."""
     proc = snakemake_run(workdir, "-n", "results/tables/table7.csv", timeout=300)
@@ -268,4 +284,22 @@ def test_changing_one_method_reruns_only_that_method(tiny_run, snakemake_run):
     assert jobs["sweep_generate"] == 2 and jobs["capabilities"] == 1, jobs
     rerun = set(re.findall(r"wildcards: dataset=tiny-real, model=smollm2-135m-instruct, method=(\S+?)(?:,|\n)",
                            dry.stdout))
+    assert rerun == {"ours"}, rerun
+
+
+def test_validity_correction_reruns_generation_not_training(tiny_run, snakemake_run):
+    """Turning on ours' validity correction after a complete run: validation answers, labels and
+    weights per dataset, then ours' generations again; its adapter is reused."""
+    cfg = yaml.safe_load((tiny_run / "config/tiny.yaml").read_text())
+    cfg["methods"] = {"ours": {"train_overrides": {"preference": {"min_steps": None}}, "validity_correction": ["attribute"]}}
+    (tiny_run / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+    dry = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    jobs = _jobs(dry.stdout)
+    assert "train" not in jobs and "capabilities" not in jobs, jobs
+    # tiny-real and the transfer column (tiny-even-from-real, with tiny-real's adapter)
+    assert jobs["validity_generate"] == jobs["validity_label"] == jobs["validity"] == 2, jobs
+    assert jobs["generate"] == 2 and jobs["sweep_generate"] == 2, jobs
+    assert "results/validity/tiny-real/smollm2-135m-instruct/ours/attribute/weights.json" in dry.stdout
+    rerun = set(re.findall(r"method=(\S+?)(?:,|\n)", dry.stdout))
     assert rerun == {"ours"}, rerun

@@ -143,6 +143,10 @@ def _cross_reference_errors(config: dict) -> list[str]:
                 if missing:
                     errs.append(f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
                                 f"which method {name!r} (story_data: true) needs to write D_story")
+        corrected = m.get("validity_correction") or []
+        if corrected and m.get("kind") != "ours":
+            errs.append(f"config key 'methods.{name}.validity_correction': only methods of kind 'ours' draw a "
+                        f"steering token to reweight, not {m.get('kind')!r}")
         overrides = m.get("train_overrides") or {}
         unknown = set(overrides) - set(config.get("training", {}))
         if unknown:

@@ -147,6 +147,7 @@ class Job:
     class_tokens: list | None = None      # probe: strings whose first token id is read
     placement: str = "assistant"
     threads: int | None = None
+    token_weights: list | None = None     # validity correction: draw the token from p_k * w_k, renormalised
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -157,8 +158,13 @@ class Job:
 
 
 def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str,
-             model_dir, adapter=None, threads: int | None = None, backend: str | None = None) -> Job:
-    """Resolve the config into a :class:`Job` for one (dataset, model, method, task)."""
+             model_dir, adapter=None, threads: int | None = None, backend: str | None = None,
+             token_weights: Sequence[float] | None = None) -> Job:
+    """Resolve the config into a :class:`Job` for one (dataset, model, method, task).
+
+    ``token_weights`` (one positive weight per steering token) reweight the steering draw: the
+    validity correction of ``distalign.validity``.
+    """
     from .models import read_pointer
 
     gen = config["generation"]
@@ -175,13 +181,21 @@ def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, mod
         raise GenerationError(f"config key 'training.steering_placement': expected one of {PLACEMENTS}")
     attribute = attribute_of_dataset(config, dataset)
     steering = attribute.steering_tokens(spec.get("token_set")) if spec["kind"] == "ours" else None
+    if token_weights is not None:
+        if steering is None:
+            raise GenerationError(f"method {method!r}: token weights (validity correction) need steering tokens")
+        if len(token_weights) != len(steering) or not all(w > 0 and math.isfinite(w) for w in token_weights):
+            raise GenerationError(f"method {method!r}: expected {len(steering)} positive token weights (one per "
+                                  f"steering token {steering}), got {list(token_weights)}")
+        token_weights = [float(w) for w in token_weights]
     dtype = read_pointer(model_dir).get("dtype", "auto")
     return Job(kind=kind, backend=backend, model_dir=str(model_dir), adapter=str(adapter) if adapter else None,
                device=config["training"].get("device", "auto"), dtype=dtype, requests=requests,
                seed_parts=[config["seed"], dataset, model, method, task],
                sampling=asdict(sampling_from_config(gen, task)), samples_per_prompt=int(gen["samples_per_prompt"]),
                batch_size=int(gen["batch_size"]), steering_tokens=steering,
-               class_tokens=steering if steering else attribute.labels, placement=placement, threads=threads)
+               class_tokens=steering if steering else attribute.labels, placement=placement, threads=threads,
+               token_weights=token_weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +219,15 @@ def draw_index(probs: Sequence[float], seed: int) -> int:
         if u < acc:
             return i
     return len(probs) - 1
+
+
+def weighted_probs(probs: Sequence[float], weights: Sequence[float] | None) -> list[float]:
+    """``probs`` reweighted by ``weights`` and renormalised (``probs`` itself without weights)."""
+    if weights is None:
+        return list(probs)
+    w = [p * x for p, x in zip(probs, weights, strict=True)]
+    total = sum(w)
+    return [x / total for x in w] if total > 0 else list(probs)
 
 
 def steering_draw_seed(seed_parts: Sequence, prompt_id, sample: int) -> int:
@@ -481,7 +504,8 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             item_seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
             tok = None
             if steering_ids is not None:
-                k = draw_index(steer_probs[i], steering_draw_seed(job.seed_parts, r["prompt_id"], s))
+                k = draw_index(weighted_probs(steer_probs[i], job.token_weights),
+                               steering_draw_seed(job.seed_parts, r["prompt_id"], s))
                 tok = k
                 prompts.append(steered_prompt_ids(tokenizer, r["prompt"], steering_ids[k], job.placement))
             else:
@@ -502,6 +526,7 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             "prompt": r["prompt"], "target": r["target"], "sample": s,
             "steering_token": job.steering_tokens[k] if k is not None else None,
             "steering_probs": steer_probs[i] if steer_probs is not None else None,
+            **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
             "response": tokenizer.decode(toks, skip_special_tokens=True),
             "n_tokens": len(toks), "stopped": stopped, "seed": seed, "backend": backend.name, "versions": vers,
             "probe_token_ids": probe_ids, "probe_logprobs": probe_lps,
@@ -671,10 +696,11 @@ def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -
 
 
 def generate(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str, model_dir,
-             adapter=None, threads: int | None = None, backend: str | None = None) -> list[dict]:
+             adapter=None, threads: int | None = None, backend: str | None = None,
+             token_weights: Sequence[float] | None = None) -> list[dict]:
     """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
     job = make_job("generate", requests, config=config, dataset=dataset, model=model, method=method, task=task,
-                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
+                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend, token_weights=token_weights)
     return execute(job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto"))
 
 

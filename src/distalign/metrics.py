@@ -217,17 +217,26 @@ def token_class_map(attribute: Attribute, token_set: str | None = None) -> dict[
     return {t: i for t, i in out.items() if t not in clash}
 
 
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
 def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[int, dict], attribute: Attribute,
                       token_set: str | None = None) -> dict | None:
     """Mean steering probability vs sampled-token frequency vs generated-class frequency per context.
 
     consistency = share of rows with a valid label and a recognised steering token whose label
-    equals the token's class.
+    equals the token's class. ``mae_valid_token_vs_token`` (the "invalid skew") is the MAE between
+    the token frequencies of all rows and of the rows with a valid label: near 0 when answers are
+    invalid whatever their token, large when one token's answers are dropped more often (in stories,
+    a male token that writes a story naming nobody), which biases the valid answers even when every
+    valid one follows its token. ``invalid_by_token`` gives the invalid share per token class.
     """
     names = attribute.names
     k = len(names)
     tmap = token_class_map(attribute, token_set)
     per, agree, checked, unknown_tokens = [], 0, 0, 0
+    tok_rows, tok_invalid = np.zeros(k), np.zeros(k)
     any_steering = False
     for cid in sorted(rows_by_ctx):
         rows = [r for r in rows_by_ctx[cid] if r.get("steering_probs") is not None]
@@ -247,6 +256,12 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
         lab_idx = [names.index(r["label"]) if r.get("label") is not None else -1 for r in rows]
         _, tok_freq = empirical(tok_idx, k)
         _, gen_freq = empirical(lab_idx, k)
+        valid_tok_counts, valid_tok_freq = empirical([ti for ti, li in zip(tok_idx, lab_idx, strict=True)
+                                                      if li >= 0], k)
+        for ti, li in zip(tok_idx, lab_idx, strict=True):
+            if ti >= 0:
+                tok_rows[ti] += 1
+                tok_invalid[ti] += li < 0
         tgt = targets[cid]["target"]
         cons_n = sum(1 for ti, li in zip(tok_idx, lab_idx, strict=True) if ti >= 0 and li >= 0)
         cons_k = sum(1 for ti, li in zip(tok_idx, lab_idx, strict=True) if ti >= 0 and li >= 0 and ti == li)
@@ -255,7 +270,8 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
         per.append({"context_id": cid, "context": targets[cid]["context"], "target": list(map(float, tgt)),
                     "mean_steering_prob": probs.mean(axis=0).tolist(), "token_freq": tok_freq.tolist(),
                     "generated_freq": gen_freq.tolist(), "n": len(rows),
-                    "consistency": cons_k / cons_n if cons_n else None})
+                    "consistency": cons_k / cons_n if cons_n else None,
+                    "valid_token_freq": valid_tok_freq.tolist() if valid_tok_counts.sum() else None})
     if not any_steering:
         return None
 
@@ -265,7 +281,11 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
     return {"contexts": per, "consistency": agree / checked if checked else None, "n_checked": checked,
             "unknown_tokens": unknown_tokens, "mae_prob_vs_target": _avg_mae("mean_steering_prob"),
             "mae_token_vs_target": _avg_mae("token_freq"), "mae_generated_vs_target": _avg_mae("generated_freq"),
-            "mae_generated_vs_token": float(np.mean([mae(p["generated_freq"], p["token_freq"]) for p in per]))}
+            "mae_generated_vs_token": float(np.mean([mae(p["generated_freq"], p["token_freq"]) for p in per])),
+            "mae_valid_token_vs_token": _mean_or_none([mae(p["valid_token_freq"], p["token_freq"]) for p in per
+                                                       if p["valid_token_freq"] is not None]),
+            "invalid_by_token": {name: float(tok_invalid[i] / tok_rows[i]) if tok_rows[i] else None
+                                 for i, name in enumerate(names)}}
 
 
 # ----------------------------------------------------------------------------------------------

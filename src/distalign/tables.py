@@ -149,7 +149,10 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFr
     itself (``Calibration``: MAE of the mean steering probability vs the target, i.e. the
     restricted internal probe; ``Token MAE``: of the sampled tokens' frequencies), answers that do
     not follow their token (``Consistency``: share of valid answers naming the token's class;
-    ``Answer vs token``: MAE between generated and token frequencies) and ``Invalid`` answers.
+    ``Answer vs token``: MAE between generated and token frequencies) and ``Invalid`` answers;
+    ``Invalid skew`` is the part of the invalid answers that biases the valid ones: MAE between the
+    token frequencies of all answers and of the valid answers (0 when invalidity ignores the token).
+    One row per record, so story-task records (``Task`` story) sit beside the attribute task.
     """
     rows = []
     for r in records:
@@ -157,15 +160,21 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFr
         s, st = m["summary"], m.get("steering") or {}
         floor = s.get("noise_floor")
         rows.append({
-            "Dataset": title_of(config, "datasets", r["dataset"]), "Model": r["model"],
+            "Dataset": title_of(config, "datasets", r["dataset"]), "Task": r.get("task", "attribute"), "Model": r["model"],
             "Method": title_of(config, "methods", r["method"]), "MAE": s["mae"], "Noise floor": floor,
             "MAE / floor": s["mae"] / floor if floor else math.nan,
             "Calibration": st.get("mae_prob_vs_target", math.nan), "Token MAE": st.get("mae_token_vs_target", math.nan),
             "Consistency": st.get("consistency", math.nan), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
             "Invalid": s.get("invalid_rate", math.nan),
+            "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")),
         })
-    return pd.DataFrame(rows, columns=["Dataset", "Model", "Method", "MAE", "Noise floor", "MAE / floor", "Calibration",
-                                       "Token MAE", "Consistency", "Answer vs token", "Invalid"])
+    return pd.DataFrame(rows, columns=["Dataset", "Task", "Model", "Method", "MAE", "Noise floor", "MAE / floor",
+                                       "Calibration", "Token MAE", "Consistency", "Answer vs token", "Invalid",
+                                       "Invalid skew"])
+
+
+def _nan_if_none(value) -> float:
+    return math.nan if value is None else value
 
 
 def _fmt(v, digits=3) -> str:

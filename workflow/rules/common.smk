@@ -100,11 +100,21 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+# Keys of a method that only change the results when set: left out when off, so that methods
+# defined before the key existed keep their results.
+OPTIONAL_METHOD_KEYS = ("story_data", "validity_correction")
+
+
 def method_spec(wildcards):
     """A method's settings without its display title (a title change reruns nothing) and without
-    story_data when it is off (so that methods defined before that key existed keep their results)."""
+    the optional keys that are off."""
     spec = config["methods"][wildcards.method]
-    return {k: v for k, v in spec.items() if k != "title" and not (k == "story_data" and not v)}
+    return {k: v for k, v in spec.items() if k != "title" and not (k in OPTIONAL_METHOD_KEYS and not v)}
+
+
+def validity_corrected(method, task):
+    """Whether a method's steering draw on a task is reweighted by its validation answers."""
+    return task in (config["methods"][method].get("validity_correction") or [])
 
 
 def method_kind(method):
@@ -159,7 +169,8 @@ def train_story_data(wildcards):
 def train_params(wildcards):
     """Only what changes the result: the method spec and its resolved training section (a change reruns
     only that method)."""
-    return {"spec": method_spec(wildcards), "training": training_params(config, wildcards.method)}
+    spec = {k: v for k, v in method_spec(wildcards).items() if k != "validity_correction"}  # generation only
+    return {"spec": spec, "training": training_params(config, wildcards.method)}
 
 
 def train_uses_gpu(wildcards):
@@ -192,7 +203,17 @@ def _stage_inputs(wildcards, task):
 
 
 def generation_inputs(wildcards):
-    """Model, test prompts of the task, targets, template bank and (trained methods) the adapter."""
+    """Model, test prompts of the task, targets, template bank, (trained methods) the adapter and
+    (validity_correction) the draw weights from the method's validation answers."""
+    inputs = _stage_inputs(wildcards, wildcards.task)
+    if validity_corrected(wildcards.method, wildcards.task):
+        inputs["validity"] = VALIDITY_WEIGHTS.format(dataset=wildcards.dataset, model=wildcards.model,
+                                                      method=wildcards.method, task=wildcards.task)
+    return inputs
+
+
+def validity_generation_inputs(wildcards):
+    """What the validation run of a validity correction reads: as generation, without weights."""
     return _stage_inputs(wildcards, wildcards.task)
 
 
@@ -380,6 +401,18 @@ TABLE1_METHODS = REPORT["table1_methods"]
 TRANSFER_DATASETS = REPORT["transfer_datasets"]
 STEERING_METHODS = [m for m in TABLE1_METHODS if method_kind(m) == "ours"]
 STORY_DATASETS = [d for d in config["run"]["datasets"] if config["datasets"][d]["attribute"] != "race"]
+
+
+def steering_diagnosis_keys():
+    """The steering methods of table 1 on every task of the run (stories on the story datasets)."""
+    keys = []
+    for task in config["run"]["tasks"]:
+        keys += artefact_keys(STEERING_METHODS, task, STORY_DATASETS if task == "story" else None)
+    return keys
+
+
+def steering_diagnosis_metrics():
+    return [METRICS.format(**k) for k in steering_diagnosis_keys()]
 
 
 # ---- Cluster (cluster.smk) ----------------------------------------------------

@@ -49,6 +49,38 @@ rule metrics:
         "../scripts/metrics.py"
 
 
+# Labels of the validation answers of a validity correction (the same parser/judges as the test run).
+use rule label as validity_label with:
+    input:
+        generations=VALIDITY_GENERATIONS,
+    output:
+        labels=VALIDITY_LABELS,
+    log:
+        f"{LOGS}/validity/label/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/validity/label/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"
+
+
+# Validity correction: valid share per steering token on the validation answers -> draw weights 1 / v_k.
+rule validity:
+    input:
+        labels=VALIDITY_LABELS,
+    output:
+        weights=VALIDITY_WEIGHTS,
+    params:
+        attribute=attribute_spec,
+        token_set=method_token_set,
+    log:
+        f"{LOGS}/validity/weights/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/validity.py"
+
+
 # General capabilities of one (dataset, model, method) after fine-tuning (paper Table 5).
 rule capabilities:
     input:

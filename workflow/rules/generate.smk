@@ -47,3 +47,22 @@ rule probe:
         runtime=10,
     script:
         "../scripts/probe.py"
+
+
+# Validity correction: the method answers the task's validation prompts (the test prompts stay unseen).
+use rule generate as validity_generate with:
+    input:
+        unpack(validity_generation_inputs),
+    output:
+        generations=VALIDITY_GENERATIONS,
+    params:
+        method=method_spec,
+        attribute=attribute_spec,
+        generation=generation_settings,
+        placement=steering_placement,
+        seed=config["seed"],
+        split="val",
+    log:
+        f"{LOGS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"

@@ -258,15 +258,15 @@ rule calibration:
         "../scripts/figure.py"
 
 
-# Not in the paper: what limits each steering method (calibration, token-answer consistency, invalid answers).
+# Not in the paper: what limits each steering method on each task (calibration, consistency, invalid answers).
 rule steering_diagnosis:
     input:
-        metrics=artefact_metrics(STEERING_METHODS),
+        metrics=steering_diagnosis_metrics(),
     output:
         **table_outputs("steering_diagnosis"),
     params:
         kind="steering_diagnosis",
-        records=artefact_keys(STEERING_METHODS),
+        records=steering_diagnosis_keys(),
         title="What limits the steering methods: calibration vs consistency vs invalid answers",
     log:
         f"{LOGS}/report/steering_diagnosis.log",
