@@ -56,7 +56,7 @@ def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str 
     rates = [v / c if c else None for v, c in zip(n_valid, n, strict=True)]
     raw = [1.0 / max(r, MIN_VALID_RATE) if r is not None else 1.0 for r in rates]
     mean = sum(raw) / len(raw)
-    return {"classes": list(names), "tokens": [attribute.steering_tokens(token_set)[k] for k in range(len(names))],
+    return {"classes": list(names), "tokens": list(attribute.steering_tokens(token_set)),
             "n": n, "n_valid": n_valid, "valid_rate": rates, "weights": [w / mean for w in raw], "n_rows": len(rows),
             "min_valid_rate": MIN_VALID_RATE}
 
