@@ -165,3 +165,9 @@ def test_steering_diagnosis_table(records, config):
     assert row["Task"] == "attribute"
     md = to_markdown(df)
     assert "| m | Ours | UK-real |" in md
+    # no answer was both valid and steered: undefined cells are NaN (empty in the Markdown), never None
+    import copy
+    blank = copy.deepcopy(records[0])
+    blank["metrics"]["steering"].update(consistency=None, mae_valid_token_vs_token=None)
+    row = steering_diagnosis_table([blank], config).iloc[0]
+    assert math.isnan(row["Consistency"]) and math.isnan(row["Invalid skew"])

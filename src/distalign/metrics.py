@@ -256,15 +256,14 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
         lab_idx = [names.index(r["label"]) if r.get("label") is not None else -1 for r in rows]
         _, tok_freq = empirical(tok_idx, k)
         _, gen_freq = empirical(lab_idx, k)
-        valid_tok_counts, valid_tok_freq = empirical([ti for ti, li in zip(tok_idx, lab_idx, strict=True)
-                                                      if li >= 0], k)
-        for ti, li in zip(tok_idx, lab_idx, strict=True):
-            if ti >= 0:
-                tok_rows[ti] += 1
-                tok_invalid[ti] += li < 0
+        tok, lab = np.asarray(tok_idx), np.asarray(lab_idx)
+        known, valid = tok >= 0, lab >= 0
+        valid_tok_counts, valid_tok_freq = empirical(tok[valid].tolist(), k)
+        np.add.at(tok_rows, tok[known], 1)
+        np.add.at(tok_invalid, tok[known], ~valid[known])
         tgt = targets[cid]["target"]
-        cons_n = sum(1 for ti, li in zip(tok_idx, lab_idx, strict=True) if ti >= 0 and li >= 0)
-        cons_k = sum(1 for ti, li in zip(tok_idx, lab_idx, strict=True) if ti >= 0 and li >= 0 and ti == li)
+        both = known & valid
+        cons_n, cons_k = int(both.sum()), int((both & (tok == lab)).sum())
         checked += cons_n
         agree += cons_k
         per.append({"context_id": cid, "context": targets[cid]["context"], "target": list(map(float, tgt)),

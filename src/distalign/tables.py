@@ -164,7 +164,7 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFr
             "Method": title_of(config, "methods", r["method"]), "MAE": s["mae"], "Noise floor": floor,
             "MAE / floor": s["mae"] / floor if floor else math.nan,
             "Calibration": st.get("mae_prob_vs_target", math.nan), "Token MAE": st.get("mae_token_vs_target", math.nan),
-            "Consistency": st.get("consistency", math.nan), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
+            "Consistency": _nan_if_none(st.get("consistency")), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
             "Invalid": s.get("invalid_rate", math.nan),
             "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")),
         })

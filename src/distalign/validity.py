@@ -43,6 +43,8 @@ def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str 
     tmap = token_class_map(attribute, token_set)
     n = [0] * len(names)
     n_valid = [0] * len(names)
+    if not rows:
+        raise ValidityError(f"{source}: no rows to estimate the valid share per steering token from")
     for i, r in enumerate(rows):
         tok = r.get("steering_token")
         k = tmap.get(tok.strip()) if isinstance(tok, str) else None
@@ -51,8 +53,6 @@ def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str 
                                 f"not one of {sorted(tmap)}: the validity correction needs a steering method's rows")
         n[k] += 1
         n_valid[k] += r.get("label") is not None
-    if not rows:
-        raise ValidityError(f"{source}: no rows to estimate the valid share per steering token from")
     rates = [v / c if c else None for v, c in zip(n_valid, n, strict=True)]
     raw = [1.0 / max(r, MIN_VALID_RATE) if r is not None else 1.0 for r in rates]
     mean = sum(raw) / len(raw)
