@@ -104,6 +104,12 @@ def test_every_schema_key_has_description_and_default(repo):
      r"config key 'methods\.ift\.validity_correction': only methods of kind 'ours' draw a steering token"),
     (lambda c: c["methods"]["ours"].__setitem__("validity_correction", ["poems"]),
      r"methods\.ours\.validity_correction"),
+    (lambda c: c["methods"]["ift"].__setitem__("steering_guidance", {"story": 2.0}),
+     r"config key 'methods\.ift\.steering_guidance': only methods of kind 'ours' draw a steering token"),
+    (lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"story": 0.5}),
+     r"methods\.ours\.steering_guidance\.story"),
+    (lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"poems": 2.0}),
+     r"methods\.ours\.steering_guidance"),
     (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
      r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
 ])

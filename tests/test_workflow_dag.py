@@ -303,3 +303,23 @@ def test_validity_correction_reruns_generation_not_training(tiny_run, snakemake_
     assert "results/validity/tiny-real/smollm2-135m-instruct/ours/attribute/weights.json" in dry.stdout
     rerun = set(re.findall(r"method=(\S+?)(?:,|\n)", dry.stdout))
     assert rerun == {"ours"}, rerun
+
+
+def test_steering_guidance_reruns_only_the_guided_task(tiny_run, snakemake_run):
+    """Guidance is generation-only and per task: guiding ours' stories reruns nothing in a run without
+    stories; guiding its answers reruns its generations (test and sweep points) and what reads them (the
+    probe reads the generation file), never its adapter."""
+    cfg = yaml.safe_load((tiny_run / "config/tiny.yaml").read_text())
+    base = {"train_overrides": {"preference": {"min_steps": None}}}
+    reruns = {"generate": 2, "sweep_generate": 2, "probe": 1}
+    for guided, expected in (({"story": 3.0}, {}), ({"attribute": 3.0}, reruns)):
+        cfg["methods"] = {"ours": {**base, "steering_guidance": guided}}
+        (tiny_run / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+        dry = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+        assert dry.returncode == 0, dry.stdout[-3000:]
+        jobs = _jobs(dry.stdout) if "Job stats:" in dry.stdout else {}
+        assert {k: jobs[k] for k in reruns if k in jobs} == expected, jobs
+        assert "train" not in jobs and "capabilities" not in jobs, jobs
+        assert "Params have changed" not in dry.stdout.split("rule probe:", 1)[-1].split("rule ", 1)[0]
+        if expected:
+            assert set(re.findall(r"method=(\S+?)(?:,|\n)", dry.stdout)) == {"ours"}

@@ -39,6 +39,10 @@ Decisions:
 - **Sampling settings** are passed explicitly to both engines (the model's own
   ``generation_config.json`` defaults are ignored): temperature (0 = greedy), top_p, top_k
   (0 = off; vLLM ``-1``), max_new_tokens per task, no repetition penalty.
+- **Steering guidance** (``methods.<m>.steering_guidance``, ``distalign.guidance``): the answer
+  after the drawn token is sampled with the other tokens' branches contrasted at every step. It
+  needs logits from a second batch of contexts, which vLLM's sampler cannot mix in, so a guided
+  job runs on the transformers backend whatever ``generation.backend`` says (and says so in its log).
 - **Probe** (paper Table 4/12): no sampling; for each test prompt the probability of each
   class's token at the first answer position, renormalised over the K class tokens. Class
   tokens are the steering tokens for ``ours`` and otherwise the first token id of each class
@@ -55,12 +59,13 @@ import random
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .attributes import Attribute, attribute_of_dataset
 from .chat import PLACEMENTS, prompt_ids, steered_prompt_ids
+from .guidance import PLAUSIBILITY, contrast_weights
 from .prompts import derive_seed, method_prompt
 
 log = logging.getLogger("distalign.generate")
@@ -148,6 +153,8 @@ class Job:
     placement: str = "assistant"
     threads: int | None = None
     token_weights: list | None = None     # validity correction: draw the token from p_k * w_k, renormalised
+    guidance: float | None = None         # steering guidance scale (distalign.guidance); None or 1 = off
+    guidance_plausibility: float | None = None  # its plausibility constraint (None = guidance.PLAUSIBILITY)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -163,7 +170,8 @@ def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, mod
     """Resolve the config into a :class:`Job` for one (dataset, model, method, task).
 
     ``token_weights`` (one positive weight per steering token) reweight the steering draw: the
-    validity correction of ``distalign.validity``.
+    validity correction of ``distalign.validity``. A method with ``steering_guidance`` > 1
+    (``distalign.guidance``) generates with the transformers backend whatever ``backend`` says.
     """
     from .models import read_pointer
 
@@ -188,6 +196,29 @@ def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, mod
             raise GenerationError(f"method {method!r}: expected {len(steering)} positive token weights (one per "
                                   f"steering token {steering}), got {list(token_weights)}")
         token_weights = [float(w) for w in token_weights]
+    guidance = spec.get("steering_guidance") or {}
+    if not isinstance(guidance, Mapping):
+        raise GenerationError(f"method {method!r}: 'steering_guidance' must map a task to its scale, got {guidance!r}")
+    plausibility = guidance.get("plausibility")
+    plausibility = PLAUSIBILITY if plausibility is None else float(plausibility)
+    guidance = guidance.get(task)
+    guidance = float(guidance) if guidance is not None and kind == "generate" else None
+    if guidance == 1.0:  # the schema's default: plain sampling, whatever the method's kind
+        guidance = None
+    if guidance is not None:
+        if steering is None or len(steering) < 2:
+            raise GenerationError(f"method {method!r}: 'steering_guidance' needs a method of kind ours "
+                                  f"(two or more steering tokens)")
+        if not (math.isfinite(guidance) and guidance >= 1.0):
+            raise GenerationError(f"method {method!r}: 'steering_guidance' must be a number >= 1 (1 = off), "
+                                  f"got {guidance!r}")
+        if not 0.0 <= plausibility <= 1.0:
+            raise GenerationError(f"method {method!r}: 'steering_guidance.plausibility' must be in [0, 1], "
+                                  f"got {plausibility!r}")
+        if backend != "transformers":
+            log.info("method %s: steering guidance %.2f runs on the transformers backend, not %s",
+                     method, guidance, backend)
+            backend = "transformers"
     dtype = read_pointer(model_dir).get("dtype", "auto")
     return Job(kind=kind, backend=backend, model_dir=str(model_dir), adapter=str(adapter) if adapter else None,
                device=config["training"].get("device", "auto"), dtype=dtype, requests=requests,
@@ -195,7 +226,8 @@ def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, mod
                sampling=asdict(sampling_from_config(gen, task)), samples_per_prompt=int(gen["samples_per_prompt"]),
                batch_size=int(gen["batch_size"]), steering_tokens=steering,
                class_tokens=steering if steering else attribute.labels, placement=placement, threads=threads,
-               token_weights=token_weights)
+               token_weights=token_weights, guidance=guidance,
+               guidance_plausibility=plausibility if guidance is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +318,17 @@ def versions() -> dict:
 # Backends: next-token log-probs of given tokens, and sampling of whole answers.
 
 
+@dataclass
+class Guidance:
+    """Steering guidance for one ``sample`` call: per prompt, the prompts with each *other* steering
+    token and their mixture weights (``distalign.guidance``)."""
+
+    scale: float
+    others: list      # per prompt: K - 1 id lists
+    weights: list     # per prompt: K - 1 weights summing to 1
+    plausibility: float | None = None
+
+
 class TransformersBackend:
     """Batched HF backend. Prompts are id lists, left-padded by hand with an attention mask."""
 
@@ -333,12 +376,16 @@ class TransformersBackend:
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence, first_ids: Sequence[int] | None = None) -> list[tuple]:
+               seed_parts: Sequence, first_ids: Sequence[int] | None = None,
+               guidance: Guidance | None = None) -> list[tuple]:
         """Answer ids (without eos), whether eos was produced, the seed of the item's batch, and the
         full-vocabulary log-probs of ``first_ids`` at the first answer position (raw logits, before
-        temperature/top-p; None when ``first_ids`` is None)."""
+        temperature/top-p; None when ``first_ids`` is None). ``guidance``: steering guidance
+        (``distalign.guidance``), one entry per prompt."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from .guidance import SteeringGuidance
 
         kw = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop, pad_token_id=self.pad,
                   repetition_penalty=1.0)
@@ -353,8 +400,16 @@ class TransformersBackend:
                 ids, mask = self._pad(prompts[start:start + self.batch_size])
                 batch_seed = derive_seed(*seed_parts, "batch", b)
                 torch.manual_seed(batch_seed)
+                processors = LogitsProcessorList()
+                if guidance is not None and guidance.scale != 1.0:
+                    end = start + self.batch_size
+                    alt_ids, alt_mask = self._pad([a for alts in guidance.others[start:end] for a in alts])
+                    weights = torch.tensor(guidance.weights[start:end], dtype=torch.float32)
+                    processors.append(SteeringGuidance(self.model, alt_ids, alt_mask, weights, guidance.scale,
+                                                       guidance.plausibility))
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
-                                          return_dict_in_generate=True, output_logits=first_ids is not None)
+                                          logits_processor=processors, return_dict_in_generate=True,
+                                          output_logits=first_ids is not None)
                 first = None
                 if first_ids is not None:
                     idx = torch.tensor(list(first_ids), dtype=torch.long, device=self.model.device)
@@ -442,8 +497,12 @@ class VllmBackend:
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence, first_ids: Sequence[int] | None = None) -> list[tuple]:
+               seed_parts: Sequence, first_ids: Sequence[int] | None = None,
+               guidance: Guidance | None = None) -> list[tuple]:
         """As TransformersBackend.sample; vLLM's logprobs are raw (before temperature/top-p)."""
+        if guidance is not None and guidance.scale != 1.0:
+            raise GenerationError("steering guidance needs the transformers backend (vLLM cannot mix in the "
+                                  "logits of other prompts); make_job picks it for guided methods")
         from vllm import SamplingParams
 
         base = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop, repetition_penalty=1.0,
@@ -499,6 +558,10 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
         # position; the sampling pass computes that distribution anyway, so it is recorded here.
         probe_ids = first_token_ids(tokenizer, job.class_tokens)
     items, prompts, seeds = [], [], []
+    guidance = None
+    if job.guidance and steering_ids is not None:
+        plausibility = PLAUSIBILITY if job.guidance_plausibility is None else job.guidance_plausibility
+        guidance = Guidance(job.guidance, [], [], plausibility)
     for i, r in enumerate(reqs):
         for s in range(n):
             item_seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
@@ -508,12 +571,17 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
                                steering_draw_seed(job.seed_parts, r["prompt_id"], s))
                 tok = k
                 prompts.append(steered_prompt_ids(tokenizer, r["prompt"], steering_ids[k], job.placement))
+                if guidance is not None:
+                    guidance.others.append([steered_prompt_ids(tokenizer, r["prompt"], sid, job.placement)
+                                            for j, sid in enumerate(steering_ids) if j != k])
+                    guidance.weights.append(contrast_weights(steer_probs[i], k))
             else:
                 prompts.append(prompt_ids(tokenizer, r["prompt"]))
             items.append((i, s, tok))
             seeds.append(item_seed)
     outs = backend.sample(prompts, seeds, sampling, job.seed_parts,
-                          first_ids=None if steering_ids is not None else probe_ids)
+                          first_ids=None if steering_ids is not None else probe_ids,
+                          **({"guidance": guidance} if guidance is not None else {}))
     vers = versions()
     dataset, model, method, task = job.seed_parts[1:5]
     rows = []
@@ -527,6 +595,8 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             "steering_token": job.steering_tokens[k] if k is not None else None,
             "steering_probs": steer_probs[i] if steer_probs is not None else None,
             **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
+            **({"steering_guidance": job.guidance, "guidance_plausibility": guidance.plausibility}
+               if guidance is not None else {}),
             "response": tokenizer.decode(toks, skip_special_tokens=True),
             "n_tokens": len(toks), "stopped": stopped, "seed": seed, "backend": backend.name, "versions": vers,
             "probe_token_ids": probe_ids, "probe_logprobs": probe_lps,

@@ -102,14 +102,40 @@ def model_spec(wildcards):
 
 # Keys of a method that only change the results when set: left out when off, so that methods
 # defined before the key existed keep their results.
-OPTIONAL_METHOD_KEYS = ("story_data", "validity_correction")
+OPTIONAL_METHOD_KEYS = ("story_data", "validity_correction", "steering_guidance")
+# Keys that change how a method samples, not its adapter.
+GENERATION_ONLY_METHOD_KEYS = ("validity_correction", "steering_guidance")
+
+
+def _off(key, value):
+    """Whether an optional method key is off: false, empty, or (steering_guidance) 1 for every task."""
+    if key == "steering_guidance":
+        return all(scale == 1 for task, scale in (value or {}).items() if task in TASKS)
+    return not value
 
 
 def method_spec(wildcards):
     """A method's settings without its display title (a title change reruns nothing) and without
     the optional keys that are off."""
     spec = config["methods"][wildcards.method]
-    return {k: v for k, v in spec.items() if k != "title" and not (k in OPTIONAL_METHOD_KEYS and not v)}
+    return {k: v for k, v in spec.items() if k != "title" and not (k in OPTIONAL_METHOD_KEYS and _off(k, v))}
+
+
+def generation_method_spec(wildcards):
+    """The method spec a generation job samples with: steering_guidance resolved to this task's scale
+    (left out when the task samples plainly, so that guiding stories reruns no attribute job)."""
+    spec = {k: v for k, v in method_spec(wildcards).items() if k != "steering_guidance"}
+    guidance = config["methods"][wildcards.method].get("steering_guidance") or {}
+    scale = guidance.get(wildcards.task)
+    if scale is not None and scale != 1:
+        spec["steering_guidance"] = {wildcards.task: scale, "plausibility": guidance.get("plausibility")}
+    return spec
+
+
+def adapter_method_spec(wildcards):
+    """The method spec without its generation-only keys: what the adapter depends on (the probe too: it
+    reads the class-token probabilities, not a sampled answer)."""
+    return {k: v for k, v in method_spec(wildcards).items() if k not in GENERATION_ONLY_METHOD_KEYS}
 
 
 def validity_corrected(method, task):
@@ -169,8 +195,7 @@ def train_story_data(wildcards):
 def train_params(wildcards):
     """Only what changes the result: the method spec and its resolved training section (a change reruns
     only that method)."""
-    spec = {k: v for k, v in method_spec(wildcards).items() if k != "validity_correction"}  # generation only
-    return {"spec": spec, "training": training_params(config, wildcards.method)}
+    return {"spec": adapter_method_spec(wildcards), "training": training_params(config, wildcards.method)}
 
 
 def train_uses_gpu(wildcards):

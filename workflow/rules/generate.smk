@@ -9,7 +9,7 @@ rule generate:
     output:
         generations=GENERATIONS,
     params:
-        method=method_spec,
+        method=generation_method_spec,
         attribute=attribute_spec,
         generation=generation_settings,
         placement=steering_placement,
@@ -36,7 +36,7 @@ rule probe:
     output:
         probe=PROBE,
     params:
-        method=method_spec,
+        method=adapter_method_spec,
         attribute=attribute_spec,
     log:
         f"{LOGS}/generate/probe/{{dataset}}/{{model}}/{{method}}.log",
@@ -56,7 +56,7 @@ use rule generate as validity_generate with:
     output:
         generations=VALIDITY_GENERATIONS,
     params:
-        method=method_spec,
+        method=generation_method_spec,
         attribute=attribute_spec,
         generation=generation_settings,
         placement=steering_placement,

@@ -7,7 +7,7 @@ use rule generate as sweep_generate with:
     output:
         generations=SWEEP_GENERATIONS,
     params:
-        method=method_spec,
+        method=generation_method_spec,
         attribute=attribute_spec,
         generation=sweep_generation_settings,
         placement=steering_placement,
