@@ -59,7 +59,7 @@ def test_cached_branch_equals_full_forward(backend):
     texts = ["Nurse?", "Write a very short story about a plumber who lives in the city."]  # different lengths
     alts = [steered_prompt_ids(tok, t, DIGIT["1"]) for t in texts]
     alt_ids, alt_mask = backend._pad(alts)
-    proc = SteeringGuidance(backend.model, alt_ids, alt_mask, torch.ones(2, 1), scale=2.0)
+    proc = SteeringGuidance(backend.model, alt_ids, alt_mask, torch.ones(2, 1), scale=2.0, plausibility=PLAUSIBILITY)
     answer = [[], []]
     with torch.inference_mode():
         for step in range(4):

@@ -16,6 +16,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .guidance import guided_tasks
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -147,8 +149,7 @@ def _cross_reference_errors(config: dict) -> list[str]:
         if corrected and m.get("kind") != "ours":
             errs.append(f"config key 'methods.{name}.validity_correction': only methods of kind 'ours' draw a "
                         f"steering token to reweight, not {m.get('kind')!r}")
-        guided = {t: g for t, g in (m.get("steering_guidance") or {}).items() if t != "plausibility" and g != 1}
-        if guided and m.get("kind") != "ours":
+        if guided_tasks(m.get("steering_guidance")) and m.get("kind") != "ours":
             errs.append(f"config key 'methods.{name}.steering_guidance': only methods of kind 'ours' draw a "
                         f"steering token to guide by, not {m.get('kind')!r}")
         overrides = m.get("train_overrides") or {}

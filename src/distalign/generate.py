@@ -326,7 +326,7 @@ class Guidance:
     scale: float
     others: list      # per prompt: K - 1 id lists
     weights: list     # per prompt: K - 1 weights summing to 1
-    plausibility: float | None = None
+    plausibility: float
 
 
 class TransformersBackend:

@@ -28,13 +28,21 @@ backend only: vLLM has no hook for logits from a second batch of contexts).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from .prompts import TASKS
 
 # Adaptive plausibility constraint of contrastive decoding (Li et al. 2023, their alpha): guidance only
 # reorders tokens the drawn token's own distribution finds plausible. Without it, on the embedded
 # model at g = 3, stories opened mid-sentence (" months away Sarah ...") or ran words together: the
 # contrast lifts tokens that are rare under every branch.
 PLAUSIBILITY = 0.1
+
+
+def guided_tasks(guidance: Mapping | None) -> dict[str, float]:
+    """The tasks a ``steering_guidance`` setting guides, with their scale (scale 1 = plain sampling;
+    ``plausibility`` is not a task)."""
+    return {task: float(g) for task, g in (guidance or {}).items() if task in TASKS and g != 1}
 
 
 def contrast_weights(probs: Sequence[float], k: int) -> list[float]:
@@ -73,9 +81,8 @@ class SteeringGuidance:
     j-th other token; ``weights``: (B, J). Build one per ``generate`` call.
     """
 
-    def __init__(self, model, alt_ids, alt_mask, weights, scale: float, plausibility: float | None = None):
-        self.model, self.scale = model, float(scale)
-        self.plausibility = PLAUSIBILITY if plausibility is None else float(plausibility)
+    def __init__(self, model, alt_ids, alt_mask, weights, scale: float, plausibility: float):
+        self.model, self.scale, self.plausibility = model, float(scale), float(plausibility)
         self.ids, self.mask, self.weights = alt_ids, alt_mask, weights
         self.n_alt = weights.shape[1]
         self.cache = None

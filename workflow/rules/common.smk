@@ -13,6 +13,7 @@ from distalign.config import (
     validate_config,
 )
 from distalign.figures import KNOBS
+from distalign.guidance import guided_tasks
 from distalign.judge import judge_config
 from distalign.prompts import TASKS, derive_seed
 from distalign.serve import (
@@ -110,7 +111,7 @@ GENERATION_ONLY_METHOD_KEYS = ("validity_correction", "steering_guidance")
 def _off(key, value):
     """Whether an optional method key is off: false, empty, or (steering_guidance) 1 for every task."""
     if key == "steering_guidance":
-        return all(scale == 1 for task, scale in (value or {}).items() if task in TASKS)
+        return not guided_tasks(value)
     return not value
 
 
@@ -125,9 +126,9 @@ def generation_method_spec(wildcards):
     """The method spec a generation job samples with: steering_guidance resolved to this task's scale
     (left out when the task samples plainly, so that guiding stories reruns no attribute job)."""
     spec = {k: v for k, v in method_spec(wildcards).items() if k != "steering_guidance"}
-    guidance = config["methods"][wildcards.method].get("steering_guidance") or {}
-    scale = guidance.get(wildcards.task)
-    if scale is not None and scale != 1:
+    guidance = config["methods"][wildcards.method].get("steering_guidance")
+    scale = guided_tasks(guidance).get(wildcards.task)
+    if scale is not None:
         spec["steering_guidance"] = {wildcards.task: scale, "plausibility": guidance.get("plausibility")}
     return spec
 
