@@ -171,3 +171,11 @@ def test_steering_diagnosis_table(records, config):
     blank["metrics"]["steering"].update(consistency=None, mae_valid_token_vs_token=None)
     row = steering_diagnosis_table([blank], config).iloc[0]
     assert math.isnan(row["Consistency"]) and math.isnan(row["Invalid skew"])
+    # hint reach: on story rows of a method trained on D_story only (ours-story here), from its (dataset, model)
+    story = [{**r, "task": "story", "method": m} for r, m in ((records[0], "ours-story"), (records[0], "ours"))]
+    reach = {("uk-real", "m"): {"mae": 0.19}, ("uk-even", "m"): {"mae": 0.5}}
+    df = steering_diagnosis_table([records[0], *story], config, hint_reach=reach)
+    assert math.isnan(df.iloc[0]["Hint reach"]) and math.isnan(df.iloc[2]["Hint reach"])
+    assert df.iloc[1]["Hint reach"] == pytest.approx(0.19)
+    assert "| .190 |" in to_markdown(df)
+    assert math.isnan(steering_diagnosis_table(story, config).iloc[0]["Hint reach"])  # no summary given

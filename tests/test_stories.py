@@ -4,7 +4,7 @@ import pytest
 
 from distalign.attributes import Attribute
 from distalign.judge import LexiconJudge
-from distalign.stories import StoryCollector, StoryDataError, story_requests
+from distalign.stories import StoryCollector, StoryDataError, reachable_mae, story_requests
 
 
 @pytest.fixture()
@@ -78,6 +78,15 @@ def test_selection_keeps_only_judged_stories_up_to_the_count(gender):
                                               "kept_unhinted": 0, "judged": 1}
     assert summary["missing"] == [["job0", "female"]]
     assert summary["hint_consistency"] == pytest.approx(4 / 8)
+    # per hint, how the judge read the candidates: the male hint wrote 4 male, 1 female ("She ran.")
+    # and 1 empty story; the female hint 1 male ("He sat.") and 1 without a gendered word
+    assert summary["hinted_as"] == {"male": {"male": 4, "female": 1, "invalid": 1},
+                                    "female": {"male": 1, "female": 0, "invalid": 1}}
+    # the best mixture of (.8, .2) and (1, 0): job0 (.5, .5) gets (.8, .2), MAE .3; job1 (1, 0) is reached
+    reach = summary["hint_reach"]
+    assert reach["by_context"] == pytest.approx({"job0": 0.3, "job1": 0.0})
+    assert reach["mae"] == pytest.approx(0.15)
+    assert reach["hint_distributions"]["male"] == pytest.approx({"male": 0.8, "female": 0.2})
     with pytest.raises(StoryDataError, match="2 requests, 1 stories"):
         select_stories(reqs[:2], texts[:1], judged[:1], gender, targets, per_context=2)
     # a story the judge reads as another class fills that class's open quota when asked to, after
@@ -124,3 +133,33 @@ def test_rounds_ask_only_for_what_is_short_scaled_by_the_class_yield(gender):
     empty = StoryCollector(targets, gender, per_context=2)
     empty.add(reqs, ["It rained."] * len(reqs), [None] * len(reqs))
     assert empty.needed(oversample=2) == {(c, k): 40 for c in (0, 1) for k in (0, 1)}
+
+
+def test_reachable_mae_is_the_distance_to_the_hull_of_the_hinted_distributions():
+    # inside the hull: reached exactly, with weights that reproduce the target
+    mae, w = reachable_mae([[0.9, 0.1], [0.2, 0.8]], [0.4, 0.6])
+    assert mae == pytest.approx(0.0, abs=1e-12)
+    assert w[0] * 0.9 + w[1] * 0.2 == pytest.approx(0.4) and sum(w) == pytest.approx(1.0)
+    # outside: the nearest end of the segment
+    assert reachable_mae([[0.9, 0.1], [0.6, 0.4]], [0.2, 0.8]) == (pytest.approx(0.4), pytest.approx([0.0, 1.0]))
+    # one source: its own MAE
+    assert reachable_mae([[0.2, 0.3, 0.5]], [1 / 3, 1 / 3, 1 / 3])[0] == pytest.approx(1 / 9)
+    with pytest.raises(ValueError, match="K = 3 classes"):
+        reachable_mae([[0.5, 0.5]], [1 / 3, 1 / 3, 1 / 3])
+
+
+def test_reachable_mae_matches_a_search_over_the_simplex():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    grid = np.array([(a, b, 1 - a - b) for a in np.linspace(0, 1, 201) for b in np.linspace(0, 1, 201)
+                     if a + b <= 1 + 1e-12])
+    for _ in range(20):
+        d = rng.dirichlet([0.5, 0.5, 0.5], size=3)
+        t = rng.dirichlet([1, 1, 1])
+        mae, w = reachable_mae(d, t)
+        searched = np.abs(grid @ d - t).mean(axis=1).min()
+        assert mae <= searched + 1e-12  # never worse than any mixture tried
+        assert mae >= searched - 0.01  # and the grid (step .005) gets within its resolution
+        assert np.abs(np.asarray(w) @ d - t).mean() == pytest.approx(mae)
+        assert min(w) >= 0 and sum(w) == pytest.approx(1.0)

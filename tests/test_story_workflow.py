@@ -64,6 +64,10 @@ def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     # round 1 writes contexts x per_context x oversample candidates; a later round only runs for a shortfall
     assert generated == 2 * 4 * 2 if summary["rounds"] == 1 else generated > 2 * 4 * 2
     assert 1 <= summary["rounds"] <= 3
+    # every candidate is in the per-hint tally, and the hints' reach is an MAE
+    assert {h: sum(v.values()) for h, v in summary["hinted_as"].items()} == {
+        n: c["generated"] for n, c in summary["per_class"].items()}
+    assert summary["hint_reach"] is None or 0 <= summary["hint_reach"]["mae"] <= 1
     # no kept story is shorter than what the evaluation counts as a story
     assert summary["min_words"] == 20 and all(len(r["answer"].split()) >= 20 for r in rows)
     adapter = workdir / "results/adapters/tiny-real/smollm2-135m-instruct/ours-story"

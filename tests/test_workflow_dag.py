@@ -63,6 +63,10 @@ def test_steering_diagnosis_covers_the_story_task_when_it_runs(workdir, snakemak
     assert metrics == {("us-even", "ours", "attribute"), ("us-even", "ours-story", "attribute"),
                        ("race-even", "ours", "attribute"), ("us-even", "ours", "story"),
                        ("us-even", "ours-story", "story")}
+    # and the D_story summary of us-even for the hint reach of ours-story's story row (race has no stories)
+    diagnosis_inputs = re.search(r"rule steering_diagnosis:\s*\n\s*input: ([^\n]*)", proc.stdout).group(1)
+    assert re.findall(r"results/datasets/[^,]*summary\.json", diagnosis_inputs) == [
+        "results/datasets/us-even/smollm2-135m-instruct/stories.summary.json"]
 
 
 def test_table7_trains_on_uk_only(workdir, snakemake_run):

@@ -26,13 +26,22 @@ without any external data or model:
 A shortfall left after the last round is logged and recorded in the summary (``kept`` <
 ``wanted``); a class with none kept in a context that needs it is listed in ``missing``.
 Candidates are taken in generation order, so the selection is deterministic.
+
+The candidates also measure what the base model can do when told outright: the summary's
+``hinted_as`` counts, per hint, the classes the judge read (and the invalid candidates), and
+``hint_reach`` is the lowest MAE any mixture of the hinted prompts reaches on the valid stories
+(:func:`reachable_mae`, sampling noise aside). A target the hints cannot reach is one the base model
+does not write on request; a method that binds tokens to its stories starts from there.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
+
+import numpy as np
 
 from .attributes import Attribute
 from .datasets import largest_remainder, prompts_by_context
@@ -42,6 +51,41 @@ from .prompts import derive_seed
 
 class StoryDataError(ValueError):
     pass
+
+
+def reachable_mae(distributions: Sequence[Sequence[float]], target: Sequence[float]) -> tuple[float, list[float]]:
+    """The lowest MAE to ``target`` of a mixture of the rows of ``distributions``, and its weights.
+
+    ``distributions`` is H x K (one class distribution per source, e.g. per hinted prompt); the
+    mixtures are their convex hull. Minimises mean_k |sum_h w_h d_h[k] - target[k]| over the simplex
+    exactly: the objective is linear on each cell of the arrangement cut by the hyperplanes w_h = 0
+    and (w D)_k = target_k inside sum(w) = 1, so its minimum sits at a vertex of that arrangement;
+    every vertex (H - 1 of those H + K hyperplanes, with sum(w) = 1) is solved and the feasible one
+    with the lowest MAE kept. H and K are a handful of classes here (C(H + K, H - 1) small systems).
+    """
+    d = np.asarray(distributions, dtype=float)
+    t = np.asarray(target, dtype=float)
+    if d.ndim != 2 or d.shape[0] < 1 or d.shape[1] != t.shape[0]:
+        raise ValueError(f"distributions must be H x K with K = {t.shape[0]} classes, got shape {d.shape}")
+    h = d.shape[0]
+    # hyperplanes a . w = b: w_h = 0 for each source, (w D)_k = t_k for each class
+    planes = [(np.eye(h)[i], 0.0) for i in range(h)] + [(d[:, k], t[k]) for k in range(d.shape[1])]
+    best, best_w = math.inf, None
+    for chosen in itertools.combinations(planes, h - 1):
+        a = np.vstack([np.ones(h)] + [c[0] for c in chosen])
+        b = np.array([1.0] + [c[1] for c in chosen])
+        try:
+            w = np.linalg.solve(a, b)
+        except np.linalg.LinAlgError:
+            continue
+        if (w < -1e-9).any():
+            continue
+        w = np.clip(w, 0.0, None)
+        w = w / w.sum()
+        mae = float(np.abs(w @ d - t).mean())
+        if mae < best - 1e-12:
+            best, best_w = mae, w
+    return best, [float(x) for x in best_w]
 
 
 def hint_text(prompt: str, hint: str) -> str:
@@ -129,6 +173,9 @@ class StoryCollector:
                               "judged": 0} for n in names}
         for (_, k), count in self.quotas.items():
             self.per_class[names[k]]["wanted"] += count
+        self.targets = {t["context_id"]: [float(x) for x in t["target"]] for t in targets}
+        # per hinted class: how the judge read its candidates (a class name, or "invalid")
+        self.hinted_as = {n: dict.fromkeys([*names, "invalid"], 0) for n in names}
         self.too_short = 0
         self.rounds = 0
 
@@ -159,10 +206,13 @@ class StoryCollector:
             self.per_class[hinted]["generated"] += 1
             text = (story or "").strip()
             if not text or label not in names:
+                self.hinted_as[hinted]["invalid"] += 1
                 continue
             if word_count(text) < self.min_words:
                 self.too_short += 1
+                self.hinted_as[hinted]["invalid"] += 1
                 continue
+            self.hinted_as[hinted][label] += 1
             self.per_class[label]["judged"] += 1
             if label == hinted:
                 self.per_class[hinted]["consistent"] += 1
@@ -188,10 +238,29 @@ class StoryCollector:
         return {key: math.ceil(short * oversample / max(self.class_yield(key[1]), min_yield))
                 for key, short in self.shortfall().items()}
 
+    def hint_reach(self) -> dict | None:
+        """How close the hinted prompts of the base model can get to the targets (None without a
+        valid candidate).
+
+        Each hint's class distribution over its valid candidates, pooled over contexts and rounds
+        (later rounds only write for the short pairs, so the pool leans to the hard contexts);
+        per context the lowest MAE of a mixture of them (:func:`reachable_mae`; the MAE counts
+        valid stories only, so reweighting by validity reaches the whole hull), and their mean.
+        """
+        names = [c.name for c in self.attribute.classes]
+        hints = [n for n in names if sum(self.hinted_as[n][m] for m in names)]
+        if not hints:
+            return None
+        dists = [[self.hinted_as[n][m] / sum(self.hinted_as[n][x] for x in names) for m in names] for n in hints]
+        by_context = {self.contexts[cid]: reachable_mae(dists, t)[0] for cid, t in self.targets.items()}
+        return {"mae": float(np.mean(list(by_context.values()))), "by_context": by_context,
+                "hint_distributions": {n: dict(zip(names, d, strict=True)) for n, d in zip(hints, dists, strict=True)}}
+
     def summary(self) -> dict:
         """Per class wanted / generated / consistent / judged / kept (and kept_unhinted), the contexts
-        where a needed class got no story (``missing``), too-short candidates, rounds run and the
-        overall consistency of the hinted stories."""
+        where a needed class got no story (``missing``), too-short candidates, rounds run, the
+        overall consistency of the hinted stories, per hint the judged classes of its candidates
+        (``hinted_as``) and the lowest MAE a mixture of the hints reaches (``hint_reach``)."""
         names = [c.name for c in self.attribute.classes]
         missing = sorted((self.contexts[cid], names[k]) for (cid, k), q in self.quotas.items()
                          if q > 0 and self.kept.get((cid, k), 0) == 0)
@@ -199,5 +268,5 @@ class StoryCollector:
         consistent = sum(v["consistent"] for v in self.per_class.values())
         return {"rows": len(self.rows), "rounds": self.rounds, "per_class": self.per_class,
                 "too_short": self.too_short, "hint_consistency": consistent / generated if generated else None,
-                "missing": [list(m) for m in missing]}
+                "missing": [list(m) for m in missing], "hinted_as": self.hinted_as, "hint_reach": self.hint_reach()}
 

@@ -142,7 +142,8 @@ def capabilities_table(records: Sequence[dict], config: dict, *, models: Sequenc
     return df.reindex(columns=["Model", "Method", *metric_cols, *[f"Δ {c}" for c in metric_cols]])
 
 
-def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
+def steering_diagnosis_table(records: Sequence[dict], config: dict,
+                             hint_reach: dict[tuple, dict | None] | None = None) -> pd.DataFrame:
     """What limits a steering method, per (dataset, model, method) record (not in the paper).
 
     The answer MAE of a steering method decomposes into three causes: the token distribution
@@ -153,12 +154,19 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFr
     ``Invalid skew`` is the part of the invalid answers that biases the valid ones: MAE between the
     token frequencies of all answers and of the valid answers (0 when invalidity ignores the token).
     One row per record, so story-task records (``Task`` story) sit beside the attribute task.
+    ``Hint reach`` (story rows of a method trained on D_story; ``hint_reach`` maps (dataset, model)
+    to the D_story summary's ``hint_reach``): the lowest MAE a mixture of the base model's hinted
+    story prompts reaches, a fourth cause: what the base model writes when told outright.
     """
+    hint_reach = hint_reach or {}
     rows = []
     for r in records:
         m = r["metrics"]
         s, st = m["summary"], m.get("steering") or {}
         floor = s.get("noise_floor")
+        reach = None
+        if r.get("task", "attribute") == "story" and config["methods"].get(r["method"], {}).get("story_data"):
+            reach = (hint_reach.get((r["dataset"], r["model"])) or {}).get("mae")
         rows.append({
             "Dataset": title_of(config, "datasets", r["dataset"]), "Task": r.get("task", "attribute"), "Model": r["model"],
             "Method": title_of(config, "methods", r["method"]), "MAE": s["mae"], "Noise floor": floor,
@@ -166,11 +174,11 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict) -> pd.DataFr
             "Calibration": st.get("mae_prob_vs_target", math.nan), "Token MAE": st.get("mae_token_vs_target", math.nan),
             "Consistency": _nan_if_none(st.get("consistency")), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
             "Invalid": s.get("invalid_rate", math.nan),
-            "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")),
+            "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")), "Hint reach": _nan_if_none(reach),
         })
     return pd.DataFrame(rows, columns=["Dataset", "Task", "Model", "Method", "MAE", "Noise floor", "MAE / floor",
                                        "Calibration", "Token MAE", "Consistency", "Answer vs token", "Invalid",
-                                       "Invalid skew"])
+                                       "Invalid skew", "Hint reach"])
 
 
 def _nan_if_none(value) -> float:

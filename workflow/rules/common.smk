@@ -441,6 +441,17 @@ def steering_diagnosis_metrics():
     return [METRICS.format(**k) for k in steering_diagnosis_keys()]
 
 
+def steering_diagnosis_story_data():
+    """(dataset, model) of the story rows trained on D_story: its summary gives their hint reach."""
+    pairs = {(k["dataset"], k["model"]): None for k in steering_diagnosis_keys()
+             if k["task"] == "story" and config["methods"][k["method"]].get("story_data")}
+    return [dict(dataset=d, model=m) for d, m in pairs]
+
+
+def steering_diagnosis_story_summaries():
+    return [STORY_SUMMARY.format(**k) for k in steering_diagnosis_story_data()]
+
+
 # ---- Cluster (cluster.smk) ----------------------------------------------------
 # model weights, and the rules that run on the submit host instead of going through SLURM.
 #

@@ -262,11 +262,13 @@ rule calibration:
 rule steering_diagnosis:
     input:
         metrics=steering_diagnosis_metrics(),
+        story_summaries=steering_diagnosis_story_summaries(),
     output:
         **table_outputs("steering_diagnosis"),
     params:
         kind="steering_diagnosis",
         records=steering_diagnosis_keys(),
+        story_data=steering_diagnosis_story_data(),
         title="What limits the steering methods: calibration vs consistency vs invalid answers",
     log:
         f"{LOGS}/report/steering_diagnosis.log",

@@ -47,6 +47,10 @@ summary.update({"dataset": w.dataset, "model": w.model, "judge": judge.name, "st
 for name, c in summary["per_class"].items():
     log.info("class %s: wanted %d, hinted %d, judged as hinted %d, kept %d (%d written under another hint)", name,
              c["wanted"], c["generated"], c["consistent"], c["kept"], c["kept_unhinted"])
+reach = summary["hint_reach"]
+if reach is not None:
+    log.info("the hinted prompts reach MAE %.3f at best (per hint, classes of the valid stories: %s)", reach["mae"],
+             {h: {c: round(v, 3) for c, v in d.items()} for h, d in reach["hint_distributions"].items()})
 if summary["missing"]:
     log.warning("no story kept for %d (context, class) pairs that need one: %s", len(summary["missing"]),
                 summary["missing"][:10])

@@ -12,7 +12,9 @@ field = {"probe": "probe", "capabilities": "capabilities"}.get(p.kind, "metrics"
 records = [{**key, field: read_json(path)} for key, path in zip(p.records, paths, strict=True)]
 models = list(dict.fromkeys(k["model"] for k in p.records)) or list(snakemake.config["run"]["models"])
 if p.kind == "steering_diagnosis":
-    df = steering_diagnosis_table(records, snakemake.config)
+    reach = {(k["dataset"], k["model"]): read_json(path).get("hint_reach")
+             for k, path in zip(p.story_data, snakemake.input.story_summaries, strict=True)}
+    df = steering_diagnosis_table(records, snakemake.config, hint_reach=reach)
 elif p.kind == "capabilities":
     df = capabilities_table(records, snakemake.config, models=models, methods=p.methods)
 elif p.kind == "probe":
