@@ -248,10 +248,11 @@ class StoryCollector:
         valid stories only, so reweighting by validity reaches the whole hull), and their mean.
         """
         names = [c.name for c in self.attribute.classes]
-        hints = [n for n in names if sum(self.hinted_as[n][m] for m in names)]
+        valid = {n: sum(self.hinted_as[n][m] for m in names) for n in names}
+        hints = [n for n in names if valid[n]]
         if not hints:
             return None
-        dists = [[self.hinted_as[n][m] / sum(self.hinted_as[n][x] for x in names) for m in names] for n in hints]
+        dists = [[self.hinted_as[n][m] / valid[n] for m in names] for n in hints]
         by_context = {self.contexts[cid]: reachable_mae(dists, t)[0] for cid, t in self.targets.items()}
         return {"mae": float(np.mean(list(by_context.values()))), "by_context": by_context,
                 "hint_distributions": {n: dict(zip(names, d, strict=True)) for n, d in zip(hints, dists, strict=True)}}
