@@ -33,6 +33,7 @@ METRICS = "results/metrics/{dataset}/{model}/{method}/{task}.json"
 PROBE = "results/probes/{dataset}/{model}/{method}.json"
 PROBE_GENERATIONS = "results/generations/{dataset}/{model}/{method}/attribute.jsonl"  # the probe reads these
 CAPABILITIES = "results/capabilities/{dataset}/{model}/{method}.json"
+JUDGE_CHECK = "results/judge_check/{dataset}.json"
 PREFETCHED = "results/models/.prefetched/{name}.json"
 # Decoding sweeps (Figure 4): {knob} top_p | top_k | temperature, {value} its value, {rep} the run.
 SWEEP = "results/sweeps/{dataset}/{model}/{method}/{task}/{knob}-{value}/seed{rep}"

@@ -112,6 +112,11 @@ def test_every_schema_key_has_description_and_default(repo):
      r"methods\.ours\.steering_guidance"),
     (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
      r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
+    (lambda c: c["attributes"]["race"].__setitem__("judge_check", "resources/judge_check/race.jsonl"),
+     r"config key 'attributes\.race\.judge_check': the check measures the offline story judge, and this attribute "
+     r"has none"),
+    (lambda c: c["attributes"]["sentiment"].__setitem__("judge_check", 3),
+     r"config key 'attributes\.sentiment\.judge_check'"),
 ])
 def test_bad_config_names_the_key(repo, mutate, message):
     cfg = _raw(repo)

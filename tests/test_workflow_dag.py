@@ -327,3 +327,27 @@ def test_steering_guidance_reruns_only_the_guided_task(tiny_run, snakemake_run):
         assert "Params have changed" not in dry.stdout.split("rule probe:", 1)[-1].split("rule ", 1)[0]
         if expected:
             assert set(re.findall(r"method=(\S+?)(?:,|\n)", dry.stdout)) == {"ours"}
+
+
+def test_a_judge_check_reruns_nothing_it_does_not_feed(tiny_run, snakemake_run):
+    """attributes.<a>.judge_check is read by the judge_check rule only: giving gender one after a complete run
+    leaves every label, metric and table of that run as it is."""
+    (tiny_run / "resources/judge_check/gender.jsonl").write_text(
+        '{"text": "She fixed the bridge and he checked her sums.", "label": "female"}\n')
+    original = (tiny_run / "config/tiny.yaml").read_text()
+    cfg = yaml.safe_load(original)
+    before = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+    assert before.returncode == 0, before.stdout[-3000:]
+    try:
+        cfg["attributes"] = {"gender": {"judge_check": "resources/judge_check/gender.jsonl"}}
+        (tiny_run / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+        after = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
+        assert after.returncode == 0, after.stdout[-3000:]
+        jobs = _jobs(before.stdout) if "Job stats:" in before.stdout else {}
+        assert (_jobs(after.stdout) if "Job stats:" in after.stdout else {}) == jobs
+        check = snakemake_run(tiny_run, "-n", "results/tables/judge_check.csv", "--configfile", "config/tiny.yaml",
+                              timeout=300)
+        assert check.returncode == 0, check.stdout[-3000:]
+        assert _jobs(check.stdout) == {"judge_check": 1, "judge_check_table": 1, "total": 2}
+    finally:
+        (tiny_run / "config/tiny.yaml").write_text(original)

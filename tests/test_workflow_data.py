@@ -4,6 +4,7 @@ import csv
 import json
 from collections import Counter
 
+import pytest
 import yaml
 
 from distalign.datasets import largest_remainder
@@ -58,3 +59,42 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
     # a second run has nothing to do
     again = snakemake_run(workdir, "--cores", "2", *targets, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout
+
+
+def test_judge_check_table_through_snakemake(workdir, snakemake_run):
+    """The judge_check artefact: one check per story dataset whose attribute has labelled stories (sentiment,
+    not the gender datasets of the run), the same numbers as the library, and a failing check's traceback in
+    its log when the labelled file is bad."""
+    from distalign.attributes import attributes_from_config
+    from distalign.config import validate_config
+    from distalign.judge import VaderJudge
+    from distalign.judge_check import judge_check, read_labelled_stories
+    from distalign.targets import read_targets_csv
+
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["run"]["datasets"] = ["uk-real", "sentiment-even"]
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake_run(workdir, "--cores", "1", "results/tables/judge_check.csv", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    checks = sorted(p.name for p in (workdir / "results/judge_check").iterdir())
+    assert checks == ["sentiment-even.json"]
+    out = json.loads((workdir / "results/judge_check/sentiment-even.json").read_text())
+    attribute = attributes_from_config(cfg)["sentiment"]
+    rows = read_labelled_stories(workdir / cfg["attributes"]["sentiment"]["judge_check"], attribute)
+    targets = read_targets_csv(workdir / "results/targets/sentiment-even.csv", attribute)
+    full = validate_config(json.loads(json.dumps(cfg)))  # the schema's defaults filled in
+    expected = judge_check(rows, attribute, VaderJudge(attribute), targets, min_words=full["judge"]["story_min_words"],
+                           seed=full["seed"], bootstrap=full["metrics"]["bootstrap"])
+    assert {k: out[k] for k in expected} == json.loads(json.dumps(expected))
+    with open(workdir / "results/tables/judge_check.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["Dataset"] for r in table] == ["Sentiment"]
+    assert float(table[0]["Faithful MAE"]) == pytest.approx(out["faithful_mae"], rel=1e-5)
+
+    bad = workdir / cfg["attributes"]["sentiment"]["judge_check"]
+    bad.write_text(bad.read_text() + '{"text": "A story.", "label": "cheerful"}\n')
+    proc = snakemake_run(workdir, "--cores", "1", "results/judge_check/sentiment-even.json", "--forcerun",
+                         "judge_check", timeout=600)
+    assert proc.returncode != 0
+    log = (workdir / "results/logs/evaluate/judge_check/sentiment-even.log").read_text()
+    assert "line 81: key 'label' is 'cheerful'" in log and "Traceback" in log

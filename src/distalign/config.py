@@ -106,6 +106,9 @@ def _cross_reference_errors(config: dict) -> list[str]:
         if attr.get("story_judge") == "vader" and sorted(names) != ["negative", "neutral", "positive"]:
             errs.append(f"config key 'attributes.{name}.story_judge': 'vader' needs the classes positive, "
                         f"negative, neutral; got {names}")
+        if attr.get("judge_check") and not story_judged(attr):
+            errs.append(f"config key 'attributes.{name}.judge_check': the check measures the offline story judge, "
+                        "and this attribute has none (story_judge: vader, or a lexicon on every class)")
     for name, ds in config.get("datasets", {}).items():
         if ds.get("attribute") not in attributes:
             errs.append(f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "

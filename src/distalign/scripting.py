@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Logger:
-    """Send log records (and warnings) to the rule's log file and to stderr."""
+    """Send log records, warnings and an uncaught exception's traceback to the rule's log file and to stderr."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -16,4 +16,14 @@ def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Lo
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
                         force=True)
     logging.captureWarnings(True)
-    return logging.getLogger("distalign")
+    logger = logging.getLogger("distalign")
+    previous = sys.excepthook
+
+    def log_uncaught(exc_type, exc, tb):
+        # the traceback of a failing job belongs in its log file too, not only in Snakemake's terminal
+        if not issubclass(exc_type, KeyboardInterrupt):
+            logger.critical("job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = log_uncaught
+    return logger

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .io import atomic_path
@@ -181,6 +182,36 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict,
                                        "Invalid skew", "Hint reach"])
 
 
+def judge_check_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
+    """One row per judge check (``records``: ``dataset`` and ``check``, the judge_check rule's JSON).
+
+    Shares and recalls are per class in the attribute's class order, written ``a / b / c``.
+    """
+    rows = []
+    for r in records:
+        c = r["check"]
+        names = c["classes"]
+
+        def per_class(values, names=names, digits=2):
+            return " / ".join(_fmt(None if values[n] is None else float(values[n]), digits) for n in names)
+
+        mixes = c.get("reach_mixes") or []
+        same = bool(mixes) and all(m == mixes[0] for m in mixes)
+        mix = per_class(dict(zip(names, mixes[0], strict=True))) if same else "per context"
+        low, high = c["faithful_mae_ci"]
+        rows.append({
+            "Dataset": title_of(config, "datasets", r["dataset"]), "Judge": c["judge"], "Classes": " / ".join(names),
+            "Stories": c["n_stories"], "Reader's shares": per_class(c["reader_shares"]),
+            "Judge's shares": per_class(c["judge_shares"]), "Agreement": c["agreement"],
+            "Kappa": _nan_if_none(c["kappa"]), "Recall": per_class(c["recall"]),
+            "Faithful MAE": c["faithful_mae"], "Faithful MAE CI low": _nan_if_none(low),
+            "Faithful MAE CI high": _nan_if_none(high), "Judge reach": c["judge_reach"], "Reach mix": mix,
+        })
+    return pd.DataFrame(rows, columns=["Dataset", "Judge", "Classes", "Stories", "Reader's shares", "Judge's shares",
+                                       "Agreement", "Kappa", "Recall", "Faithful MAE", "Faithful MAE CI low",
+                                       "Faithful MAE CI high", "Judge reach", "Reach mix"])
+
+
 def _nan_if_none(value) -> float:
     return math.nan if value is None else value
 
@@ -190,18 +221,20 @@ def _fmt(v, digits=3) -> str:
         return "–"
     if isinstance(v, str):
         return v
+    if isinstance(v, int | np.integer):
+        return str(v)
     s = f"{v:.{digits}f}"
     return s[1:] if s.startswith("0.") else s
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A readable twin: MAE cells as .093, with ± SD, [CI] and (invalid %) folded into the cell."""
-    value_cols = [c for c in df.columns if c not in ("Model", "Method") and not c.endswith((" SD", " CI low",
-                                                                                         " CI high", " invalid"))]
-    lines = ["| " + " | ".join(["Model", "Method", *value_cols]) + " |",
-             "|" + "---|" * (len(value_cols) + 2)]
+    lead = [c for c in ("Model", "Method") if c in df.columns]
+    value_cols = [c for c in df.columns if c not in lead and not c.endswith((" SD", " CI low", " CI high", " invalid"))]
+    lines = ["| " + " | ".join([*lead, *value_cols]) + " |",
+             "|" + "---|" * (len(value_cols) + len(lead))]
     for _, r in df.iterrows():
-        cells = [str(r["Model"]), str(r["Method"])]
+        cells = [str(r[c]) for c in lead]
         for c in value_cols:
             cell = _fmt(r[c])
             if f"{c} SD" in df.columns and not pd.isna(r.get(f"{c} SD")):

@@ -79,9 +79,10 @@ def dataset_spec(wildcards):
 
 
 def attribute_spec(wildcards):
-    """An attribute's settings without its classes' story hints (they change D_story only)."""
+    """An attribute's settings without its classes' story hints (they change D_story only) and its
+    judge check (read by the judge_check rule only)."""
     name = config["datasets"][wildcards.dataset]["attribute"]
-    spec = config["attributes"][name]
+    spec = {k: v for k, v in config["attributes"][name].items() if k != "judge_check"}
     classes = [{k: v for k, v in c.items() if k != "story_hint"} for c in spec["classes"]]
     return {"name": name, **spec, "classes": classes}
 
@@ -416,7 +417,7 @@ def artefact_targets():
             for dataset in SWEEPS["datasets"]:
                 stem = FIGURE.format(figure=f"fig4-{dataset}")
                 out += [f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"]
-        elif name.startswith("table") or name == "steering_diagnosis":
+        elif name.startswith("table") or name in ("steering_diagnosis", "judge_check"):
             out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
         else:
             out += [f"{FIGURE.format(figure=name)}.png", f"{FIGURE.format(figure=name)}.pdf"]
@@ -450,6 +451,26 @@ def steering_diagnosis_story_data():
 
 def steering_diagnosis_story_summaries():
     return [STORY_SUMMARY.format(**k) for k in steering_diagnosis_story_data()]
+
+
+# ---- Judge check (judge_check, judge_check_table) -----------------------------
+def judge_check_stories(wildcards):
+    """The person-labelled stories of a dataset's attribute (attributes.<a>.judge_check)."""
+    attribute = config["datasets"][wildcards.dataset]["attribute"]
+    path = config["attributes"][attribute].get("judge_check")
+    if not path:
+        raise ValueError(f"dataset {wildcards.dataset!r}: attribute {attribute!r} has no judge_check file "
+                         f"(config key 'attributes.{attribute}.judge_check')")
+    return path
+
+
+# The story datasets of the run whose attribute has a judge check: the rows of the judge_check table.
+JUDGE_CHECK_DATASETS = [d for d in STORY_DATASETS
+                        if config["attributes"][config["datasets"][d]["attribute"]].get("judge_check")]
+
+
+def judge_check_files():
+    return [JUDGE_CHECK.format(dataset=d) for d in JUDGE_CHECK_DATASETS]
 
 
 # ---- Cluster (cluster.smk) ----------------------------------------------------

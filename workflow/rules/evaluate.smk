@@ -102,3 +102,26 @@ rule capabilities:
         gpu=GENERATION_GPUS,
     script:
         "../scripts/capabilities.py"
+
+
+# Not in the paper: how the offline story judge reads stories a person labelled, and the story MAE that costs.
+rule judge_check:
+    input:
+        stories=judge_check_stories,
+        targets=TARGETS,
+    output:
+        check=JUDGE_CHECK,
+    params:
+        attribute=attribute_spec,
+        min_words=JUDGE["story_min_words"],
+        seed=config["seed"],
+        bootstrap=METRICS_CFG["bootstrap"],
+    log:
+        f"{LOGS}/evaluate/judge_check/{{dataset}}.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/judge_check.py"

@@ -276,3 +276,21 @@ rule steering_diagnosis:
         "../../envs/report.yaml"
     script:
         "../scripts/table.py"
+
+
+# Not in the paper: the judge checks of the run's story datasets side by side (agreement, faithful MAE, reach).
+rule judge_check_table:
+    input:
+        checks=judge_check_files(),
+    output:
+        **table_outputs("judge_check"),
+    params:
+        kind="judge_check",
+        records=[{"dataset": d} for d in JUDGE_CHECK_DATASETS],
+        title="How the story judge reads stories a person labelled, and the story MAE it costs",
+    log:
+        f"{LOGS}/report/judge_check.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/table.py"
