@@ -217,6 +217,13 @@ def token_class_map(attribute: Attribute, token_set: str | None = None) -> dict[
     return {t: i for t, i in out.items() if t not in clash}
 
 
+def row_token_class(row: Mapping, tmap: Mapping[str, int]) -> int | None:
+    """The class index of a row's ``steering_token`` (surrounding whitespace ignored); None if it has none
+    or it is not in ``tmap`` (:func:`token_class_map`). Callers decide whether that is an error."""
+    tok = row.get("steering_token")
+    return tmap.get(tok.strip()) if isinstance(tok, str) else None
+
+
 def _mean_or_none(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -248,8 +255,7 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
             raise ValueError(f"context {cid}: steering_probs has {probs.shape[1]} entries, attribute has {k}")
         tok_idx = []
         for r in rows:
-            t = r.get("steering_token")
-            i = tmap.get(t.strip()) if isinstance(t, str) else None
+            i = row_token_class(r, tmap)
             if i is None:
                 unknown_tokens += 1
             tok_idx.append(-1 if i is None else i)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .attributes import Attribute
-from .metrics import token_class_map
+from .metrics import row_token_class, token_class_map
 
 MIN_VALID_RATE = 0.05
 
@@ -46,10 +46,10 @@ def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str 
     if not rows:
         raise ValidityError(f"{source}: no rows to estimate the valid share per steering token from")
     for i, r in enumerate(rows):
-        tok = r.get("steering_token")
-        k = tmap.get(tok.strip()) if isinstance(tok, str) else None
+        k = row_token_class(r, tmap)
         if k is None:
-            raise ValidityError(f"{source}: row {i} (prompt {r.get('prompt_id')!r}) has steering token {tok!r}, "
+            raise ValidityError(f"{source}: row {i} (prompt {r.get('prompt_id')!r}) has steering token "
+                                f"{r.get('steering_token')!r}, "
                                 f"not one of {sorted(tmap)}: the validity correction needs a steering method's rows")
         n[k] += 1
         n_valid[k] += r.get("label") is not None
