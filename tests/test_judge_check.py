@@ -89,8 +89,8 @@ def test_a_reader_class_the_judge_never_scored_leaves_the_faithful_mae_undefined
 def test_short_stories_are_invalid_before_the_judge_reads_them():
     judge = VaderJudge(SENTIMENT)
     texts = ["Great!", "She was happy and proud of the wonderful team she led every day at work."]
-    assert judge_labels(texts, judge, min_words=5) == [None, "positive"]
-    assert judge_labels(texts, judge, min_words=0) == ["positive", "positive"]
+    assert judge_labels(texts, judge, SENTIMENT, min_words=5) == [None, "positive"]
+    assert judge_labels(texts, judge, SENTIMENT, min_words=0) == ["positive", "positive"]
 
 
 def test_judge_check_of_vader_on_constructed_stories():

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import Attribute
-from .judge import cohens_kappa, word_count
+from .judge import cohens_kappa, label_generations
 from .stories import reachable_mae
 
 
@@ -66,13 +66,12 @@ def read_labelled_stories(path: str | Path, attribute: Attribute) -> list[dict]:
     return rows
 
 
-def judge_labels(texts: Sequence[str], judge, min_words: int = 0) -> list[str | None]:
-    """The judge's class name for each text (None: invalid), with the evaluation's not-a-story rule."""
-    out: list[str | None] = [None] * len(texts)
-    judged = [i for i, t in enumerate(texts) if word_count(t) >= min_words]
-    for i, verdict in zip(judged, judge.judge([texts[i] for i in judged]), strict=True):
-        out[i] = verdict.label
-    return out
+def judge_labels(texts: Sequence[str], judge, attribute: Attribute, min_words: int = 0) -> list[str | None]:
+    """The judge's class name for each text (None: invalid), labelled as the evaluation labels stories
+    (:func:`distalign.judge.label_generations`, with its not-a-story rule)."""
+    rows = label_generations([{"response": t} for t in texts], attribute, "story", {"judge": judge},
+                             story_min_words=min_words)
+    return [r["label"] for r in rows]
 
 
 def confusion_matrix(reader: Sequence[str], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
@@ -131,7 +130,7 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
     """
     names = attribute.names
     reader = [r["label"] for r in rows]
-    judged = judge_labels([r["text"] for r in rows], judge, min_words)
+    judged = judge_labels([r["text"] for r in rows], judge, attribute, min_words)
     conf = confusion_matrix(reader, judged, names)
     target_vectors = [t["target"] for t in targets]
     if any(len(t) != len(names) for t in target_vectors):
