@@ -22,6 +22,7 @@ from distalign.tables import judge_check_table, to_markdown
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 SENTIMENT = attributes_from_config(CONFIG)["sentiment"]
+GENDER = attributes_from_config(CONFIG)["gender"]
 NAMES = ["positive", "negative", "neutral"]
 UNIFORM = [[1 / 3] * 3]
 
@@ -40,6 +41,7 @@ def _write(tmp_path, lines):
                                                r"attribute 'sentiment'"),
     (['["A day.", "positive"]'], r"line 1: expected an object"),
     ([""], r"labelled\.jsonl: no labelled stories"),
+    (['{"text": "A day."}'], r"line 1: key 'label' is missing; .*or null"),
 ])
 def test_a_bad_labelled_file_names_the_line_and_key(tmp_path, lines, message):
     with pytest.raises(JudgeCheckError, match=message):
@@ -116,6 +118,35 @@ def test_judge_check_of_vader_on_constructed_stories():
     assert low <= high
     again = judge_check(rows, SENTIMENT, judge, targets, min_words=4, seed=3, bootstrap=200)
     assert again == out  # the bootstrap is seeded
+
+
+def test_stories_the_reader_gives_no_class(tmp_path):
+    """A null label is a story the reader can tell no class in: outside R (a faithful generator writes
+    classes), counted in ``unclassed``, agreeing with the judge only when the judge leaves it invalid."""
+    from distalign.judge import LexiconJudge
+
+    lines = [
+        '{"text": "She ran the ward and her team trusted her.", "label": "female"}',
+        '{"text": "He fixed the engine and his boss thanked him.", "label": "male"}',
+        '{"text": "I fixed the engine and the boss thanked me.", "label": null}',
+        '{"text": "I fixed the engine and my boss thanked me, he said.", "label": null}',
+        '{"text": "Mrs Lee said the nurse was tired; she slept.", "label": "female"}',
+    ]
+    rows = read_labelled_stories(_write(tmp_path, lines), GENDER)
+    assert [r["label"] for r in rows][2:4] == [None, None]
+    out = judge_check(rows, GENDER, LexiconJudge(GENDER), [{"target": [0.5, 0.5]}], seed=1, bootstrap=50)
+    male, female = GENDER.names.index("male"), GENDER.names.index("female")
+    assert out["n_unclassed"] == 2 and out["n_stories"] == 5
+    unclassed = [0, 0, 0]
+    unclassed[male], unclassed[-1] = 1, 1  # "he said" reads as male; no gendered word: invalid
+    assert out["unclassed"] == unclassed
+    assert out["n_invalid"] == 1 and out["agreement"] == pytest.approx(4 / 5)  # 3 on the diagonal + 1 invalid
+    assert out["confusion"][male][male] == 1 and out["confusion"][female][female] == 2
+    # the judge's valid verdicts count the unclassed "he said" story: male 2 of 4
+    assert out["judge_shares"] == {"male": 0.5, "female": 0.5}
+    assert out["faithful_mae"] == pytest.approx(0.0)  # R is the identity on the classed stories
+    df = judge_check_table([{"dataset": "us-even", "check": out}], CONFIG)
+    assert df.iloc[0]["No class"] == 2 and df.iloc[0]["No class, judged a class"] == 1
 
 
 def test_judge_check_table_reads_the_check():

@@ -330,8 +330,8 @@ def test_steering_guidance_reruns_only_the_guided_task(tiny_run, snakemake_run):
 
 
 def test_a_judge_check_reruns_nothing_it_does_not_feed(tiny_run, snakemake_run):
-    """attributes.<a>.judge_check is read by the judge_check rule only: giving gender one after a complete run
-    leaves every label, metric and table of that run as it is."""
+    """attributes.<a>.judge_check is read by the judge_check rule only: pointing gender's at another file after a
+    complete run leaves every label, metric and table of that run as it is."""
     (tiny_run / "resources/judge_check/gender.jsonl").write_text(
         '{"text": "She fixed the bridge and he checked her sums.", "label": "female"}\n')
     original = (tiny_run / "config/tiny.yaml").read_text()

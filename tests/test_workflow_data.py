@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -62,9 +63,10 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
 
 
 def test_judge_check_table_through_snakemake(workdir, snakemake_run):
-    """The judge_check artefact: one check per story dataset whose attribute has labelled stories (sentiment,
-    not the gender datasets of the run), the same numbers as the library, and a failing check's traceback in
-    its log when the labelled file is bad."""
+    """The judge_check artefact: one check per story dataset whose attribute has labelled stories (both datasets
+    of the run; gender's check file has stories the reader gave no class), the same numbers as the library, and
+    a failing check's traceback in its log when the labelled file is bad; a dataset whose attribute has no
+    check file gets none."""
     from distalign.attributes import attributes_from_config
     from distalign.config import validate_config
     from distalign.judge import VaderJudge
@@ -77,7 +79,11 @@ def test_judge_check_table_through_snakemake(workdir, snakemake_run):
     proc = snakemake_run(workdir, "--cores", "1", "results/tables/judge_check.csv", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     checks = sorted(p.name for p in (workdir / "results/judge_check").iterdir())
-    assert checks == ["sentiment-even.json"]
+    assert checks == ["sentiment-even.json", "uk-real.json"]
+    gender = json.loads((workdir / "results/judge_check/uk-real.json").read_text())
+    assert gender["judge"] == "lexicon" and gender["n_unclassed"] > 0
+    assert gender["agreement"] * gender["n_stories"] == pytest.approx(
+        sum(gender["confusion"][i][i] for i in range(2)) + gender["unclassed"][-1])
     out = json.loads((workdir / "results/judge_check/sentiment-even.json").read_text())
     attribute = attributes_from_config(cfg)["sentiment"]
     rows = read_labelled_stories(workdir / cfg["attributes"]["sentiment"]["judge_check"], attribute)
@@ -88,8 +94,16 @@ def test_judge_check_table_through_snakemake(workdir, snakemake_run):
     assert {k: out[k] for k in expected} == json.loads(json.dumps(expected))
     with open(workdir / "results/tables/judge_check.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert [r["Dataset"] for r in table] == ["Sentiment"]
-    assert float(table[0]["Faithful MAE"]) == pytest.approx(out["faithful_mae"], rel=1e-5)
+    assert [r["Dataset"] for r in table] == [cfg["datasets"]["uk-real"]["title"], "Sentiment"]
+    assert float(table[1]["Faithful MAE"]) == pytest.approx(out["faithful_mae"], rel=1e-5)
+    assert int(table[0]["No class"]) == gender["n_unclassed"] and int(table[1]["No class"]) == 0
+
+    del cfg["attributes"]["gender"]["judge_check"]
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    dry = snakemake_run(workdir, "-n", "--cores", "1", "results/tables/judge_check.csv", timeout=600)
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    table_inputs = re.search(r"rule judge_check_table:\n\s+input: (.*)\n", dry.stdout).group(1)
+    assert table_inputs == "results/judge_check/sentiment-even.json", dry.stdout[-3000:]
 
     bad = workdir / cfg["attributes"]["sentiment"]["judge_check"]
     bad.write_text(bad.read_text() + '{"text": "A story.", "label": "cheerful"}\n')

@@ -3,11 +3,16 @@
 The story MAE is measured through a judge. If the judge reads a story written with one tone as
 another, even a generator that writes exactly the target's mix of tones is scored off target. A
 *judge check* is a file of stories a person has labelled (``attributes.<a>.judge_check``: JSON
-lines with ``text`` and ``label``, a class name of the attribute); the check runs the attribute's
-offline story judge (lexicon or VADER, with the ``judge.story_min_words`` rule) on them and reports:
+lines with ``text`` and ``label``, a class name of the attribute, or ``null`` when the reader can
+tell no class: a story with no gendered main character, text that is not a story); the check runs
+the attribute's offline story judge (lexicon or VADER, with the ``judge.story_min_words`` rule) on
+them and reports:
 
 - ``confusion``: K x (K + 1) counts, row = the reader's class, column = the judge's class, the last
-  column the stories the judge left invalid; ``agreement`` (share on the diagonal) and Cohen's kappa;
+  column the stories the judge left invalid; ``unclassed``: the same K + 1 counts for the stories the
+  reader gave no class (a judge should leave them invalid); ``agreement`` (the diagonal, plus the
+  unclassed stories the judge left invalid, over all stories) and Cohen's kappa (no class is a
+  category of its own);
 - ``faithful_mae``: the MAE to each context's target of a generator whose stories the *reader*
   would label exactly in the target's proportions, as the judge scores it: the judged distribution
   is ``target @ R`` with R the row-normalised confusion over the valid columns (the MAE counts valid
@@ -38,7 +43,8 @@ class JudgeCheckError(ValueError):
 
 
 def read_labelled_stories(path: str | Path, attribute: Attribute) -> list[dict]:
-    """The rows of a judge-check file: ``text`` (a non-empty string) and ``label`` (a class name).
+    """The rows of a judge-check file: ``text`` (a non-empty string) and ``label`` (a class name, or
+    null: the reader can tell no class).
 
     Raises :class:`JudgeCheckError` naming the file, line and key on the first bad row, and when the
     file has no rows.
@@ -57,9 +63,11 @@ def read_labelled_stories(path: str | Path, attribute: Attribute) -> list[dict]:
             text = row.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise JudgeCheckError(f"{path}, line {lineno}: key 'text' must be a non-empty string")
-            if row.get("label") not in attribute.names:
-                raise JudgeCheckError(f"{path}, line {lineno}: key 'label' is {row.get('label')!r}; expected one "
-                                      f"of the classes of attribute {attribute.name!r}: {attribute.names}")
+            if "label" not in row or (row["label"] is not None and row["label"] not in attribute.names):
+                found = f"is {row['label']!r}" if "label" in row else "is missing"
+                raise JudgeCheckError(f"{path}, line {lineno}: key 'label' {found}; expected one "
+                                      f"of the classes of attribute {attribute.name!r}: {attribute.names}, or null "
+                                      f"(the reader can tell no class)")
             rows.append(row)
     if not rows:
         raise JudgeCheckError(f"{path}: no labelled stories")
@@ -74,13 +82,27 @@ def judge_labels(texts: Sequence[str], judge, attribute: Attribute, min_words: i
     return [r["label"] for r in rows]
 
 
-def confusion_matrix(reader: Sequence[str], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
-    """K x (K + 1) counts: row = reader's class, column = judge's class, last column = invalid."""
+def confusion_matrix(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+    """K x (K + 1) counts: row = reader's class, column = judge's class, last column = invalid.
+
+    Stories the reader gave no class (None) are not counted (:func:`unclassed_reading` counts them).
+    """
     k = len(names)
     m = np.zeros((k, k + 1))
     for r, j in zip(reader, judged, strict=True):
-        m[names.index(r), k if j is None else names.index(j)] += 1
+        if r is not None:
+            m[names.index(r), k if j is None else names.index(j)] += 1
     return m
+
+
+def unclassed_reading(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+    """K + 1 counts: the judge's class (last: invalid) of the stories the reader gave no class."""
+    k = len(names)
+    v = np.zeros(k + 1)
+    for r, j in zip(reader, judged, strict=True):
+        if r is None:
+            v[k if j is None else names.index(j)] += 1
+    return v
 
 
 def reading_rows(confusion: np.ndarray) -> np.ndarray:
@@ -132,6 +154,7 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
     reader = [r["label"] for r in rows]
     judged = judge_labels([r["text"] for r in rows], judge, attribute, min_words)
     conf = confusion_matrix(reader, judged, names)
+    unclassed = unclassed_reading(reader, judged, names)
     target_vectors = [t["target"] for t in targets]
     if any(len(t) != len(names) for t in target_vectors):
         raise JudgeCheckError(f"targets have {len(target_vectors[0])} classes, attribute {attribute.name!r} has "
@@ -148,19 +171,21 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
             draws.append(value)
     ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if draws else [None, None]
     valid = conf[:, :-1]
-    diagonal = float(np.trace(valid))
+    judged_valid = valid.sum(axis=0) + unclassed[:-1]
     return {
         "attribute": attribute.name,
         "judge": getattr(judge, "name", type(judge).__name__),
         "classes": names,
         "n_stories": n,
-        "n_invalid": int(conf[:, -1].sum()),
-        "agreement": diagonal / n,
+        "n_invalid": int(conf[:, -1].sum() + unclassed[-1]),
+        "n_unclassed": int(unclassed.sum()),
+        "agreement": (float(np.trace(valid)) + float(unclassed[-1])) / n,
         "kappa": cohens_kappa(reader, judged),
         "confusion": conf.astype(int).tolist(),
+        "unclassed": unclassed.astype(int).tolist(),
         "recall": {c: (float(valid[i, i] / conf[i].sum()) if conf[i].sum() else None) for i, c in enumerate(names)},
         "reader_shares": {c: float(conf[i].sum() / n) for i, c in enumerate(names)},
-        "judge_shares": {c: float(valid[:, i].sum() / max(valid.sum(), 1)) for i, c in enumerate(names)},
+        "judge_shares": {c: float(judged_valid[i] / max(judged_valid.sum(), 1)) for i, c in enumerate(names)},
         "faithful_mae": faithful_mae(conf, target_vectors),
         "faithful_mae_ci": ci,
         "judge_reach": reach,

@@ -185,7 +185,9 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict,
 def judge_check_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
     """One row per judge check (``records``: ``dataset`` and ``check``, the judge_check rule's JSON).
 
-    Shares and recalls are per class in the attribute's class order, written ``a / b / c``.
+    Shares and recalls are per class in the attribute's class order, written ``a / b / c``; "No class"
+    counts the stories the reader gave no class, "judged a class" those of them the judge did not
+    leave invalid.
     """
     rows = []
     for r in records:
@@ -199,15 +201,18 @@ def judge_check_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
         same = bool(mixes) and all(m == mixes[0] for m in mixes)
         mix = per_class(dict(zip(names, mixes[0], strict=True))) if same else "per context"
         low, high = c["faithful_mae_ci"]
+        unclassed = c.get("unclassed") or [0]
         rows.append({
             "Dataset": title_of(config, "datasets", r["dataset"]), "Judge": c["judge"], "Classes": " / ".join(names),
-            "Stories": c["n_stories"], "Reader's shares": per_class(c["reader_shares"]),
+            "Stories": c["n_stories"], "No class": int(sum(unclassed)),
+            "No class, judged a class": int(sum(unclassed[:-1])), "Reader's shares": per_class(c["reader_shares"]),
             "Judge's shares": per_class(c["judge_shares"]), "Agreement": c["agreement"],
             "Kappa": _nan_if_none(c["kappa"]), "Recall": per_class(c["recall"]),
             "Faithful MAE": c["faithful_mae"], "Faithful MAE CI low": _nan_if_none(low),
             "Faithful MAE CI high": _nan_if_none(high), "Judge reach": c["judge_reach"], "Reach mix": mix,
         })
-    return pd.DataFrame(rows, columns=["Dataset", "Judge", "Classes", "Stories", "Reader's shares", "Judge's shares",
+    return pd.DataFrame(rows, columns=["Dataset", "Judge", "Classes", "Stories", "No class", "No class, judged a class",
+                                       "Reader's shares", "Judge's shares",
                                        "Agreement", "Kappa", "Recall", "Faithful MAE", "Faithful MAE CI low",
                                        "Faithful MAE CI high", "Judge reach", "Reach mix"])
 
