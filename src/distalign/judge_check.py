@@ -82,27 +82,26 @@ def judge_labels(texts: Sequence[str], judge, attribute: Attribute, min_words: i
     return [r["label"] for r in rows]
 
 
+def _reading_counts(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+    """(K + 1) x (K + 1) counts: row = reader's class (last: no class), column = judge's class (last: invalid)."""
+    k = len(names)
+    m = np.zeros((k + 1, k + 1))
+    for r, j in zip(reader, judged, strict=True):
+        m[k if r is None else names.index(r), k if j is None else names.index(j)] += 1
+    return m
+
+
 def confusion_matrix(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
     """K x (K + 1) counts: row = reader's class, column = judge's class, last column = invalid.
 
     Stories the reader gave no class (None) are not counted (:func:`unclassed_reading` counts them).
     """
-    k = len(names)
-    m = np.zeros((k, k + 1))
-    for r, j in zip(reader, judged, strict=True):
-        if r is not None:
-            m[names.index(r), k if j is None else names.index(j)] += 1
-    return m
+    return _reading_counts(reader, judged, names)[:-1]
 
 
 def unclassed_reading(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
     """K + 1 counts: the judge's class (last: invalid) of the stories the reader gave no class."""
-    k = len(names)
-    v = np.zeros(k + 1)
-    for r, j in zip(reader, judged, strict=True):
-        if r is None:
-            v[k if j is None else names.index(j)] += 1
-    return v
+    return _reading_counts(reader, judged, names)[-1]
 
 
 def reading_rows(confusion: np.ndarray) -> np.ndarray:
@@ -153,8 +152,8 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
     names = attribute.names
     reader = [r["label"] for r in rows]
     judged = judge_labels([r["text"] for r in rows], judge, attribute, min_words)
-    conf = confusion_matrix(reader, judged, names)
-    unclassed = unclassed_reading(reader, judged, names)
+    counts = _reading_counts(reader, judged, names)
+    conf, unclassed = counts[:-1], counts[-1]
     target_vectors = [t["target"] for t in targets]
     if any(len(t) != len(names) for t in target_vectors):
         raise JudgeCheckError(f"targets have {len(target_vectors[0])} classes, attribute {attribute.name!r} has "
