@@ -71,9 +71,9 @@ def main() -> None:
     args = ap.parse_args()
     seed = args.seed
     if seed is None:
-        import yaml
+        from distalign.io import load_yaml
 
-        seed = int(yaml.safe_load((Path(__file__).resolve().parents[1] / "config/config.yaml").read_text())["seed"])
+        seed = int(load_yaml(Path(__file__).resolve().parents[1] / "config/config.yaml")["seed"])
     print("| file | contexts | token MAE | ideal sampler, same draws | floor (SD) | ideal run above 1.25x floor |")
     print("|---|---|---|---|---|---|")
     for path in args.generations:

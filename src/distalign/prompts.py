@@ -20,13 +20,13 @@ import json
 import os
 import random
 import re
+import string
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from .attributes import Attribute
+from .io import YamlError, load_yaml
 
 TASKS = ("attribute", "story")
 
@@ -45,35 +45,136 @@ def derive_seed(*parts) -> int:
     return int(h[:8], 16)
 
 
+# What each kind of string of the template bank is formatted with (None: used as written, never
+# formatted), and which placeholders it must contain (one of them). Read off the code that uses it:
+# offline_pool / OpenAIParaphraser.pool format templates with occupation; render_answer formats
+# answers with label, lower and occupation; method_prompt formats prompt_engineering.explicit with
+# distribution and appends openers, closers and prompt_engineering.implicit as they are.
+PLACEHOLDERS: dict[str, tuple[frozenset[str] | None, frozenset[str]]] = {
+    "templates": (frozenset({"occupation"}), frozenset({"occupation"})),
+    "openers": (None, frozenset()),
+    "closers": (None, frozenset()),
+    "answers": (frozenset({"label", "lower", "occupation"}), frozenset({"label", "lower"})),
+    "prompt_engineering.explicit": (frozenset({"distribution"}), frozenset({"distribution"})),
+    "prompt_engineering.implicit": (None, frozenset()),
+}
+_BANK_KEYS = ("templates", "openers", "closers", "answers", "prompt_engineering")
+
+
+def _placeholder_problem(text: str, kind: str) -> str | None:
+    """What is wrong with the placeholders of one string of the bank (None: nothing).
+
+    Only bare names are accepted (``{occupation}``, not ``{occupation!r}``, ``{occupation:>9}`` or
+    ``{occupation.title}``): the census title and the labels go in verbatim. A string that is
+    used as written may hold no brace at all, since ``{occupation}`` there would reach the model
+    as these eleven characters.
+    """
+    allowed, required = PLACEHOLDERS[kind]
+    if allowed is None:
+        if "{" in text or "}" in text:
+            return ("braces are not allowed here: this text is used as written, no placeholder is filled "
+                    f"in, so a '{{...}}' would reach the model verbatim; got {text!r}")
+        return None
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as err:
+        return f"unbalanced brace ({err}); a literal brace is written '{{{{' or '}}}}'; got {text!r}"
+    for field, spec, conv in fields:
+        if field not in allowed or spec or conv:
+            shown = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            what = "positional placeholder" if field == "" else "placeholder"
+            names = ", ".join("{" + n + "}" for n in sorted(allowed))
+            return f"{what} {shown!r} is not allowed here (allowed: {names}); got {text!r}"
+    if required and not required & {f for f, _, _ in fields}:
+        need = " or ".join("{" + n + "}" for n in sorted(required))
+        return f"must be a string containing {need!r}, got {text!r}"
+    return None
+
+
+def _not_a_string(value) -> str:
+    hint = " (YAML reads an unquoted text that starts with '{' as a mapping: quote it)" if isinstance(value, dict) \
+        else ""
+    return f"expected a string, got {value!r}{hint}"
+
+
+def _check_strings(items, kind: str, where: str, problems: list[str], *, allow_empty_list: bool = False) -> None:
+    if not isinstance(items, list) or (not items and not allow_empty_list):
+        problems.append(f"{where}: expected a non-empty list of strings, got {items!r}")
+        return
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            problems.append(f"{where}[{i}]: {_not_a_string(text)}")
+            continue
+        problem = _placeholder_problem(text, kind)
+        if problem:
+            problems.append(f"{where}[{i}]: {problem}")
+
+
 def load_templates(path: str | os.PathLike) -> dict:
-    """Load and check the template bank."""
+    """Load and check the template bank; every problem is reported at once, by dotted location.
+
+    Each string is checked for the placeholders its kind is formatted with (``PLACEHOLDERS``), so a
+    typo such as ``{ocupation}`` or a stray brace fails here, naming ``templates.story.gender[3]``
+    and the file, not as a bare KeyError deep in a job. Unknown keys are errors too (a misspelt
+    ``closer:`` would otherwise be ignored).
+    """
     path = Path(path)
     if not path.exists():
         raise TemplateError(f"{path}: template bank not found")
-    with open(path, encoding="utf-8") as fh:
-        bank = yaml.safe_load(fh) or {}
-    for key in ("templates", "openers", "closers", "answers", "prompt_engineering"):
+    try:
+        bank = load_yaml(path)
+    except YamlError as err:
+        raise TemplateError(str(err)) from None
+    if bank is None:
+        bank = {}
+    if not isinstance(bank, dict):
+        raise TemplateError(f"{path}: expected a mapping with keys {list(_BANK_KEYS)}, got {type(bank).__name__}")
+    for key in _BANK_KEYS:
         if key not in bank:
             raise TemplateError(f"{path}: missing top-level key {key!r}")
-    for task, by_attr in (bank["templates"] or {}).items():
+    problems = [f"{key}: unknown top-level key (expected one of {list(_BANK_KEYS)})"
+                for key in bank if key not in _BANK_KEYS]
+    templates = bank["templates"] or {}
+    if not isinstance(templates, dict):
+        problems.append(f"templates: expected a mapping task -> attribute -> list, got {templates!r}")
+        templates = {}
+    for task, by_attr in templates.items():
         if task not in TASKS:
-            raise TemplateError(f"{path}: templates.{task}: unknown task (expected one of {TASKS})")
-        for attr, items in (by_attr or {}).items():
-            if not items:
-                raise TemplateError(f"{path}: templates.{task}.{attr}: empty template list")
-            for i, t in enumerate(items):
-                if not isinstance(t, str) or "{occupation}" not in t:
-                    raise TemplateError(f"{path}: templates.{task}.{attr}[{i}]: must be a string containing "
-                                        f"'{{occupation}}', got {t!r}")
-    for task in TASKS:
-        for key in ("openers", "closers"):
-            if not isinstance(bank[key].get(task), list) or not bank[key][task]:
-                raise TemplateError(f"{path}: {key}.{task}: expected a non-empty list")
-    if not bank["answers"].get("default"):
-        raise TemplateError(f"{path}: answers.default: expected a non-empty list of answer forms")
+            problems.append(f"templates.{task}: unknown task (expected one of {TASKS})")
+        elif not isinstance(by_attr or {}, dict):
+            problems.append(f"templates.{task}: expected a mapping attribute -> list, got {by_attr!r}")
+        else:
+            for attr, items in (by_attr or {}).items():
+                if not items:
+                    problems.append(f"templates.{task}.{attr}: empty template list")
+                else:
+                    _check_strings(items, "templates", f"templates.{task}.{attr}", problems)
+    for key in ("openers", "closers"):
+        section = bank[key] if isinstance(bank[key], dict) else {}
+        problems += [f"{key}.{task}: unknown task (expected one of {TASKS})" for task in section if task not in TASKS]
+        for task in TASKS:
+            if not isinstance(section.get(task), list) or not section[task]:
+                problems.append(f"{key}.{task}: expected a non-empty list")
+            else:
+                _check_strings(section[task], key, f"{key}.{task}", problems)
+    answers = bank["answers"] if isinstance(bank["answers"], dict) else {}
+    if not answers.get("default"):
+        problems.append("answers.default: expected a non-empty list of answer forms")
+    for name, forms in answers.items():
+        _check_strings(forms, "answers", f"answers.{name}", problems)
+    styles = bank["prompt_engineering"] if isinstance(bank["prompt_engineering"], dict) else {}
+    problems += [f"prompt_engineering.{k}: unknown style (expected explicit or implicit)"
+                 for k in styles if k not in ("explicit", "implicit")]
     for style in ("explicit", "implicit"):
-        if not bank["prompt_engineering"].get(style):
-            raise TemplateError(f"{path}: prompt_engineering.{style}: missing")
+        text = styles.get(style)
+        if not text:
+            problems.append(f"prompt_engineering.{style}: missing")
+        elif not isinstance(text, str):
+            problems.append(f"prompt_engineering.{style}: {_not_a_string(text)}")
+        elif problem := _placeholder_problem(text, f"prompt_engineering.{style}"):
+            problems.append(f"prompt_engineering.{style}: {problem}")
+    if problems:
+        raise TemplateError("\n".join(f"{path}: {p}" for p in problems))
     bank["_path"] = str(path)
     return bank
 
@@ -242,6 +343,11 @@ class OpenAIParaphraser:
                     openai.InternalServerError) as err:
                 last_err = err
                 if attempt < self.max_retries:
+                    import logging  # a wait of up to a minute should not look like a hang
+
+                    logging.getLogger("distalign.prompts").warning(
+                        "paraphraser request failed (%s); retry %d/%d in %.1f s", type(err).__name__, attempt + 1,
+                        self.max_retries, self.backoff * 2 ** attempt)
                     time.sleep(self.backoff * 2 ** attempt)
         raise ParaphraseError(f"paraphraser endpoint {self.base_url or '(default)'} failed after "
                               f"{self.max_retries + 1} attempts: {last_err}")
