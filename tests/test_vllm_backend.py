@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,33 @@ def _transformers_probs(model_dir, adapter, requests):
     ids = b.tokenizer.convert_tokens_to_ids(STEERING)
     lps = b.next_token_logprobs([prompt_ids(b.tokenizer, r["prompt"]) for r in requests], ids)
     return [restricted_probs(lp) for lp in lps]
+
+
+@pytest.fixture()
+def script_logging(tmp_path):
+    """``setup_logging`` as a Snakemake script calls it, undone afterwards; ``read()`` returns (console
+    text, log file text), the console handler's stderr swapped for a buffer."""
+    from distalign.scripting import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.excepthook)
+    setup_logging(str(tmp_path / "job.log"))
+    console = io.StringIO()
+    (handler,) = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    handler.setStream(console)
+
+    def read():
+        for h in root.handlers:
+            h.flush()
+        return console.getvalue(), (tmp_path / "job.log").read_text()
+
+    yield read
+    for h in root.handlers:
+        h.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    sys.excepthook = saved[2]
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +109,12 @@ def test_steering_distribution_agrees_base_model(embedded_model_dir, config):
 
 
 @pytest.mark.parametrize("vllm_lora", ["merge", "request"])
-def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, adapter, config, vllm_lora):
-    """LoRA through vLLM: merged into the weights (the CPU default) and as a LoRARequest (the GPU path)."""
+def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, adapter, config, vllm_lora,
+                                                          script_logging):
+    """LoRA through vLLM: merged into the weights (the CPU default) and as a LoRARequest (the GPU path).
+
+    The first run also checks the job's output: the worker's progress lines reach the console and the
+    log file, vLLM's own lines the log file only."""
     from distalign.generate import generate
 
     config["generation"].update(samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8},
@@ -89,6 +123,13 @@ def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, ad
               model_dir=embedded_model_dir, adapter=adapter, backend="vllm")
     reqs = _requests()
     first = generate(reqs, **kw)
+    console, logfile = script_logging()
+    label = "generate race-even/smollm2-135m-instruct/ours/attribute"
+    for text in (console, logfile):
+        assert f"{label}, steering tokens: 4/4 prompts (100%), done in" in text
+        assert f"{label}: 8/8 rows (100%), done in" in text
+    assert "[vllm]" in logfile and "vllm" in logfile.split("[vllm]", 1)[1]  # vLLM's own lines are kept there
+    assert "[vllm]" not in console and " INFO vllm" not in console and "non-default args" not in console, console
     second = generate(reqs, **kw)
     assert len(first) == 2 * len(reqs)
     assert {r["backend"] for r in first} == {"vllm"} and first[0]["versions"]["vllm"]

@@ -15,17 +15,26 @@ Two backends (``capabilities.backend``):
   conda environment (envs/capabilities.yaml) provides it on the cluster.
 
 Prompting methods share the base model's weights, so their row is the base model's.
+
+Progress: the local backend logs sequences scored of all (paragraphs + one per answer choice),
+rate and time left at most every 30 s and at the end (``distalign.progress``): seconds for the
+embedded model, minutes for a larger one. lm-eval shows its own progress bars.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from .progress import Progress
+
+log = logging.getLogger("distalign.capabilities")
 
 
 class CapabilityError(ValueError):
@@ -69,7 +78,7 @@ def load_multiple_choice(path: str | os.PathLike) -> list[dict]:
 
 
 def _sequence_logprobs(model, sequences: Sequence[Sequence[int]], scored_from: Sequence[int],
-                       batch_size: int = 16) -> list[float]:
+                       batch_size: int = 16, progress: Progress | None = None) -> list[float]:
     """Sum of log P(token | prefix) over positions >= scored_from[i] of each sequence (right-padded batches)."""
     out: list[float] = []
     device = next(model.parameters()).device
@@ -89,19 +98,24 @@ def _sequence_logprobs(model, sequences: Sequence[Sequence[int]], scored_from: S
         for i, s in enumerate(chunk):
             lo = max(int(starts[i]), 1)
             out.append(float(tok[i, lo - 1:len(s) - 1].sum()))
+        if progress is not None:
+            progress.update(len(chunk))
     return out
 
 
-def perplexity(model, tokenizer, paragraphs: Sequence[str], max_length: int = 512) -> dict:
+def perplexity(model, tokenizer, paragraphs: Sequence[str], max_length: int = 512,
+               progress: Progress | None = None) -> dict:
     """exp(mean token NLL) over paragraphs scored independently (each cut to ``max_length`` tokens)."""
     seqs = [tokenizer(p, add_special_tokens=False)["input_ids"][:max_length] for p in paragraphs]
     seqs = [s for s in seqs if len(s) > 1]
-    total = -sum(_sequence_logprobs(model, seqs, [1] * len(seqs), batch_size=4))
+    if progress is not None:
+        progress.update(len(paragraphs) - len(seqs))  # paragraphs of one token: nothing to score
+    total = -sum(_sequence_logprobs(model, seqs, [1] * len(seqs), batch_size=4, progress=progress))
     n = sum(len(s) - 1 for s in seqs)
     return {"perplexity": math.exp(total / n), "nll_per_token": total / n, "tokens": n, "paragraphs": len(seqs)}
 
 
-def multiple_choice(model, tokenizer, items: Sequence[dict]) -> dict:
+def multiple_choice(model, tokenizer, items: Sequence[dict], progress: Progress | None = None) -> dict:
     """Accuracy (sum of log-probs) and length-normalised accuracy on multiple-choice items."""
     seqs, starts, owners = [], [], []
     for i, item in enumerate(items):
@@ -111,7 +125,7 @@ def multiple_choice(model, tokenizer, items: Sequence[dict]) -> dict:
             seqs.append(ctx + cont)
             starts.append(len(ctx))
             owners.append(i)
-    scores = _sequence_logprobs(model, seqs, starts)
+    scores = _sequence_logprobs(model, seqs, starts, progress=progress)
     per_item: list[list[float]] = [[] for _ in items]
     for i, s in zip(owners, scores, strict=True):
         per_item[i].append(s)
@@ -130,8 +144,12 @@ def evaluate_local(model_dir, adapter, heldout_path, mc_path, device: str = "cpu
     paragraphs = load_heldout(heldout_path)
     items = load_multiple_choice(mc_path)  # both files are checked before the model is loaded
     tok, model = load_model(model_dir, device=device, dtype="float32" if device == "cpu" else None, adapter=adapter)
-    return {"backend": "local", "perplexity": perplexity(model, tok, paragraphs),
-            "multiple_choice": multiple_choice(model, tok, items)}
+    total = len(paragraphs) + sum(len(item["choices"]) for item in items)
+    # results/adapters/{dataset}/{model}/{method} -> "dataset/model/method"
+    name = "/".join(Path(adapter).parts[-3:]) if adapter else Path(model_dir).name
+    with Progress(total, f"capabilities {name}", log, unit="sequence") as progress:
+        return {"backend": "local", "perplexity": perplexity(model, tok, paragraphs, progress=progress),
+                "multiple_choice": multiple_choice(model, tok, items, progress=progress)}
 
 
 def lm_eval_model_args(weights: str, adapter: str | None, dtype: str) -> str:

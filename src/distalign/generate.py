@@ -43,6 +43,17 @@ Decisions:
   after the drawn token is sampled with the other tokens' branches contrasted at every step. It
   needs logits from a second batch of contexts, which vLLM's sampler cannot mix in, so a guided
   job runs on the transformers backend whatever ``generation.backend`` says (and says so in its log).
+- **Progress** (``distalign.progress``): sampling logs ``generate <dataset>/<model>/<method>/<task>:
+  done/total rows, rate, time left`` at most every 30 s and at the end (the steering step and the
+  probe likewise, per prompt); the transformers backend counts finished batches, vLLM finished
+  requests (through ``LLM.generate``'s ``use_tqdm`` hook, which takes a tqdm class; no bar is
+  drawn). The vLLM worker's own log records (``distalign.*``, our format) are relogged by the
+  parent and so reach the job's log and the console; everything else the worker prints (vLLM's
+  INFO lines, warnings, load bars) goes to the job's log file only (``scripting.FILE_ONLY``) and,
+  when it fails, into the error message (its last 40 lines).
+- **Temporary files** (merged weights, the worker's JSON files) live in a scratch folder of
+  ``$TMPDIR`` that the job holds locked (``distalign.scratch``); the next job removes those of a
+  killed one. The worker exits when its parent dies (it would otherwise run on as an orphan).
 - **Probe** (paper Table 4/12): no sampling; for each test prompt the probability of each
   class's token at the first answer position, renormalised over the K class tokens. Class
   tokens are the steering tokens for ``ours`` and otherwise the first token id of each class
@@ -56,8 +67,8 @@ import logging
 import math
 import os
 import random
+import re
 import subprocess
-import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -66,7 +77,10 @@ from pathlib import Path
 from .attributes import Attribute, attribute_of_dataset
 from .chat import PLACEMENTS, prompt_ids, steered_prompt_ids
 from .guidance import PLAUSIBILITY, contrast_weights
+from .progress import Progress
 from .prompts import derive_seed, method_prompt
+from .scratch import remove_stale_scratch, scratch_dir
+from .scripting import FILE_ONLY
 
 log = logging.getLogger("distalign.generate")
 
@@ -361,7 +375,8 @@ class TransformersBackend:
             mask[i, n - len(p):] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                            progress: Progress | None = None) -> list[list[float]]:
         """Full-vocabulary log-probs of ``token_ids`` at the position after each prompt."""
         import torch
 
@@ -373,15 +388,17 @@ class TransformersBackend:
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
                 lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
                 out += lp[:, idx].tolist()
+                if progress is not None:
+                    progress.update(ids.shape[0])
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
                seed_parts: Sequence, first_ids: Sequence[int] | None = None,
-               guidance: Guidance | None = None) -> list[tuple]:
+               guidance: Guidance | None = None, progress: Progress | None = None) -> list[tuple]:
         """Answer ids (without eos), whether eos was produced, the seed of the item's batch, and the
         full-vocabulary log-probs of ``first_ids`` at the first answer position (raw logits, before
         temperature/top-p; None when ``first_ids`` is None). ``guidance``: steering guidance
-        (``distalign.guidance``), one entry per prompt."""
+        (``distalign.guidance``), one entry per prompt. ``progress`` counts the finished answers."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -417,7 +434,8 @@ class TransformersBackend:
                 for j, row in enumerate(out.sequences[:, ids.shape[1]:].tolist()):
                     toks, stopped = strip_eos(row, self.stop)
                     results.append((toks, stopped, batch_seed, first[j] if first is not None else None))
-                log.info("generated %d/%d", min(start + self.batch_size, len(prompts)), len(prompts))
+                if progress is not None:
+                    progress.update(ids.shape[0])
         return results
 
 
@@ -428,6 +446,9 @@ def _vllm_env() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GB)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # vLLM's records propagate to the root logger in our format instead of its own stdout handler:
+    # the job's console handler keeps them out (scripting.on_console), the log file has them.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     # Engine core in this process: no spawned process that re-imports torch and vLLM (saves tens of
     # seconds per job on CPU) and no `if __name__ == "__main__"` guard needed in the caller
     # (Snakemake runs scripts as generated files).
@@ -478,27 +499,29 @@ class VllmBackend:
                        enforce_eager=not on_gpu, max_model_len=max_model_len, seed=seed,
                        generation_config="vllm", **kw)
 
-    def _run(self, prompts, params):
+    def _run(self, prompts, params, progress: Progress | None = None):
         from vllm.inputs import TokensPrompt
 
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        return self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.lora)
+        use_tqdm = _tqdm_counting_into(progress) if progress is not None else False
+        return self.llm.generate(inputs, params, use_tqdm=use_tqdm, lora_request=self.lora)
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int]) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                            progress: Progress | None = None) -> list[list[float]]:
         from vllm import SamplingParams
 
         ids = list(token_ids)
         params = SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=ids, logprob_token_ids=ids,
                                 seed=0, detokenize=False)
         out = []
-        for res in self._run(prompts, params):
+        for res in self._run(prompts, params, progress):
             lp = res.outputs[0].logprobs[0]
             out.append([lp[t].logprob for t in ids])
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
                seed_parts: Sequence, first_ids: Sequence[int] | None = None,
-               guidance: Guidance | None = None) -> list[tuple]:
+               guidance: Guidance | None = None, progress: Progress | None = None) -> list[tuple]:
         """As TransformersBackend.sample; vLLM's logprobs are raw (before temperature/top-p)."""
         if guidance is not None and guidance.scale != 1.0:
             raise GenerationError("steering guidance needs the transformers backend (vLLM cannot mix in the "
@@ -516,7 +539,7 @@ class VllmBackend:
                         top_k=sampling.top_k if sampling.top_k > 0 else -1)
         params = [SamplingParams(seed=int(s), **base) for s in seeds]
         results = []
-        for res, s in zip(self._run(prompts, params), seeds, strict=True):
+        for res, s in zip(self._run(prompts, params, progress), seeds, strict=True):
             toks, stopped = strip_eos(res.outputs[0].token_ids, self.stop)
             stopped = stopped or res.outputs[0].finish_reason == "stop"
             first = None
@@ -527,13 +550,48 @@ class VllmBackend:
         return results
 
 
+def _tqdm_counting_into(progress: Progress):
+    """A tqdm class for ``LLM.generate(use_tqdm=...)`` that draws nothing and counts finished
+    requests into ``progress``.
+
+    vLLM builds two kinds of bar from it: one over an iterable while it renders and adds the
+    prompts (tqdm's iteration calls ``update`` too, every 0.1 s), and one with ``total`` = the
+    number of requests whose ``update(n)`` it calls once per finished request. Only the latter
+    counts: counting the first made 1,300 of 2,500 rows look done before sampling started.
+    """
+    from tqdm import tqdm
+
+    class CountingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            self._counts = not args and kwargs.get("iterable") is None
+            self._sink = open(os.devnull, "w")  # noqa: SIM115 - closed with the bar
+            super().__init__(*args, **{**kwargs, "file": self._sink, "dynamic_ncols": False})
+
+        def update(self, n=1):
+            if self._counts:
+                progress.update(int(n))
+            return super().update(n)
+
+        def close(self):
+            super().close()
+            self._sink.close()
+
+    return CountingBar
+
+
+def job_label(job: Job) -> str:
+    """``dataset/model/method/task`` of a job, for its progress lines."""
+    return "/".join(str(x) for x in job.seed_parts[1:5])
+
+
 # --------------------------------------------------------------------------------------------
 # The algorithms (backend-independent)
 
 
-def steering_distribution(backend, tokenizer, user_texts: Sequence[str], steering_ids: Sequence[int]):
+def steering_distribution(backend, tokenizer, user_texts: Sequence[str], steering_ids: Sequence[int],
+                          progress: Progress | None = None):
     """Restricted (renormalised) steering distribution at the first assistant position."""
-    lps = backend.next_token_logprobs([prompt_ids(tokenizer, t) for t in user_texts], steering_ids)
+    lps = backend.next_token_logprobs([prompt_ids(tokenizer, t) for t in user_texts], steering_ids, progress=progress)
     return [restricted_probs(lp) for lp in lps], [sum(math.exp(x) for x in lp) for lp in lps]
 
 
@@ -550,7 +608,9 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
     probe_ids: list[int] | None = None
     if job.steering_tokens:
         steering_ids = single_token_ids(tokenizer, job.steering_tokens)
-        steer_lps = backend.next_token_logprobs([prompt_ids(tokenizer, r["prompt"]) for r in reqs], steering_ids)
+        with Progress(len(reqs), f"generate {job_label(job)}, steering tokens", log, unit="prompt") as progress:
+            steer_lps = backend.next_token_logprobs([prompt_ids(tokenizer, r["prompt"]) for r in reqs],
+                                                    steering_ids, progress=progress)
         steer_probs = [restricted_probs(lp) for lp in steer_lps]
         probe_ids = steering_ids
     elif job.class_tokens:
@@ -579,9 +639,10 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
                 prompts.append(prompt_ids(tokenizer, r["prompt"]))
             items.append((i, s, tok))
             seeds.append(item_seed)
-    outs = backend.sample(prompts, seeds, sampling, job.seed_parts,
-                          first_ids=None if steering_ids is not None else probe_ids,
-                          **({"guidance": guidance} if guidance is not None else {}))
+    with Progress(len(prompts), f"generate {job_label(job)}", log, unit="row") as progress:
+        outs = backend.sample(prompts, seeds, sampling, job.seed_parts,
+                              first_ids=None if steering_ids is not None else probe_ids, progress=progress,
+                              **({"guidance": guidance} if guidance is not None else {}))
     vers = versions()
     dataset, model, method, task = job.seed_parts[1:5]
     rows = []
@@ -633,7 +694,8 @@ def run_probe(backend, tokenizer, job: Job) -> list[dict]:
         ids = single_token_ids(tokenizer, job.steering_tokens)
     else:
         ids = first_token_ids(tokenizer, job.class_tokens)
-    probs, mass = steering_distribution(backend, tokenizer, [r["prompt"] for r in job.requests], ids)
+    with Progress(len(job.requests), f"probe {job_label(job)}", log, unit="prompt") as progress:
+        probs, mass = steering_distribution(backend, tokenizer, [r["prompt"] for r in job.requests], ids, progress)
     return [{"context_id": r["context_id"], "prompt_id": r["prompt_id"], "probs": p, "mass": m, "token_ids": ids}
             for r, p, m in zip(job.requests, probs, mass, strict=True)]
 
@@ -687,13 +749,30 @@ def resolve_vllm_python(configured: str | None, workdir=None) -> str:
         "torchcodec && .venv-vllm/bin/pip install --no-deps -e . ; or set generation.vllm_python.")
 
 
+# A log record of the worker in our format (scripting.LOG_FORMAT) from one of our loggers.
+_WORKER_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+                            r"(distalign(?:\.[\w.]+)?): (.*)")
+
+
+def relay_worker_line(line: str) -> None:
+    """Relog one line of the worker's output: its own records (progress, notes) as they were logged,
+    to the log file and the console; anything else (vLLM) to the log file only."""
+    m = _WORKER_RECORD.fullmatch(line)
+    if m:
+        logging.getLogger(m[2]).log(getattr(logging, m[1]), "%s", m[3])
+    else:
+        log.info("[vllm] %s", line, extra=FILE_ONLY)
+
+
 def run_in_worker(job: Job, python: str) -> list[dict]:
-    """Run ``job`` with ``python -m distalign.vllm_worker`` and return its rows (output streamed to the log)."""
+    """Run ``job`` with ``python -m distalign.vllm_worker`` and return its rows (its output relayed to the
+    log by :func:`relay_worker_line`)."""
     src = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with tempfile.TemporaryDirectory(prefix="distalign-vllm-") as tmp:
-        req, res = Path(tmp) / "job.json", Path(tmp) / "result.json"
+    env["DISTALIGN_PARENT_PID"] = str(os.getpid())  # the worker exits when this process dies
+    with scratch_dir() as tmp:
+        req, res = tmp / "job.json", tmp / "result.json"
         req.write_text(json.dumps(job.to_json()))
         cmd = [python, "-m", "distalign.vllm_worker", str(req), str(res)]
         log.info("running the vLLM worker: %s", " ".join(cmd))
@@ -702,7 +781,7 @@ def run_in_worker(job: Job, python: str) -> list[dict]:
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip())
-            log.info("[vllm] %s", line.rstrip())
+            relay_worker_line(line.rstrip())
         rc = proc.wait()
         if rc != 0 or not res.exists():
             raise GenerationError(f"the vLLM worker ({python}) failed with exit code {rc}; last output:\n"
@@ -751,10 +830,11 @@ def vllm_merges_lora(job: Job, mode: str = "auto") -> bool:
 
 def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -> list[dict]:
     """Run a job with its backend: in this process, or in the vLLM worker when vllm is not importable."""
+    remove_stale_scratch()  # a killed job's merged weights and worker files, at the next job at the latest
     if vllm_merges_lora(job, vllm_lora):
-        with tempfile.TemporaryDirectory(prefix="distalign-merged-") as tmp:
+        with scratch_dir() as tmp:
             log.info("merging adapter %s into the weights for vLLM (generation.vllm_lora)", job.adapter)
-            merged = merge_adapter(job.model_dir, job.adapter, tmp)
+            merged = merge_adapter(job.model_dir, job.adapter, tmp / "merged")
             return execute(replace(job, model_dir=str(merged), adapter=None), vllm_python, "request")
     if job.backend == "vllm" and not vllm_importable():
         return run_in_worker(job, resolve_vllm_python(vllm_python))

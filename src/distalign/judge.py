@@ -391,18 +391,29 @@ class LLMJudge:
         return Judgement(None, "invalid_reply")
 
     def judge(self, texts: Sequence[str | None]) -> list[Judgement]:
-        """Judge all texts, ``concurrency`` requests at a time; order is preserved."""
+        """Judge all texts, ``concurrency`` requests at a time; order is preserved. Progress (stories
+        done of all, rate, time left) is logged at most every 30 s and at the end."""
+        from .progress import Progress
+
         self._get_client()  # fail fast on a missing key
-        if self.concurrency == 1 or len(texts) <= 1:
-            return [self.parse(t) for t in texts]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = [pool.submit(self.parse, t) for t in texts]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        progress = Progress(len(texts), f"LLM judge {self.model} ({self.attribute.name})", log, unit="story")
+
+        def parse(text):
+            out = self.parse(text)
+            progress.update(1)
+            return out
+
+        with progress:
+            if self.concurrency == 1 or len(texts) <= 1:
+                return [parse(t) for t in texts]
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                futures = [pool.submit(parse, t) for t in texts]
+                try:
+                    return [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
 
 
 # ----------------------------------------------------------------------------------------------

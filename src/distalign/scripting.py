@@ -1,4 +1,9 @@
-"""Helpers for the thin Snakemake scripts: logging to the rule's log file."""
+"""Helpers for the thin Snakemake scripts: logging to the rule's log file and to the console.
+
+Every record goes to the rule's log file; records logged with ``extra=FILE_ONLY`` stay out of the
+console (stderr, which Snakemake shows). That is where a library's per-request chatter goes (the
+vLLM worker's own output): kept for debugging, not flooding the console of a run with many jobs.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,28 @@ import logging
 import sys
 from pathlib import Path
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_ONLY = {"console": False}  # ``log.info(..., extra=FILE_ONLY)``: the log file only
+FILE_ONLY_LOGGERS = ("vllm",)  # these loggers (and their children) write to the log file only
+
+
+def on_console(record: logging.LogRecord) -> bool:
+    """Filter of the console handler: every record except those marked ``FILE_ONLY`` and those of
+    :data:`FILE_ONLY_LOGGERS` (vLLM in this process logs a line per engine step and request)."""
+    if any(record.name == n or record.name.startswith(n + ".") for n in FILE_ONLY_LOGGERS):
+        return False
+    return getattr(record, "console", True)
+
 
 def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Logger:
     """Send log records, warnings and an uncaught exception's traceback to the rule's log file and to stderr."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(on_console)
+    handlers: list[logging.Handler] = [console]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
-                        force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
     logger = logging.getLogger("distalign")
     previous = sys.excepthook

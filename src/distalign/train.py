@@ -28,6 +28,14 @@ Resumability: each stage trains in ``{out_dir}.work/{stage}/`` with checkpoints 
 spec (config, inputs) resumes from the newest *valid* checkpoint (a corrupt one is deleted; none
 left -> the stage starts clean); a changed spec wipes the work folder. The final folder is
 written atomically at the very end and the work folder is then removed.
+
+Logging: every ``training.logging_steps`` steps the metrics (``[sft] step 10/126 {'loss': ...}``)
+go to the job's log file only; the console (and the log) get a progress line at most every 30 s
+and at the end of a stage (``train <dataset>/<model>/<method> sft: 60/126 steps (47%), 2.5 s/step,
+~2 min 45 s left, loss 1.23``, ``distalign.progress``; a resumed stage counts its rate from where it
+resumed). HF's tqdm bar is off: it redraws with carriage returns, which is one endless line in a
+log file and garbles the console when several jobs train at once; so is the printer HF puts in its
+place (every metrics dict to stdout, i.e. the console).
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ from typing import Any
 from .attributes import attribute_of_dataset
 from .config import method_training, stage_epochs, story_binding_weight
 from .io import atomic_dir, read_jsonl, write_json
+from .progress import Progress
 from .prompts import derive_seed
+from .scripting import FILE_ONLY
 
 log_ = logging.getLogger("distalign.train")
 
@@ -146,21 +156,43 @@ def _hf_args(tr: dict, stage_cfg: dict, stage_dir: Path, seed: int, device: str)
         max_length=int(tr["max_length"]), logging_steps=int(tr["logging_steps"]), logging_first_step=True,
         save_strategy="steps", save_steps=int(tr["save_steps"]), seed=seed, data_seed=seed,
         use_cpu=cpu, bf16=not cpu, gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
-        disable_tqdm=False, **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
+        disable_tqdm=True, **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
     )
 
 
 class _LogCallback:
-    """Readable log lines for every logged step (the progress bar is HF's own)."""
+    """Metric lines for every logged step (log file only) and progress lines (console and log) of one
+    stage; ``label`` names the run (``dataset/model/method``)."""
 
-    def __new__(cls, stage: str):
+    def __new__(cls, stage: str, label: str = ""):
         from transformers import TrainerCallback
 
+        what = f"train {label} {stage}" if label else f"train {stage}"
+
         class _CB(TrainerCallback):
+            progress: Progress | None = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                # global_step is the resumed checkpoint's step here, so the rate counts this run's steps
+                self.progress = Progress(state.max_steps, what, log_, unit="step", initial=state.global_step)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                # the last step's line waits for on_train_end: its loss is logged after on_step_end
+                if self.progress is not None and state.global_step < state.max_steps:
+                    self.progress.set(state.global_step)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in logs.items()}
-                    log_.info("[%s] step %d/%d %s", stage, state.global_step, state.max_steps, shown)
+                    log_.info("[%s] step %d/%d %s", stage, state.global_step, state.max_steps, shown,
+                              extra=FILE_ONLY)
+                    if self.progress is not None and isinstance(logs.get("loss"), int | float):
+                        self.progress.detail = f"loss {logs['loss']:.4g}"
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if self.progress is not None:
+                    self.progress.set(state.global_step)
+                    self.progress.finish()
 
         return _CB()
 
@@ -193,8 +225,10 @@ def _lora(tr: dict):
 # ----------------------------------------------------------------------------------- stages
 
 
-def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callbacks: list) -> tuple[Path, list[dict]]:
-    """Train one stage (resuming if possible) and freeze it as ``{name}.done/``; return it and its log."""
+def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callbacks: list,
+               label: str = "") -> tuple[Path, list[dict]]:
+    """Train one stage (resuming if possible) and freeze it as ``{name}.done/``; return it and its log
+    (``label``: the run's name in progress lines)."""
     done = work / f"{name}.done"
     if (done / "adapter_config.json").exists() and (done / "history.json").exists():
         log_.info("[%s] already complete in %s", name, done)
@@ -205,7 +239,10 @@ def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callba
         shutil.rmtree(stage_dir)
     log_.info("[%s] %s", name, f"resuming from {resume}" if resume else "starting")
     t0 = time.perf_counter()
-    trainer = build(stage_dir, [_LogCallback(name), *callbacks])
+    trainer = build(stage_dir, [_LogCallback(name, label), *callbacks])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict to stdout (the console)
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     history = [{"stage": name, **row} for row in trainer.state.log_history]
@@ -230,7 +267,7 @@ def _stage_config(name: str, stage: dict, n_rows: int) -> dict:
     return {**stage, "epochs": epochs}
 
 
-def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
+def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks, label=""):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -243,11 +280,11 @@ def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks):
         return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=_lora(tr), callbacks=cbs)
 
-    return _run_stage(name, work, build, callbacks)
+    return _run_stage(name, work, build, callbacks, label)
 
 
 def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, callbacks, *, preference: str,
-                steering_ids, use_kl: bool, binding_weight: float = 0.0):
+                steering_ids, use_kl: bool, binding_weight: float = 0.0, label: str = ""):
     from datasets import Dataset
     from trl import DPOConfig, KTOConfig, SFTConfig
 
@@ -275,7 +312,7 @@ def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, ca
         return SteeringKTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                                   callbacks=cbs, steering_ids=steering_ids, use_kto=use_kto, **kl)
 
-    return _run_stage(name, work, build, callbacks)
+    return _run_stage(name, work, build, callbacks, label)
 
 
 # ----------------------------------------------------------------------------------- entry point
@@ -330,6 +367,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     device = _device(tr)
     out_dir, work = Path(out_dir), work_dir_of(out_dir)
     callbacks = list(callbacks or [])
+    label = f"{dataset}/{Path(model_dir).name}/{method}"
 
     from .models import load_tokenizer
 
@@ -384,7 +422,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
             rows += sft_rows(build_sft(stories), tok, steering_ids, max_len)
             log_.info("D_story: %d story rows join the SFT rows", len(stories))
         log_.info("stage sft: %d rows (steering tokens: %s)", len(rows), steering_tokens)
-        last, h = _sft_stage("sft", work, model_dir, rows, tr, seeds["sft"], device, callbacks)
+        last, h = _sft_stage("sft", work, model_dir, rows, tr, seeds["sft"], device, callbacks, label=label)
         history += h
     else:
         last = Path(init_adapter)
@@ -405,7 +443,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
         log_.info("stage pref (%s, kl=%s): %d rows", preference, use_kl, len(rows))
         last, h = _pref_stage("pref", work, model_dir, last, rows, tr, seeds["pref"], device, callbacks,
                               preference=preference, steering_ids=steering_ids, use_kl=use_kl,
-                              binding_weight=binding_weight)
+                              binding_weight=binding_weight, label=label)
         history += h
 
     with atomic_dir(out_dir) as tmp:

@@ -5,13 +5,42 @@ interpreter of the vLLM environment and writes the result rows as JSON (atomical
 is ``distalign.generate.run_in_worker``, used when the workflow's own environment cannot
 ``import vllm`` (on this machine vLLM lives in ``.venv-vllm``). The ``__main__`` guard matters:
 vLLM may spawn its engine-core process, which re-imports the main module.
+
+Log records go to stderr in ``scripting.LOG_FORMAT``: the parent relays those of the
+``distalign.*`` loggers (progress lines) to the job's console and log, and the rest (vLLM) to the
+log file only. When the parent dies (killed job) the worker exits within a second instead of
+sampling on as an orphan that nobody reads (``DISTALIGN_PARENT_PID``, set by the parent; without
+it, the parent at start).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
+import threading
+import time
+
+PARENT_POLL_S = 1.0
+
+
+def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Watch in a daemon thread that ``parent`` is still this process's parent; exit at once if not."""
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                # the pipe to the dead parent is usually broken: saying so must not stop the exit
+                with contextlib.suppress(Exception):
+                    print(f"vllm_worker: parent process {parent} is gone; exiting", file=sys.stderr, flush=True)
+                os._exit(3)
+            time.sleep(poll_s)
+
+    t = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    t.start()
+    return t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m distalign.vllm_worker job.json result.json", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    exit_with_parent(int(os.environ.get("DISTALIGN_PARENT_PID") or os.getppid()))
+    from .scripting import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     from .generate import Job, _vllm_env, run_job
     from .io import write_json
 

@@ -2,6 +2,7 @@
 
 from distalign.attributes import Attribute
 from distalign.io import write_jsonl
+from distalign.progress import Progress
 from distalign.prompts import OpenAIParaphraser, build_prompts, load_templates
 from distalign.scripting import setup_logging
 from distalign.targets import read_targets_csv
@@ -19,11 +20,20 @@ if cfg["paraphraser"] == "openai":
     para = OpenAIParaphraser(model=o["model"], base_url=o["base_url"], api_key_env=o["api_key_env"], cache=o["cache"],
                              max_retries=o["max_retries"], timeout=o["timeout"], temperature=o["temperature"])
 
-    def pool_fn(context, seed):
-        return para.pool(bank, task, attribute.name, context, sum(cfg["per_split"].values()), seed)
+    # one context's paraphrases take several requests: a progress line (contexts done, requests sent)
+    # at most every 30 s and at the end, in the log file and on the console
+    progress = Progress(len(targets), f"prompts {snakemake.wildcards.dataset}/{task}: paraphrasing", log,
+                        unit="context")
 
+    def pool_fn(context, seed):
+        pool = para.pool(bank, task, attribute.name, context, sum(cfg["per_split"].values()), seed)
+        progress.detail = f"{para.requests_sent} requests sent"
+        progress.update(1)
+        return pool
+
+# the offline paraphraser takes a second: no progress; tqdm's bar would reach the console only
 rows = build_prompts(targets, attribute, task, bank, cfg["per_split"], snakemake.params.seed,
-                     census_name=snakemake.params.census, pool_fn=pool_fn, progress=True)
+                     census_name=snakemake.params.census, pool_fn=pool_fn, progress=False)
 write_jsonl(snakemake.output.prompts, rows)
 log.info("%s/%s: %d prompts for %d contexts (paraphraser %s)", snakemake.wildcards.dataset, task, len(rows),
          len(targets), cfg["paraphraser"])

@@ -34,12 +34,13 @@ for round_index in range(int(story_cfg["rounds"])):
         break
     requests = story_requests(prompts, targets, attribute, params.hints, per_context, oversample, params.seed,
                               needed=needed, round_index=round_index)
-    log.info("%s/%s round %d: %d candidate stories", w.dataset, w.model, round_index, len(requests))
+    log.info("%s/%s round %d (of at most %d): %d candidate stories", w.dataset, w.model, round_index + 1,
+             int(story_cfg["rounds"]), len(requests))
     generations = generate(requests, config=config, dataset=w.dataset, model=w.model, method="story-data",
                            task="story", model_dir=snakemake.input.model, threads=snakemake.threads)
     stories = [g["response"] for g in generations]
     collector.add(requests, stories, [j.label for j in judge.judge(stories)])
-    log.info("round %d: %d stories kept, %d still wanted", round_index, len(collector.rows),
+    log.info("round %d: %d stories kept, %d still wanted", round_index + 1, len(collector.rows),
              sum(collector.shortfall().values()))
 summary = collector.summary()
 summary.update({"dataset": w.dataset, "model": w.model, "judge": judge.name, "story_data": story_cfg,

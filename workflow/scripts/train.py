@@ -1,14 +1,12 @@
 """Snakemake script of rule `train`: one LoRA adapter per (dataset, model, method)."""
 
-import logging
-
 import torch
 
+from distalign.scripting import setup_logging
 from distalign.train import train_adapter
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.captureWarnings(True)
+# log file and console: the console shows progress lines, the per-step metrics stay in the log file
+setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))
 
 train_adapter(
