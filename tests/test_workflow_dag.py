@@ -205,6 +205,16 @@ def test_end_to_end_tiny_run(tiny_run, snakemake_run):
 
 
 @pytest.mark.slow
+def test_tiny_run_matches_the_behaviour_fixture(tiny_run):
+    """Data, generations, labels, metrics, probes and tables are byte-identical to those recorded before the
+    refactorings (tests/behaviour.py says how to re-record them when a change is meant to change results)."""
+    import behaviour
+
+    behaviour.check("tiny_run", behaviour.digests(tiny_run, ("targets", "prompts", "datasets", "generations",
+                                                             "labels", "metrics", "probes", "tables")))
+
+
+@pytest.mark.slow
 def test_tiny_run_is_deterministic(tiny_run, tmp_path_factory, repo, snakemake_run):
     """The same config run again from scratch gives byte-identical data, generations, labels and metrics."""
     wd = _copy_workdir(repo, tmp_path_factory.mktemp("tiny_run_again"))
