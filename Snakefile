@@ -3,9 +3,20 @@
 #        snakemake --profile slurm all --configfile config/paper.yaml
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+# The default config is checked strictly first (a YAML syntax error or a duplicate key named with its line);
+# Snakemake reads --configfile files before this file runs: `python -m distalign.io FILE` checks those.
+from distalign.io import YamlError, check_yaml_files
+
+try:
+    check_yaml_files([p for p in ["config/config.yaml"] if Path(p).exists()])
+except YamlError as err:
+    raise WorkflowError(str(err)) from None
 
 
 configfile: "config/config.yaml"
@@ -35,6 +46,9 @@ PROBE_GENERATIONS = "results/generations/{dataset}/{model}/{method}/attribute.js
 CAPABILITIES = "results/capabilities/{dataset}/{model}/{method}.json"
 JUDGE_CHECK = "results/judge_check/{dataset}.json"
 PREFETCHED = "results/models/.prefetched/{name}.json"
+# Pre-flight markers (temp): one per consumer job, {job} = its rule and wildcards (distalign.preflight).
+PREFLIGHT = "results/preflight/models/{model}/{job}.json"
+PREFLIGHT_ENDPOINTS = "results/preflight/endpoints/{job}.json"
 # Decoding sweeps (Figure 4): {knob} top_p | top_k | temperature, {value} its value, {rep} the run.
 SWEEP = "results/sweeps/{dataset}/{model}/{method}/{task}/{knob}-{value}/seed{rep}"
 SWEEP_GENERATIONS = f"{SWEEP}/generations.jsonl"
@@ -54,6 +68,7 @@ BENCHMARKS = "results/benchmarks"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"

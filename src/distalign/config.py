@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def _key(path) -> str:
 def _describe(error: jsonschema.ValidationError) -> str:
     key = _key(error.absolute_path)
     v = error.validator
+    if "propertyNames" in error.schema_path:
+        return (f"config key '{key}': name {error.instance!r} is not allowed: it becomes a folder name under "
+                f"results/, so it must start with a letter or digit and contain only letters, digits and "
+                f"'_', '.', '+', '-' (pattern {error.validator_value})")
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
@@ -79,15 +84,44 @@ def _schema_errors(config: dict, schema: dict) -> list[str]:
     return [_describe(e) for e in errors]
 
 
-def _cross_reference_errors(config: dict) -> list[str]:
+def _phrase_key(phrase: str) -> tuple[str, ...]:
+    """How the parser and the lexicon judge see a phrase: lower case, words split on whitespace and hyphens
+    (``_phrase_pattern`` in distalign.judge lets any run of them separate words)."""
+    return tuple(w for w in re.split(r"[\s\-]+", phrase.strip().lower()) if w)
+
+
+def _shared_phrase_errors(name: str, classes: list[dict], field: str, with_label: bool) -> list[str]:
+    """A phrase that two classes both claim (keywords with their labels, or lexicon words) would be credited to
+    one of them by config order (keywords) or to both (lexicon): a wrong label with no warning, so it is an error."""
+    owner: dict[tuple[str, ...], tuple[str, str]] = {}
+    errs = []
+    for c in classes:
+        phrases = list(c.get(field) or [])
+        if with_label and c.get("label"):
+            phrases = [c["label"], *phrases]
+        for phrase in phrases:
+            key = _phrase_key(phrase)
+            if not key:
+                continue
+            first = owner.setdefault(key, (c.get("name"), phrase))
+            if first[0] != c.get("name"):
+                what = "keyword or label" if with_label else "story-lexicon word"
+                errs.append(f"config key 'attributes.{name}.classes': {what} {phrase!r} of class {c.get('name')!r} "
+                            f"is also {first[1]!r} of class {first[0]!r}; an answer containing it would be given to "
+                            f"one class only (or counted for both): give each phrase to one class")
+    return errs
+
+
+def _attribute_errors(config: dict) -> list[str]:
     errs: list[str] = []
-    attributes = config.get("attributes", {})
-    for name, attr in attributes.items():
+    for name, attr in config.get("attributes", {}).items():
         classes = attr.get("classes", [])
         names = [c.get("name") for c in classes]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             errs.append(f"config key 'attributes.{name}.classes': duplicate class name(s) {sorted(dup)}")
+        errs += _shared_phrase_errors(name, classes, "keywords", with_label=True)
+        errs += _shared_phrase_errors(name, classes, "lexicon", with_label=False)
         token_sets: set[str] = set()
         for c in classes:
             token_sets |= set(c.get("tokens", {}))
@@ -109,6 +143,12 @@ def _cross_reference_errors(config: dict) -> list[str]:
         if attr.get("judge_check") and not story_judged(attr):
             errs.append(f"config key 'attributes.{name}.judge_check': the check measures the offline story judge, "
                         "and this attribute has none (story_judge: vader, or a lexicon on every class)")
+    return errs
+
+
+def _dataset_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    attributes = config.get("attributes", {})
     for name, ds in config.get("datasets", {}).items():
         if ds.get("attribute") not in attributes:
             errs.append(f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "
@@ -127,11 +167,46 @@ def _cross_reference_errors(config: dict) -> list[str]:
         if ds.get("census") not in config.get("census", {}):
             errs.append(f"config key 'datasets.{name}.census': unknown census {ds.get('census')!r} "
                         f"(defined: {sorted(config.get('census', {}))})")
+    return errs
+
+
+def _target_errors(config: dict) -> list[str]:
+    """Rounded even targets must still be a distribution: no class at 0 and a sum within a point of 1 (the
+    authors' 3 decimals give 0.999 for three classes; 1 decimal would give 0.9, 0 decimals 0)."""
+    digits = (config.get("targets") or {}).get("round_even")
+    if digits is None:
+        return []
+    errs = []
+    for name, ds in config.get("datasets", {}).items():
+        attr = config.get("attributes", {}).get(ds.get("attribute"))
+        if ds.get("target") != "even" or not attr:
+            continue
+        k = len(attr.get("classes", []))
+        share = round(1.0 / k, int(digits))
+        if share <= 0 or abs(k * share - 1.0) > 0.01 + 1e-9:
+            errs.append(f"config key 'targets.round_even': {digits} decimal(s) make the even target of dataset "
+                        f"{name!r} ({k} classes) {share:g} per class, summing to {k * share:g} instead of 1; use "
+                        f"null (exact 1/K) or at least {_even_digits_needed(k)} decimals")
+    return errs
+
+
+def _even_digits_needed(k: int) -> int:
+    d = 0
+    while d < 12:
+        share = round(1.0 / k, d)
+        if share > 0 and abs(k * share - 1.0) <= 0.01 + 1e-9:
+            return d
+        d += 1
+    return d
+
+
+def _method_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    attributes = config.get("attributes", {})
+    run = config.get("run", {})
     for name, m in config.get("methods", {}).items():
-        if m.get("kind") == "prompt":
-            for key in ("token_set",):
-                if m.get(key):
-                    errs.append(f"config key 'methods.{name}.{key}': only methods of kind 'ours' use steering tokens")
+        if m.get("kind") == "prompt" and m.get("token_set"):
+            errs.append(f"config key 'methods.{name}.token_set': only methods of kind 'ours' use steering tokens")
         if m.get("story_data"):
             if m.get("kind") not in ("ift", "ours"):
                 errs.append(f"config key 'methods.{name}.story_data': only methods of kind 'ift' or 'ours' train on "
@@ -141,8 +216,8 @@ def _cross_reference_errors(config: dict) -> list[str]:
                             f"preference 'nll', not {m.get('preference', 'kto')!r}")
             for aname, attr in attributes.items():
                 used = any(ds.get("attribute") == aname for dname, ds in config.get("datasets", {}).items()
-                           if dname in config.get("run", {}).get("datasets", []))
-                if not used or name not in config.get("run", {}).get("methods", []) or not story_judged(attr):
+                           if dname in run.get("datasets", []))
+                if not used or name not in run.get("methods", []) or not story_judged(attr):
                     continue
                 missing = [c.get("name") for c in attr.get("classes", []) if not c.get("story_hint")]
                 if missing:
@@ -159,35 +234,116 @@ def _cross_reference_errors(config: dict) -> list[str]:
         unknown = set(overrides) - set(config.get("training", {}))
         if unknown:
             errs.append(f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}")
-    for section, key in (("datasets", "datasets"), ("models", "models"), ("methods", "methods")):
-        known = config.get(section, {})
+        elif m.get("kind") == "ours" and m.get("preference", "kto") == "none":
+            kl_weight = float(deep_merge(config.get("training", {}), overrides).get("kl_weight", 1.0))
+            if not m.get("kl", True) or kl_weight == 0:
+                why = "kl: false" if not m.get("kl", True) else "training.kl_weight 0"
+                errs.append(f"config key 'methods.{name}': preference 'none' with {why} leaves the second stage "
+                            "with no loss (nothing to train after the SFT warm-up); turn the steering KL on or "
+                            "choose a preference loss (kto, dpo, nll)")
+    return errs
+
+
+def _run_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    for key in ("datasets", "models", "methods"):
+        known = config.get(key, {})
         for item in config.get("run", {}).get(key, []):
             if item not in known:
                 errs.append(f"config key 'run.{key}': unknown {key[:-1]} {item!r} (defined: {sorted(known)})")
-    refs = [("report.table1_methods", "methods"), ("report.ablation_methods", "methods"),
-            ("report.token_methods", "methods"), ("report.transfer_methods", "methods"),
-            ("report.transfer_datasets", "datasets"), ("sweeps.datasets", "datasets"), ("sweeps.methods", "methods"),
-            ("capabilities.methods", "methods")]
-    for dotted, section in refs:
+    return errs
+
+
+# Config keys that name methods or datasets (the report's rows and columns, the sweeps, table5).
+_NAME_REFERENCES = (("report.table1_methods", "methods"), ("report.ablation_methods", "methods"),
+                    ("report.token_methods", "methods"), ("report.transfer_methods", "methods"),
+                    ("report.transfer_datasets", "datasets"), ("sweeps.datasets", "datasets"),
+                    ("sweeps.methods", "methods"), ("capabilities.methods", "methods"))
+
+
+def share_class_of(report: Mapping, attribute: str, attr: Mapping) -> str | None:
+    """The class whose share fig3/fig11/calibration plot for an attribute: ``report.share_class`` when it is a
+    class name of that attribute, or the attribute's entry when it is a mapping; None when neither applies."""
+    chosen = report.get("share_class")
+    names = [c.get("name") for c in attr.get("classes", [])]
+    if isinstance(chosen, Mapping):
+        chosen = chosen.get(attribute)
+    return chosen if chosen in names else None
+
+
+def _report_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    for dotted, section in _NAME_REFERENCES:
         top, key = dotted.split(".")
         known = config.get(section, {})
         for item in (config.get(top) or {}).get(key) or []:
             if item not in known:
                 errs.append(f"config key '{dotted}': unknown {section[:-1]} {item!r} (defined: {sorted(known)})")
+    datasets = config.get("datasets", {})
+    attributes = config.get("attributes", {})
     cap_ds = (config.get("capabilities") or {}).get("dataset")
-    if cap_ds is not None and cap_ds not in config.get("datasets", {}):
-        errs.append(f"config key 'capabilities.dataset': unknown dataset {cap_ds!r} "
-                    f"(defined: {sorted(config.get('datasets', {}))})")
-    for item in (config.get("report") or {}).get("transfer_datasets") or []:
-        if item in config.get("datasets", {}) and not config["datasets"][item].get("adapters_from"):
+    if cap_ds is not None and cap_ds not in datasets:
+        errs.append(f"config key 'capabilities.dataset': unknown dataset {cap_ds!r} (defined: {sorted(datasets)})")
+    report = config.get("report") or {}
+    for item in report.get("transfer_datasets") or []:
+        if item in datasets and not datasets[item].get("adapters_from"):
             errs.append(f"config key 'report.transfer_datasets': dataset {item!r} has no adapters_from "
                         "(a transfer dataset names the dataset its adapters are trained on)")
+    share = report.get("share_class")
+    if isinstance(share, Mapping):
+        for aname, cname in share.items():
+            if aname not in attributes:
+                errs.append(f"config key 'report.share_class.{aname}': unknown attribute {aname!r} "
+                            f"(defined: {sorted(attributes)})")
+            elif cname not in [c.get("name") for c in attributes[aname].get("classes", [])]:
+                errs.append(f"config key 'report.share_class.{aname}': attribute {aname!r} has no class {cname!r} "
+                            f"(classes: {[c.get('name') for c in attributes[aname].get('classes', [])]})")
+    elif share is not None and not any(share in [c.get("name") for c in a.get("classes", [])]
+                                       for a in attributes.values()):
+        errs.append(f"config key 'report.share_class': no attribute has a class {share!r}")
+    artefacts = report.get("artefacts") or []
+    for fig in ("fig3", "fig11"):
+        if fig not in artefacts:
+            continue  # checked when the figure is asked for by path (report.smk)
+        errs += figure_dataset_errors(config, fig)
+    return errs
+
+
+def figure_dataset_errors(config: dict, fig: str) -> list[str]:
+    """Why fig3/fig11 cannot be drawn: its dataset (report.<fig>_dataset) is unknown, or its attribute has no
+    share class (report.share_class)."""
+    key = f"{fig}_dataset"
+    report = config.get("report") or {}
+    dataset = report.get(key)
+    datasets = config.get("datasets", {})
+    if dataset not in datasets:
+        return [f"config key 'report.{key}': unknown dataset {dataset!r} (defined: {sorted(datasets)})"]
+    aname = datasets[dataset].get("attribute")
+    attr = config.get("attributes", {}).get(aname)
+    if attr is not None and share_class_of(report, aname, attr) is None:
+        return [f"config key 'report.share_class': {fig} plots dataset {dataset!r} (report.{key}), whose "
+                f"attribute {aname!r} has no class {report.get('share_class')!r} "
+                f"(classes: {[c.get('name') for c in attr.get('classes', [])]})"]
+    return []
+
+
+def _endpoint_errors(config: dict) -> list[str]:
+    errs: list[str] = []
     judge = config.get("judge", {})
     if judge.get("story") in ("llm", "both") and not judge.get("llm", {}).get("model"):
         errs.append(f"config key 'judge.llm.model': required when judge.story is {judge.get('story')!r}")
     if config.get("prompts", {}).get("paraphraser") == "openai" and not config["prompts"]["openai"].get("model"):
         errs.append("config key 'prompts.openai.model': required when prompts.paraphraser is 'openai'")
     return errs
+
+
+# One checker per section; validate_config runs them all and reports every problem at once.
+_SECTION_CHECKS = (_attribute_errors, _dataset_errors, _target_errors, _method_errors, _run_errors, _report_errors,
+                   _endpoint_errors)
+
+
+def _cross_reference_errors(config: dict) -> list[str]:
+    return [err for check in _SECTION_CHECKS for err in check(config)]
 
 
 def _override_errors(config: dict, schema: dict) -> list[str]:
@@ -208,9 +364,81 @@ def _override_errors(config: dict, schema: dict) -> list[str]:
     return errs
 
 
+_NULL_WORDS = ("null", "~", "")
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _types(schema: Mapping) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _coerce_scalar(value: str, schema: Mapping):
+    """A string where the schema wants a number, integer, boolean or null, read as that type (unchanged when it
+    does not parse, so that the schema error names it)."""
+    types = _types(schema)
+    allowed = schema.get("enum")
+    if "null" in types and value.strip().lower() in _NULL_WORDS and (allowed is None or None in allowed):
+        return None
+    if "boolean" in types and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    if "integer" in types:
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "e" not in value.lower() and "." not in value else number
+    return value
+
+
+def coerce_strings(config: Mapping, schema: dict) -> None:
+    """Read, in place, the strings of ``config`` that stand for a number, integer, boolean or null where the
+    schema wants one.
+
+    Snakemake parses nested ``--config`` values with YAML's BaseLoader, which keeps every scalar a string
+    (``--config 'generation={top_p: 0.9}'`` gives ``'0.9'``), so without this a command-line override of a
+    nested number could only be made in an overlay YAML file. A string that does not parse stays as it is and
+    the schema check names it. ``null``, ``~`` and the empty string mean null wherever the key allows null.
+    """
+    defs = schema.get("definitions", {})
+    training = (schema.get("properties") or {}).get("training", {})
+
+    def resolve(sub):
+        while isinstance(sub, Mapping) and "$ref" in sub:
+            sub = {**defs[sub["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+        return sub if isinstance(sub, Mapping) else {}
+
+    def walk(value, sub):
+        sub = resolve(sub)
+        if isinstance(value, dict):
+            props = sub.get("properties") or {}
+            extra = sub.get("additionalProperties")
+            for key, item in value.items():
+                child = props.get(key, extra if isinstance(extra, Mapping) else None)
+                if key == "train_overrides" and "properties" not in resolve(child or {}):
+                    child = training  # partial training sections, checked against the training schema
+                if child is not None:
+                    value[key] = walk(item, child)
+            return value
+        if isinstance(value, list):
+            items = sub.get("items")
+            return [walk(v, items) for v in value] if isinstance(items, Mapping) else value
+        if isinstance(value, str):
+            return _coerce_scalar(value, sub)
+        return value
+
+    walk(config, schema)
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Fill defaults in place and check ``config``; raise ConfigError listing every problem."""
     schema = schema or load_schema()
+    coerce_strings(config, schema)
     errs = _schema_errors(config, schema)
     if not errs:
         errs = _cross_reference_errors(config) + _override_errors(config, schema)
@@ -231,10 +459,11 @@ def deep_merge(base: dict, override: Mapping) -> dict:
 
 def load_config(*paths: str | os.PathLike, overrides: Mapping | None = None) -> dict:
     """Load YAML files (later ones override earlier ones), apply overrides, validate."""
+    from .io import load_yaml  # strict: a duplicate key or a syntax error is a YamlError naming file:line
+
     config: dict = {}
     for p in paths:
-        with open(p, encoding="utf-8") as fh:
-            config = deep_merge(config, yaml.safe_load(fh) or {})
+        config = deep_merge(config, load_yaml(p) or {})
     if overrides:
         config = deep_merge(config, overrides)
     return validate_config(config)
@@ -290,24 +519,40 @@ def adapter_dataset(config: dict, dataset: str) -> str:
 
 
 def dataset_applies(config: dict, dataset: str, method: str, task: str = "attribute") -> bool:
-    """Whether (dataset, method, task) is a meaningful combination.
+    """Whether (dataset, method, task) is a meaningful combination (see ``inapplicable_reason``)."""
+    return inapplicable_reason(config, dataset, method, task) is None
+
+
+def inapplicable_reason(config: dict, dataset: str, method: str, task: str = "attribute") -> str | None:
+    """Why (dataset, method, task) is not a meaningful combination, or None when it is.
 
     pe-implicit ("follow real-world statistics") needs real targets; a token-set method needs
     the attribute to define that token set; stories skip race as in the paper (no story
     lexicon); a story judge needs a lexicon or vader, and so does a method trained on D_story
-    (``story_data: true``), on either task.
+    (``story_data: true``), on either task. ``all`` skips such combinations; a file asked for by
+    path that needs one fails at DAG time with this reason (workflow/rules/common.smk).
     """
     ds = config["datasets"][dataset]
     m = config["methods"][method]
     attr = config["attributes"][ds["attribute"]]
     if m.get("prompt_style") == "implicit" and ds["target"] != "real":
-        return False
+        return (f"method {method!r} (prompt_style implicit) asks to follow real-world statistics, and dataset "
+                f"{dataset!r} has {ds['target']!r} targets (datasets.{dataset}.target)")
     if m["kind"] == "ours":
         ts = m.get("token_set") or attr.get("default_token_set", "digits")
-        if any(ts not in c.get("tokens", {}) for c in attr["classes"]):
-            return False
-    needs_judge = task == "story" or bool(m.get("story_data"))
-    return story_judged(attr) or not needs_judge
+        missing = [c["name"] for c in attr["classes"] if ts not in c.get("tokens", {})]
+        if missing:
+            return (f"method {method!r} uses token set {ts!r}, which attribute {ds['attribute']!r} of dataset "
+                    f"{dataset!r} does not define for class(es) {missing} (attributes.{ds['attribute']}.classes[].tokens)")
+    if story_judged(attr):
+        return None
+    if task == "story":
+        return (f"dataset {dataset!r}: attribute {ds['attribute']!r} has no story judge (a lexicon on every class, "
+                f"or story_judge: vader), so its stories cannot be labelled")
+    if m.get("story_data"):
+        return (f"method {method!r} trains on D_story (story_data: true), which needs a story judge; attribute "
+                f"{ds['attribute']!r} of dataset {dataset!r} has none")
+    return None
 
 
 def story_judged(attr: dict) -> bool:

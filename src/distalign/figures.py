@@ -40,6 +40,17 @@ def save(fig, png_path, pdf_path=None) -> None:
     _plt().close(fig)
 
 
+def share_class_for(share_class, config: dict, dataset: str, classes: Sequence[str]) -> str:
+    """The class a record's share is plotted for: ``report.share_class`` resolved for the dataset's attribute
+    (a name, or a mapping attribute -> class), else the attribute's first class (calibration panels only:
+    fig3/fig11 are checked in config.py and name the class in their title)."""
+    from .config import share_class_of
+
+    attribute = config["datasets"][dataset]["attribute"]
+    chosen = share_class_of({"share_class": share_class}, attribute, config["attributes"][attribute])
+    return chosen if chosen in classes else classes[0]
+
+
 def share_points(metrics: dict, class_name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     k = metrics["classes"].index(class_name)
     ctx = metrics["contexts"]
@@ -51,6 +62,7 @@ def share_figure(records: Sequence[dict], config: dict, class_name: str, title: 
     """Share of ``class_name`` per context: the target and each method (records of one dataset/model)."""
     plt = _plt()
     base = records[0]["metrics"]
+    class_name = share_class_for(class_name, config, records[0]["dataset"], base["classes"])
     names, target, _ = share_points(base, class_name)
     order = np.argsort(target, kind="stable")
     fig, ax = plt.subplots(figsize=(max(6, 0.42 * len(names)), 4.2))
@@ -121,7 +133,7 @@ def calibration_figure(records: Sequence[dict], config: dict, class_name: str, t
     rng = np.random.default_rng(seed)
     for ax, rec in zip(axes.ravel(), records, strict=False):
         m = rec["metrics"]
-        cname = class_name if class_name in m["classes"] else m["classes"][0]
+        cname = share_class_for(class_name, config, rec["dataset"], m["classes"])
         k = m["classes"].index(cname)
         xs, ys, lo, hi = [], [], [], []
         for c in m["contexts"]:

@@ -8,7 +8,11 @@ from distalign.config import (
     ConfigError,
     adapter_dataset,
     dataset_applies,
+    figure_dataset_errors,
+    inapplicable_reason,
     method_training,
+    share_class_of,
+    story_judged,
     training_params,
     validate_config,
 )
@@ -29,9 +33,22 @@ from distalign.train import first_method_of_kind
 # Validate (and fill defaults of) the configuration before any job is scheduled. We use our own
 # validator on workflow/schemas/config.schema.yaml instead of snakemake.utils.validate so that
 # errors name the dotted config key and what was expected, and cross-references are checked.
+# Snakemake read the config files (and a --profile) with plain PyYAML, which keeps the last of two
+# equal keys without a word: they are read again strictly, so a duplicate key names file:line.
+from distalign.io import YamlError, check_yaml_files, snakemake_profile_files
+
 try:
+    check_yaml_files([*workflow.configfiles, *snakemake_profile_files()])
     validate_config(config)
-except ConfigError as err:
+except (ConfigError, YamlError) as err:
+    raise WorkflowError(str(err)) from None
+
+# The census tables and the template bank the run reads: checked here (milliseconds), not in a job.
+from distalign.targets import RunInputError, check_run_inputs
+
+try:
+    check_run_inputs(config)
+except RunInputError as err:
     raise WorkflowError(str(err)) from None
 
 
@@ -94,7 +111,15 @@ def story_hints(wildcards):
 
 
 def story_training_prompts(wildcards):
-    """D_story is written for the training prompts of the story task."""
+    """D_story is written for the training prompts of the story task (an attribute without a story judge or
+    without story hints cannot have one: refused at DAG time)."""
+    name = config["datasets"][wildcards.dataset]["attribute"]
+    attr = config["attributes"][name]
+    missing = [c["name"] for c in attr["classes"] if not c.get("story_hint")]
+    if not story_judged(attr) or missing:
+        why = (f"attribute {name!r} has no story judge" if not story_judged(attr) else
+               f"class(es) {missing} of attribute {name!r} have no story_hint (attributes.{name}.classes[].story_hint)")
+        raise WorkflowError(f"cannot build D_story of dataset {wildcards.dataset!r}: {why}")
     return PROMPTS.format(dataset=wildcards.dataset, task="story")
 
 
@@ -153,6 +178,15 @@ def applicable(dataset, method, task="attribute"):
     return dataset_applies(config, dataset, method, task)
 
 
+def require_applicable(wildcards, task="attribute", what="this file"):
+    """Stop at DAG time, with the reason, when a file asked for by path needs a combination that does not apply
+    (`all` skips those; without this a path such as race stories would run training and generation first)."""
+    reason = inapplicable_reason(config, wildcards.dataset, wildcards.method, task)
+    if reason:
+        raise WorkflowError(f"cannot build {what} for dataset {wildcards.dataset!r}, method {wildcards.method!r}, "
+                            f"task {task!r}: {reason}")
+
+
 def all_targets():
     """Metrics of every applicable (dataset, model, method, task) of `run`, plus internal probes."""
     run = config["run"]
@@ -180,8 +214,21 @@ if config["prompts"]["paraphraser"] == "openai":
 
 
 def train_init_adapter(wildcards):
-    """DPO continues the IFT adapter of the same (dataset, model): the first method of kind ift."""
-    if config["methods"][wildcards.method]["kind"] != "dpo":
+    """DPO continues the IFT adapter of the same (dataset, model): the first method of kind ift. (Also where an
+    adapter that should not exist is refused at DAG time: a prompting method, a transfer dataset, a method that
+    does not apply to the dataset.)"""
+    kind = method_kind(wildcards.method)
+    path = ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
+    adapter = f"the adapter {path}"
+    if kind not in TRAINED_KINDS:
+        raise WorkflowError(f"cannot build {adapter}: method {wildcards.method!r} is of kind {kind!r}, which "
+                            f"trains nothing (trained kinds: {', '.join(TRAINED_KINDS)})")
+    if config["datasets"][wildcards.dataset].get("adapters_from"):
+        raise WorkflowError(f"cannot build {adapter}: dataset {wildcards.dataset!r} uses the adapters of "
+                            f"{adapter_dataset(config, wildcards.dataset)!r} (datasets.{wildcards.dataset}.adapters_from)"
+                            f" and trains nothing itself")
+    require_applicable(wildcards, "attribute", adapter)
+    if kind != "dpo":
         return {}
     ift = first_method_of_kind(config, "ift")
     return {"init_adapter": ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=ift)}
@@ -218,6 +265,7 @@ def method_adapter(wildcards):
 
 
 def _stage_inputs(wildcards, task):
+    require_applicable(wildcards, task, "generations")
     inputs = {
         "model": MODEL.format(model=wildcards.model),
         "prompts": PROMPTS.format(dataset=wildcards.dataset, task=task),
@@ -241,6 +289,10 @@ def generation_inputs(wildcards):
 
 def validity_generation_inputs(wildcards):
     """What the validation run of a validity correction reads: as generation, without weights."""
+    if not validity_corrected(wildcards.method, wildcards.task):
+        raise WorkflowError(f"cannot build the validity correction of method {wildcards.method!r} on task "
+                            f"{wildcards.task!r}: the task is not in methods.{wildcards.method}.validity_correction "
+                            f"({config['methods'][wildcards.method].get('validity_correction') or []})")
     return _stage_inputs(wildcards, wildcards.task)
 
 
@@ -296,6 +348,7 @@ CAPS = config["capabilities"]
 
 def capabilities_inputs(wildcards):
     """Model, the adapter of trained methods, and the local task files (backend local)."""
+    require_applicable(wildcards, "attribute", "the capability check")
     inputs = {"model": MODEL.format(model=wildcards.model)}
     if method_kind(wildcards.method) in TRAINED_KINDS:
         inputs["adapter"] = method_adapter(wildcards)
@@ -400,6 +453,26 @@ def artefact_probes(methods):
     return [PROBE.format(**k) for k in artefact_keys(methods)]
 
 
+def share_figure_keys(fig):
+    """Input, records and title of fig3/fig11 (report.<fig>_dataset), as functions: evaluated when the figure
+    is needed, so that a bad dataset or share class stops the run at DAG time, naming the key."""
+
+    def keys():
+        errs = figure_dataset_errors(config, fig)
+        if errs:
+            raise WorkflowError(f"cannot draw {fig}: {'; '.join(errs)}")
+        return artefact_keys(TABLE1_METHODS, datasets=[REPORT[f"{fig}_dataset"]])
+
+    def title(wildcards):
+        dataset = REPORT[f"{fig}_dataset"]
+        attribute = config["datasets"][dataset]["attribute"]
+        share = share_class_of(REPORT, attribute, config["attributes"][attribute])
+        return f"Share of {share} per occupation ({dataset})"
+
+    return {"metrics": lambda wildcards: [METRICS.format(**k) for k in keys()],
+            "records": lambda wildcards: keys(), "title": title}
+
+
 def table_outputs(name):
     stem = TABLE.format(table=name)
     return {"csv": report(f"{stem}.csv", caption=f"../report/{name}.rst", category="Tables"), "md": f"{stem}.md"}
@@ -501,3 +574,36 @@ def prefetch_repo_id(wildcards):
 
 def prefetch_revision(wildcards):
     return PREFETCH[wildcards.name][1]
+
+
+# ---- Pre-flight (preflight.smk) ----
+# Each expensive job reads its own temp marker (see distalign.preflight for why one per job).
+from distalign.preflight import job_endpoints, job_name
+
+
+def preflight_marker(kind):
+    """Input function for the jobs of `kind` that load the model -- its pre-flight marker (model checks,
+    and the story judge when the run labels stories)."""
+
+    def marker(wildcards):
+        return PREFLIGHT.format(model=wildcards.model, job=job_name(kind, wildcards, skip=("model",)))
+
+    return marker
+
+
+def preflight_endpoints_marker(kind):
+    """Input function of a label or prompts job: its endpoint marker, or none when the job calls no
+    endpoint (attribute labels, the offline paraphraser; their inputs stay as they were)."""
+
+    def marker(wildcards):
+        if not job_endpoints(config, kind, wildcards):
+            return []
+        return PREFLIGHT_ENDPOINTS.format(job=job_name(kind, wildcards))
+
+    return marker
+
+
+def preflight_cuda_here(wildcards):
+    """1 when the pre-flight job runs on the machine of the job it checks (local execution), so that
+    `device: cuda` is checked there; 0 under a cluster executor (the scheduler gives the job its GPU)."""
+    return int(workflow.local_exec and not workflow.remote_exec)

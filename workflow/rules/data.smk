@@ -47,6 +47,7 @@ rule prompts:
     input:
         templates=config["prompts"]["templates"],
         targets=TARGETS,
+        preflight=preflight_endpoints_marker("prompts"),
     output:
         prompts=PROMPTS,
     params:
@@ -96,6 +97,7 @@ rule story_data:
         model=MODEL,
         prompts=story_training_prompts,
         targets=TARGETS,
+        preflight=preflight_marker("story_data"),
     output:
         stories=STORY_DATA,
         summary=STORY_SUMMARY,

@@ -6,6 +6,7 @@
 rule label:
     input:
         generations=GENERATIONS,
+        preflight=preflight_endpoints_marker("label"),
     output:
         labels=LABELS,
     params:
@@ -53,6 +54,7 @@ rule metrics:
 use rule label as validity_label with:
     input:
         generations=VALIDITY_GENERATIONS,
+        preflight=preflight_endpoints_marker("validity_label"),
     output:
         labels=VALIDITY_LABELS,
     log:
@@ -85,6 +87,7 @@ rule validity:
 rule capabilities:
     input:
         unpack(capabilities_inputs),
+        preflight=preflight_marker("capabilities"),
     output:
         capabilities=CAPABILITIES,
     params:

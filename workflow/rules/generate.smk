@@ -6,6 +6,7 @@
 rule generate:
     input:
         unpack(generation_inputs),
+        preflight=preflight_marker("generate"),
     output:
         generations=GENERATIONS,
     params:
@@ -53,6 +54,7 @@ rule probe:
 use rule generate as validity_generate with:
     input:
         unpack(validity_generation_inputs),
+        preflight=preflight_marker("validity_generate"),
     output:
         generations=VALIDITY_GENERATIONS,
     params:

@@ -185,14 +185,14 @@ rule table11:
 # Figure 3: share of one class per occupation, census vs each method (US real targets).
 rule fig3:
     input:
-        metrics=artefact_metrics(TABLE1_METHODS, datasets=[REPORT["fig3_dataset"]]),
+        metrics=share_figure_keys("fig3")["metrics"],
     output:
         **figure_outputs("fig3"),
     params:
         kind="share",
-        records=artefact_keys(TABLE1_METHODS, datasets=[REPORT["fig3_dataset"]]),
+        records=share_figure_keys("fig3")["records"],
         share_class=REPORT["share_class"],
-        title=f"Share of {REPORT['share_class']} per occupation ({REPORT['fig3_dataset']})",
+        title=share_figure_keys("fig3")["title"],
     log:
         f"{LOGS}/report/fig3.log",
     conda:
@@ -204,14 +204,14 @@ rule fig3:
 # Figure 11: as Figure 3 on the UK occupations.
 rule fig11:
     input:
-        metrics=artefact_metrics(TABLE1_METHODS, datasets=[REPORT["fig11_dataset"]]),
+        metrics=share_figure_keys("fig11")["metrics"],
     output:
         **figure_outputs("fig11"),
     params:
         kind="share",
-        records=artefact_keys(TABLE1_METHODS, datasets=[REPORT["fig11_dataset"]]),
+        records=share_figure_keys("fig11")["records"],
         share_class=REPORT["share_class"],
-        title=f"Share of {REPORT['share_class']} per occupation ({REPORT['fig11_dataset']})",
+        title=share_figure_keys("fig11")["title"],
     log:
         f"{LOGS}/report/fig11.log",
     conda:

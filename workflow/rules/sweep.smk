@@ -22,6 +22,7 @@ use rule generate as sweep_generate with:
 use rule label as sweep_label with:
     input:
         generations=SWEEP_GENERATIONS,
+        preflight=preflight_endpoints_marker("sweep_label"),
     output:
         labels=SWEEP_LABELS,
     log:

@@ -10,6 +10,7 @@ rule train:
         model=MODEL,
         sft=SFT,
         pref=PREF,
+        preflight=preflight_marker("train"),
     output:
         adapter=directory(ADAPTER),
     params:
