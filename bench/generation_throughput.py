@@ -25,8 +25,12 @@ T0 = time.perf_counter()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["transformers-loop", "transformers", "vllm"], required=True,
-                    help="transformers-loop: one sample per generate() call (the authors' inference loop)")
+    ap.add_argument(
+        "--backend",
+        choices=["transformers-loop", "transformers", "vllm"],
+        required=True,
+        help="transformers-loop: one sample per generate() call (the authors' inference loop)",
+    )
     ap.add_argument("--model-dir", default="results/models/smollm2-135m-instruct")
     ap.add_argument("--adapter", default=None, help="a LoRA adapter folder (peft format) to generate with")
     ap.add_argument("--tasks", nargs="+", default=["attribute", "story"], choices=["attribute", "story"])
@@ -47,19 +51,39 @@ def main() -> None:
 
     def job(task: str) -> Job:
         prompt, n, max_new = workloads[task]
-        return Job(kind="generate", backend=backend_name, model_dir=args.model_dir, adapter=args.adapter, device="cpu",
-                   dtype="float32", requests=[{"context_id": 0, "context": "x", "prompt_id": f"bench-{task}",
-                                               "prompt": prompt, "target": [0.5, 0.5]}],
-                   seed_parts=[1234, "bench", "model", "zero-shot", task],
-                   sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": max_new},
-                   samples_per_prompt=n, batch_size=batch_size, threads=args.threads)
+        return Job(
+            backend=backend_name,
+            model_dir=args.model_dir,
+            adapter=args.adapter,
+            device="cpu",
+            dtype="float32",
+            requests=[
+                {
+                    "context_id": 0,
+                    "context": "x",
+                    "prompt_id": f"bench-{task}",
+                    "prompt": prompt,
+                    "target": [0.5, 0.5],
+                }
+            ],
+            seed_parts=[1234, "bench", "model", "zero-shot", task],
+            sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": max_new},
+            samples_per_prompt=n,
+            batch_size=batch_size,
+            threads=args.threads,
+        )
 
     t = time.perf_counter()
     backend, tok = make_backend(job("story"))  # max_model_len sized for the longer task
     load_s = time.perf_counter() - t
     startup_s = time.perf_counter() - T0
-    result = {"backend": args.backend, "adapter": args.adapter, "load_s": round(load_s, 2), "startup_incl_imports_s": round(startup_s, 2),
-              "tasks": {}}
+    result = {
+        "backend": args.backend,
+        "adapter": args.adapter,
+        "load_s": round(load_s, 2),
+        "startup_incl_imports_s": round(startup_s, 2),
+        "tasks": {},
+    }
     for task in args.tasks:
         times = []
         for _ in range(args.repeats):
@@ -69,9 +93,12 @@ def main() -> None:
         gen_s = times[0]  # the first run, as a workflow job sees it
         ntok = sum(r["n_tokens"] for r in rows)
         result["tasks"][task] = {
-            "samples": len(rows), "max_new_tokens": workloads[task][2], "gen_s_runs": [round(x, 2) for x in times],
+            "samples": len(rows),
+            "max_new_tokens": workloads[task][2],
+            "gen_s_runs": [round(x, 2) for x in times],
             "samples_per_s_best_run": round(len(rows) / min(times), 2),
-            "mean_tokens": round(ntok / len(rows), 1), "tokens_per_s": round(ntok / gen_s, 1),
+            "mean_tokens": round(ntok / len(rows), 1),
+            "tokens_per_s": round(ntok / gen_s, 1),
             "samples_per_s_excl_load": round(len(rows) / gen_s, 2),
             "samples_per_s_incl_load": round(len(rows) / (gen_s + startup_s), 2),
         }

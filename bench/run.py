@@ -32,8 +32,18 @@ MODEL = REPO / "results/models/smollm2-135m-instruct"
 def throughput(backend: str, python: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [python, str(REPO / "bench/generation_throughput.py"), "--backend", backend, "--model-dir", str(MODEL),
-               "--repeats", "1", "--out", str(out)]
+        cmd = [
+            python,
+            str(REPO / "bench/generation_throughput.py"),
+            "--backend",
+            backend,
+            "--model-dir",
+            str(MODEL),
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -79,20 +89,34 @@ def main() -> None:
     if not MODEL.exists():
         sys.exit(f"{MODEL} missing: run the workflow (make run) or snakemake {MODEL.relative_to(REPO)} first")
     vllm_python = str(REPO / ".venv-vllm/bin/python")
-    res = {"a": throughput("transformers-loop", sys.executable), "b": throughput("transformers", sys.executable),
-           "c": throughput("vllm", vllm_python)}
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"Python {platform.python_version()}", "",
-             "| path | 100 x 16 tokens, samples/s | 20 x 200 tokens, samples/s |", "|---|---|---|"]
-    names = {"a": "(a) per-prompt transformers loop (authors' inference)", "b": "(b) batched transformers (ours)",
-             "c": "(c) vLLM (ours)"}
+    res = {
+        "a": throughput("transformers-loop", sys.executable),
+        "b": throughput("transformers", sys.executable),
+        "c": throughput("vllm", vllm_python),
+    }
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "",
+        "| path | 100 x 16 tokens, samples/s | 20 x 200 tokens, samples/s |",
+        "|---|---|---|",
+    ]
+    names = {
+        "a": "(a) per-prompt transformers loop (authors' inference)",
+        "b": "(b) batched transformers (ours)",
+        "c": "(c) vLLM (ours)",
+    }
     for k in "abc":
         t = res[k]["tasks"]
-        lines.append(f"| {names[k]} | {t['attribute']['samples_per_s_excl_load']:.2f} | "
-                     f"{t['story']['samples_per_s_excl_load']:.2f} |")
+        lines.append(
+            f"| {names[k]} | {t['attribute']['samples_per_s_excl_load']:.2f} | "
+            f"{t['story']['samples_per_s_excl_load']:.2f} |"
+        )
     for k in "bc":
-        lines.append(f"| ratio {k}/a | {res[k]['tasks']['attribute']['samples_per_s_excl_load'] / res['a']['tasks']['attribute']['samples_per_s_excl_load']:.1f}x | "
-                     f"{res[k]['tasks']['story']['samples_per_s_excl_load'] / res['a']['tasks']['story']['samples_per_s_excl_load']:.1f}x |")
+        lines.append(
+            f"| ratio {k}/a | {res[k]['tasks']['attribute']['samples_per_s_excl_load'] / res['a']['tasks']['attribute']['samples_per_s_excl_load']:.1f}x | "
+            f"{res[k]['tasks']['story']['samples_per_s_excl_load'] / res['a']['tasks']['story']['samples_per_s_excl_load']:.1f}x |"
+        )
     steps = train_step_times()
     if steps:
         lines += ["", "| training (default config, batch 8) | seconds per step |", "|---|---|"]
@@ -105,10 +129,17 @@ def main() -> None:
     per_dataset = dataset_times()
     if per_dataset:
         rules = sorted({r for d in per_dataset.values() for r in d})
-        lines += ["", "| dataset | " + " | ".join(rules) + " | total (min) |", "|---" * (len(rules) + 2) + "|"]
+        lines += [
+            "",
+            "| dataset | " + " | ".join(rules) + " | total (min) |",
+            "|---" * (len(rules) + 2) + "|",
+        ]
         for d, r in sorted(per_dataset.items()):
-            lines.append(f"| {d} | " + " | ".join(f"{r.get(x, 0):.0f}" for x in rules) +
-                         f" | {sum(r.values()) / 60:.1f} |")
+            lines.append(
+                f"| {d} | "
+                + " | ".join(f"{r.get(x, 0):.0f}" for x in rules)
+                + f" | {sum(r.values()) / 60:.1f} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     (REPO / "results").mkdir(exist_ok=True)

@@ -43,8 +43,11 @@ def parse_dry_run(text: str) -> list[PlannedJob]:
 
     def flush():
         if current is not None:
-            jobs.append(PlannedJob(current["rule"], current.get("output", ""), current.get("benchmark"),
-                                   current.get("task")))
+            jobs.append(
+                PlannedJob(
+                    current["rule"], current.get("output", ""), current.get("benchmark"), current.get("task")
+                )
+            )
 
     for line in text.splitlines():
         m = RULE.match(line)
@@ -81,9 +84,21 @@ def benchmark_seconds(path: Path) -> float | None:
     return float(rows[-1]["s"]) if rows else None
 
 
-def dry_run(snakemake: str, target: str, configfiles: list[str], force: bool, workdir: Path = REPO) -> list[PlannedJob]:
+def dry_run(
+    snakemake: str, target: str, configfiles: list[str], force: bool, workdir: Path = REPO
+) -> list[PlannedJob]:
     """The jobs of ``snakemake -n target`` in ``workdir`` (all of them with ``force``)."""
-    cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "-n", "--cores", "2", target]
+    cmd = [
+        snakemake,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "-n",
+        "--cores",
+        "2",
+        target,
+    ]
     if force:
         cmd.append("--forceall")
     if configfiles:
@@ -97,8 +112,9 @@ def dry_run(snakemake: str, target: str, configfiles: list[str], force: bool, wo
 def summarise(all_jobs: list[PlannedJob], todo: list[PlannedJob], root: Path = REPO) -> list[dict]:
     """One row per (rule, task): jobs, done, measured seconds, to run, estimated seconds."""
     pending = {(j.rule, j.output) for j in todo}
-    groups: dict[tuple, dict] = defaultdict(lambda: {"jobs": 0, "done": 0, "measured": [], "todo": 0,
-                                                     "untimed": 0})
+    groups: dict[tuple, dict] = defaultdict(
+        lambda: {"jobs": 0, "done": 0, "measured": [], "todo": 0, "untimed": 0}
+    )
     for j in all_jobs:
         g = groups[(j.rule, j.task or "")]
         g["jobs"] += 1
@@ -118,9 +134,19 @@ def summarise(all_jobs: list[PlannedJob], todo: list[PlannedJob], root: Path = R
         like = groups.get((rule.removeprefix("sweep_"), task)) if not g["measured"] else g
         median = statistics.median(like["measured"]) if like and like["measured"] else None
         estimated = median * g["todo"] if median is not None else (0.0 if (rule, task) not in timed else None)
-        rows.append({"rule": rule, "task": task, "jobs": g["jobs"], "done": g["done"],
-                     "measured_s": sum(g["measured"]), "untimed": g["untimed"], "todo": g["todo"],
-                     "estimated_s": estimated, "timed": (rule, task) in timed})
+        rows.append(
+            {
+                "rule": rule,
+                "task": task,
+                "jobs": g["jobs"],
+                "done": g["done"],
+                "measured_s": sum(g["measured"]),
+                "untimed": g["untimed"],
+                "todo": g["todo"],
+                "estimated_s": estimated,
+                "timed": (rule, task) in timed,
+            }
+        )
     return rows
 
 
@@ -130,23 +156,37 @@ def markdown(rows: list[dict]) -> str:
 
     untimed = [r for r in rows if not r["timed"]]
     rows = [r for r in rows if r["timed"]]
-    lines = ["| rule | task | jobs | done | measured h | done, no benchmark file | to run | estimated h |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| rule | task | jobs | done | measured h | done, no benchmark file | to run | estimated h |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['rule']} | {r['task'] or '–'} | {r['jobs']} | {r['done']} | {hours(r['measured_s'])} | "
-                     f"{r['untimed']} | {r['todo']} | {hours(r['estimated_s'])} |")
+        lines.append(
+            f"| {r['rule']} | {r['task'] or '–'} | {r['jobs']} | {r['done']} | {hours(r['measured_s'])} | "
+            f"{r['untimed']} | {r['todo']} | {hours(r['estimated_s'])} |"
+        )
     measured = sum(r["measured_s"] for r in rows)
     estimated = sum(r["estimated_s"] or 0 for r in rows)
     unknown = sum(r["todo"] for r in rows if r["estimated_s"] is None)
-    lines.append(f"| **total** | | {sum(r['jobs'] for r in rows)} | {sum(r['done'] for r in rows)} | "
-                 f"**{hours(measured)}** | {sum(r['untimed'] for r in rows)} | {sum(r['todo'] for r in rows)} | "
-                 f"**{hours(estimated)}** |")
+    lines.append(
+        f"| **total** | | {sum(r['jobs'] for r in rows)} | {sum(r['done'] for r in rows)} | "
+        f"**{hours(measured)}** | {sum(r['untimed'] for r in rows)} | {sum(r['todo'] for r in rows)} | "
+        f"**{hours(estimated)}** |"
+    )
     lines.append("")
-    lines.append(f"Not timed: {sum(r['jobs'] for r in untimed)} jobs of rules without a benchmark (a few seconds "
-                 f"each): {', '.join(sorted({r['rule'] for r in untimed}))}.")
-    lines.append(f"Jobs: measured {measured / 3600:.2f} h + estimated {estimated / 3600:.2f} h = "
-                 f"{(measured + estimated) / 3600:.2f} h"
-                 + (f" ({unknown} jobs to run have no measured job of their rule to estimate from)." if unknown else "."))
+    lines.append(
+        f"Not timed: {sum(r['jobs'] for r in untimed)} jobs of rules without a benchmark (a few seconds "
+        f"each): {', '.join(sorted({r['rule'] for r in untimed}))}."
+    )
+    lines.append(
+        f"Jobs: measured {measured / 3600:.2f} h + estimated {estimated / 3600:.2f} h = "
+        f"{(measured + estimated) / 3600:.2f} h"
+        + (
+            f" ({unknown} jobs to run have no measured job of their rule to estimate from)."
+            if unknown
+            else "."
+        )
+    )
     return "\n".join(lines)
 
 

@@ -36,7 +36,9 @@ def replay(rows: list[dict], seed: int) -> dict:
         target[r["context_id"]] = tgt
         ideal[r["context_id"]].append(draw_index(tgt, u_seed))
         # a validity-corrected run drew from the reweighted probabilities (distalign.validity)
-        drawn[r["context_id"]].append(draw_index(weighted_probs(r["steering_probs"], r.get("token_weights")), u_seed))
+        drawn[r["context_id"]].append(
+            draw_index(weighted_probs(r["steering_probs"], r.get("token_weights")), u_seed)
+        )
 
     def freq(idx, k):
         return [sum(1 for i in idx if i == c) / len(idx) for c in range(k)]
@@ -59,28 +61,40 @@ def floor_spread(rows: list[dict], runs: int = 20000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     maes = np.empty(runs)
     for i in range(runs):
-        maes[i] = np.mean([np.mean(np.abs(rng.multinomial(n[c], t / t.sum()) / n[c] - t)) for c, t in target.items()])
-    return {"floor": floor, "floor_sd": float(maes.std()), "p_above_1_25": float((maes > 1.25 * floor).mean())}
+        maes[i] = np.mean(
+            [np.mean(np.abs(rng.multinomial(n[c], t / t.sum()) / n[c] - t)) for c, t in target.items()]
+        )
+    return {
+        "floor": floor,
+        "floor_sd": float(maes.std()),
+        "p_above_1_25": float((maes > 1.25 * floor).mean()),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("generations", nargs="+", type=Path)
     ap.add_argument("--seed", type=int, default=None, help="config seed (default: config/config.yaml's)")
-    ap.add_argument("--runs", type=int, default=20000, help="simulated ideal-sampler runs for the floor's spread")
+    ap.add_argument(
+        "--runs", type=int, default=20000, help="simulated ideal-sampler runs for the floor's spread"
+    )
     args = ap.parse_args()
     seed = args.seed
     if seed is None:
         from distalign.io import load_yaml
 
         seed = int(load_yaml(Path(__file__).resolve().parents[1] / "config/config.yaml")["seed"])
-    print("| file | contexts | token MAE | ideal sampler, same draws | floor (SD) | ideal run above 1.25x floor |")
+    print(
+        "| file | contexts | token MAE | ideal sampler, same draws | floor (SD) | ideal run above 1.25x floor |"
+    )
     print("|---|---|---|---|---|---|")
     for path in args.generations:
         rows = read_jsonl(path)
         res, spread = replay(rows, seed), floor_spread(rows, runs=args.runs)
-        print(f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} | "
-              f"{spread['floor']:.4f} ({spread['floor_sd']:.4f}) | {spread['p_above_1_25']:.1%} |")
+        print(
+            f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} | "
+            f"{spread['floor']:.4f} ({spread['floor_sd']:.4f}) | {spread['p_above_1_25']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

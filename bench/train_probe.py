@@ -24,10 +24,10 @@ import torch
 from distalign.attributes import attribute_of_dataset
 from distalign.config import load_config
 from distalign.datasets import build_base, build_pref, build_sft
+from distalign.generate import TransformersBackend, steering_distribution
 from distalign.io import read_jsonl, write_jsonl
 from distalign.models import load_model, single_token_ids
 from distalign.prompts import build_prompts, load_templates
-from distalign.steering import first_token_probs
 from distalign.targets import build_targets, load_census
 from distalign.train import train_adapter
 
@@ -35,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def probe(model, tok, val: list[dict], ids: list[int]) -> float:
-    probs, _ = first_token_probs(model, tok, [p["prompt"] for p in val], ids)
+    """MAE of the restricted first-position distribution, computed as the workflow's generate job does."""
+    model.eval()
+    backend = TransformersBackend(None, tokenizer=tok, model=model, batch_size=16)
+    probs = torch.tensor(steering_distribution(backend, tok, [p["prompt"] for p in val], ids)[0])
     by_ctx: dict[str, list[int]] = {}
     for i, p in enumerate(val):
         by_ctx.setdefault(p["context"], []).append(i)
@@ -84,9 +87,18 @@ def main() -> None:
     steer = single_token_ids(tok, attr.steering_tokens())
     labels = [tok.encode(lab, add_special_tokens=False)[0] for lab in attr.labels]
     assert len(set(labels)) == len(labels), labels
-    report = {"data": {"contexts": len(targets), "sft_rows": len(base), "val_prompts": len(val),
-                       "training": config["training"]},
-              "before": {"steering_tokens": probe(model, tok, val, steer), "label_tokens": probe(model, tok, val, labels)}}
+    report = {
+        "data": {
+            "contexts": len(targets),
+            "sft_rows": len(base),
+            "val_prompts": len(val),
+            "training": config["training"],
+        },
+        "before": {
+            "steering_tokens": probe(model, tok, val, steer),
+            "label_tokens": probe(model, tok, val, labels),
+        },
+    }
     print(json.dumps(report["before"]), flush=True)
     from peft import PeftModel
 
@@ -95,16 +107,30 @@ def main() -> None:
         init = a.out / "adapters" / "ift" if config["methods"][method]["kind"] == "dpo" else None
         t0 = time.perf_counter()
         if not out.exists():
-            train_adapter(config, a.dataset, method, model_dir, a.out / "sft.jsonl", a.out / "pref.jsonl", out,
-                          log=a.out / f"{method}.log", init_adapter=init)
+            train_adapter(
+                config,
+                a.dataset,
+                method,
+                model_dir,
+                a.out / "sft.jsonl",
+                a.out / "pref.jsonl",
+                out,
+                log=a.out / f"{method}.log",
+                init_adapter=init,
+            )
         wall = time.perf_counter() - t0
         _, m = load_model(model_dir, device="cpu")
         m = PeftModel.from_pretrained(m, str(out)).eval()
         ids = steer if config["methods"][method]["kind"] == "ours" else labels
         ends = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "end"]
-        report[method] = {"mae_after": probe(m, tok, val, ids), "wall_seconds": wall,
-                          "stages": {r["stage"]: {k: r[k] for k in ("step", "epoch", "wall_seconds",
-                                                                  "seconds_per_step")} for r in ends}}
+        report[method] = {
+            "mae_after": probe(m, tok, val, ids),
+            "wall_seconds": wall,
+            "stages": {
+                r["stage"]: {k: r[k] for k in ("step", "epoch", "wall_seconds", "seconds_per_step")}
+                for r in ends
+            },
+        }
         print(method, json.dumps(report[method]), flush=True)
     (a.out / "report.json").write_text(json.dumps(report, indent=2))
 

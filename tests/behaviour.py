@@ -17,7 +17,9 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def digests(root: Path, subdirs: tuple[str, ...], suffixes: tuple[str, ...] = (".jsonl", ".json", ".csv", ".md")):
+def digests(
+    root: Path, subdirs: tuple[str, ...], suffixes: tuple[str, ...] = (".jsonl", ".json", ".csv", ".md")
+):
     """Relative path -> sha256 of every file under ``root/results/<subdir>`` with one of the suffixes."""
     out = {}
     for sub in subdirs:
@@ -51,4 +53,5 @@ def check(name: str, found: dict[str, str]) -> None:
     assert not (missing or extra or changed), (
         f"behaviour fixture {name!r} differs: {len(changed)} changed {changed[:8]}, {len(missing)} missing "
         f"{missing[:8]}, {len(extra)} new {extra[:8]} (re-record with DISTALIGN_UPDATE_FIXTURES=1 only when the "
-        f"change is meant to change results)")
+        f"change is meant to change results)"
+    )

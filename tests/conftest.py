@@ -38,8 +38,15 @@ def workdir(tmp_path) -> Path:
 def run_snakemake(workdir: Path, *args: str, timeout: float = 900, env: dict | None = None):
     """Run the repo's Snakefile in ``workdir``; return the CompletedProcess (stdout+stderr merged)."""
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +67,9 @@ def embedded_model_dir(tmp_path_factory) -> Path:
     from distalign.models import prepare_model
 
     out = tmp_path_factory.mktemp("models") / "smollm2-135m-instruct"
-    prepare_model("smollm2-135m-instruct", {"source": "embedded", "path_or_id": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                            "dtype": "float32"}, out)
+    prepare_model(
+        "smollm2-135m-instruct",
+        {"source": "embedded", "path_or_id": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"},
+        out,
+    )
     return out

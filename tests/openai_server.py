@@ -33,9 +33,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-OPENERS = ["Tell me:", "Quick question:", "I would like to know:", "Could you answer this:", "Help me out:",
-           "Please consider:", "Here is my question:", "Something I wonder about:", "Answer briefly:",
-           "Let me ask you:"]
+OPENERS = [
+    "Tell me:",
+    "Quick question:",
+    "I would like to know:",
+    "Could you answer this:",
+    "Help me out:",
+    "Please consider:",
+    "Here is my question:",
+    "Something I wonder about:",
+    "Answer briefly:",
+    "Let me ask you:",
+]
 
 
 def free_port() -> int:
@@ -76,8 +85,14 @@ def judge_reply(message: str, classes) -> str:
 class OpenAIStubServer:
     """See the module docstring."""
 
-    def __init__(self, mode: str = "judge", classes=("Male", "Female"), model: str = "stub-model",
-                 delay: float = 2.0, fail_first: int = 0):
+    def __init__(
+        self,
+        mode: str = "judge",
+        classes=("Male", "Female"),
+        model: str = "stub-model",
+        delay: float = 2.0,
+        fail_first: int = 0,
+    ):
         self.mode = mode
         self.classes = list(classes)
         self.model = model
@@ -116,8 +131,15 @@ class OpenAIStubServer:
                 if self.path == "/health":
                     self._send(200, {"status": "ok"})
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model",
-                                                                 "created": 0, "owned_by": "tests"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {"id": server.model, "object": "model", "created": 0, "owned_by": "tests"}
+                            ],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -151,19 +173,31 @@ class OpenAIStubServer:
                     text = "Hmm, hard to say. Perhaps purple?"
                 else:  # judge, slow; a re-ask is answered from the original story
                     text = judge_reply(first, server.classes)
-                self._send(200, {
-                    "id": f"chatcmpl-stub-{n}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model", server.model),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop", "logprobs": None}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-stub-{n}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", server.model),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "stop",
+                                "logprobs": None,
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="openai-stub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="openai-stub", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -50,8 +50,11 @@ Job stats:
 
 def test_parse_dry_run_reads_rule_output_benchmark_and_task():
     jobs = run_size.parse_dry_run(DRY_RUN)
-    assert [(j.rule, j.task) for j in jobs] == [("generate", "attribute"), ("sweep_generate", "attribute"),
-                                                ("all", None)]
+    assert [(j.rule, j.task) for j in jobs] == [
+        ("generate", "attribute"),
+        ("sweep_generate", "attribute"),
+        ("all", None),
+    ]
     assert jobs[0].benchmark == "results/benchmarks/generate/us-real/m/ift/attribute.tsv"
     assert jobs[1].output == "results/sweeps/us-real/m/ift/attribute/top_p-0.9/seed0/generations.jsonl"
     assert jobs[2].benchmark is None and jobs[2].output == ""
@@ -74,7 +77,10 @@ def test_summarise_measures_done_jobs_and_estimates_the_rest(tmp_path):
     _bench(tmp_path, "b/g2.tsv", [200.0])
     # g3 is done but its benchmark file is gone; the sweeps and the story are still to run
     todo = sweep + story + table
-    rows = {(r["rule"], r["task"]): r for r in run_size.summarise(gen + sweep + story + table, todo, root=tmp_path)}
+    rows = {
+        (r["rule"], r["task"]): r
+        for r in run_size.summarise(gen + sweep + story + table, todo, root=tmp_path)
+    }
     g = rows[("generate", "attribute")]
     assert (g["jobs"], g["done"], g["measured_s"], g["untimed"], g["todo"]) == (4, 4, 600.0, 1, 0)
     # no sweep job has run: estimated from the median of the generation jobs of the same task
@@ -90,9 +96,19 @@ def _steered_rows(probs_of, n=200):
     rows = []
     for cid, target in enumerate(([0.9, 0.1], [0.5, 0.5], [0.2, 0.8])):
         for i in range(n):
-            rows.append({"dataset": "us-real", "model": "m", "method": "ours", "task": "attribute", "context_id": cid,
-                         "prompt_id": f"test-{cid}-{i}", "sample": 0, "target": target,
-                         "steering_probs": probs_of(target)})
+            rows.append(
+                {
+                    "dataset": "us-real",
+                    "model": "m",
+                    "method": "ours",
+                    "task": "attribute",
+                    "context_id": cid,
+                    "prompt_id": f"test-{cid}-{i}",
+                    "sample": 0,
+                    "target": target,
+                    "steering_probs": probs_of(target),
+                }
+            )
     return rows
 
 

@@ -24,13 +24,25 @@ def test_shipped_files_load(repo):
     assert all(len(i["choices"]) == 4 for i in items)
 
 
-@pytest.mark.parametrize("line,message", [
-    ("{not json", r"line 2: not JSON"),
-    (json.dumps({"question": "q", "choices": ["a", "b"], "answer": 2}), r"line 2: key 'answer' = 2 is not an index"),
-    (json.dumps({"question": "q", "choices": "ab", "answer": 0}), r"line 2: key 'choices' must be a list"),
-    (json.dumps({"question": "q", "choices": ["a"], "answer": 0}), r"line 2: key 'choices' must hold at least two"),
-    (json.dumps({"choices": ["a", "b"], "answer": 0}), r"line 2: key 'question' must be a str"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", r"line 2: not JSON"),
+        (
+            json.dumps({"question": "q", "choices": ["a", "b"], "answer": 2}),
+            r"line 2: key 'answer' = 2 is not an index",
+        ),
+        (
+            json.dumps({"question": "q", "choices": "ab", "answer": 0}),
+            r"line 2: key 'choices' must be a list",
+        ),
+        (
+            json.dumps({"question": "q", "choices": ["a"], "answer": 0}),
+            r"line 2: key 'choices' must hold at least two",
+        ),
+        (json.dumps({"choices": ["a", "b"], "answer": 0}), r"line 2: key 'question' must be a str"),
+    ],
+)
 def test_bad_multiple_choice_file_names_the_line(tmp_path, line, message):
     f = tmp_path / "mc.jsonl"
     f.write_text(json.dumps({"question": "ok", "choices": ["a", "b"], "answer": 1}) + "\n" + line + "\n")
@@ -59,8 +71,17 @@ def _tiny_lm(vocab, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+        )
+    ).eval()
 
 
 def _manual_logprob(model, ids, start):
@@ -70,8 +91,23 @@ def _manual_logprob(model, ids, start):
 
 
 def test_perplexity_and_choice_scores_match_a_manual_computation():
-    words = ["Question:", "is", "the", "sky", "blue", "or", "green", "?", "Answer:", "yes", "no", "maybe",
-             "a", "b", "c"]
+    words = [
+        "Question:",
+        "is",
+        "the",
+        "sky",
+        "blue",
+        "or",
+        "green",
+        "?",
+        "Answer:",
+        "yes",
+        "no",
+        "maybe",
+        "a",
+        "b",
+        "c",
+    ]
     tok = _Tok(words)
     model = _tiny_lm(len(words) + 3)
     paras = ["the sky is blue", "is the sky green or blue ?"]
@@ -81,8 +117,10 @@ def test_perplexity_and_choice_scores_match_a_manual_computation():
     assert got["tokens"] == sum(len(s) - 1 for s in seqs)
     assert got["perplexity"] == pytest.approx(math.exp(nll / got["tokens"]), rel=1e-5)
 
-    items = [{"question": "is the sky blue ?", "choices": ["yes", "no", "maybe"], "answer": 0},
-             {"question": "sky green ?", "choices": ["a b", "c"], "answer": 1}]
+    items = [
+        {"question": "is the sky blue ?", "choices": ["yes", "no", "maybe"], "answer": 0},
+        {"question": "sky green ?", "choices": ["a b", "c"], "answer": 1},
+    ]
     res = multiple_choice(model, tok, items)
     expected = 0
     for it in items:

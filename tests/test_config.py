@@ -42,82 +42,153 @@ def test_every_schema_key_has_description_and_default(repo):
         walk(sub, f"definitions.{name}")
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
-     r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, lr_scheduler_type, min_steps\)"),
-    (lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),
-     r"config key 'training\.sft\.learning_rate': expected number, got 'fast'"),
-    (lambda c: c["methods"]["ours"]["train_overrides"]["preference"].__setitem__("lr_scheduler_type", "cosin"),
-     r"config key 'methods\.ours\.train_overrides\.preference\.lr_scheduler_type': expected one of .*got 'cosin'"),
-    (lambda c: c["methods"]["dpo"]["train_overrides"]["preference"].__setitem__("epochs", 0),
-     r"config key 'methods\.dpo\.train_overrides\.preference\.epochs'"),
-    (lambda c: c["generation"].__setitem__("backend", "tgi"),
-     r"config key 'generation\.backend': expected one of \['transformers', 'vllm'\], got 'tgi'"),
-    (lambda c: c["generation"].__setitem__("top_p", 0),
-     r"config key 'generation\.top_p'"),
-    (lambda c: c["run"].__setitem__("datasets", ["uk-real", "mars-even"]),
-     r"config key 'run\.datasets': unknown dataset 'mars-even'"),
-    (lambda c: c["run"].__setitem__("methods", ["ours", "magic"]),
-     r"config key 'run\.methods': unknown method 'magic'"),
-    (lambda c: c["run"].__setitem__("models", ["gpt-9"]),
-     r"config key 'run\.models': unknown model 'gpt-9'"),
-    (lambda c: c["datasets"]["uk-real"].__setitem__("attribute", "height"),
-     r"config key 'datasets\.uk-real\.attribute': unknown attribute 'height'"),
-    (lambda c: c["datasets"]["uk-real"].__setitem__("census", "fr"),
-     r"config key 'datasets\.uk-real\.census': unknown census 'fr'"),
-    (lambda c: c["attributes"]["gender"]["classes"][1]["tokens"].__setitem__("digits", "0"),
-     r"config key 'attributes\.gender\.classes': token set 'digits' repeats a token"),
-    (lambda c: c["attributes"]["race"]["classes"][4]["tokens"].pop("digits"),
-     r"class\(es\) \['pacific_islander'\] have no token in the default token set 'digits'"),
-    (lambda c: c["models"]["smollm2-135m-instruct"].__setitem__("source", "ftp"),
-     r"config key 'models\.smollm2-135m-instruct\.source': expected one of"),
-    (lambda c: c["methods"].__setitem__("mine", {"kind": "ours", "train_overrides": {"epochs": 3}}),
-     r"config key 'methods\.mine\.train_overrides': unknown training key\(s\) \['epochs'\]"),
-    (lambda c: c.__setitem__("judge", {"story": "both"}),
-     r"config key 'judge\.llm\.model': required when judge\.story is 'both'"),
-    (lambda c: c["prompts"].__setitem__("paraphraser", "openai"),
-     r"config key 'prompts\.openai\.model': required when prompts\.paraphraser is 'openai'"),
-    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "race-even"),
-     r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'race-even' has attribute 'race', "
-     r"expected 'gender'"),
-    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "us-even-from-uk"),
-     r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'us-even-from-uk' itself borrows"),
-    (lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "mars"),
-     r"config key 'datasets\.us-real-from-uk\.adapters_from': unknown dataset 'mars'"),
-    (lambda c: c.__setitem__("report", {"transfer_datasets": ["us-real"]}),
-     r"config key 'report\.transfer_datasets': dataset 'us-real' has no adapters_from"),
-    (lambda c: c.__setitem__("sweeps", {"methods": ["ours", "magic"]}),
-     r"config key 'sweeps\.methods': unknown method 'magic'"),
-    (lambda c: c.__setitem__("sweeps", {"top_p": [0.9, 1.5]}),
-     r"config key 'sweeps\.top_p"),
-    (lambda c: c.__setitem__("capabilities", {"dataset": "mars-even"}),
-     r"config key 'capabilities\.dataset': unknown dataset 'mars-even'"),
-    (lambda c: c["methods"].__setitem__("dpo", {"kind": "dpo", "story_data": True}),
-     r"config key 'methods\.dpo\.story_data': only methods of kind 'ift' or 'ours' train on D_story, not 'dpo'"),
-    (lambda c: c["methods"]["ours-story"].__setitem__("preference", "kto"),
-     r"config key 'methods\.ours-story\.story_data': D_story has no undesirable stories; use preference 'nll'"),
-    (lambda c: (c["run"]["methods"].append("ours-story"),
-                c["attributes"]["gender"]["classes"][1].pop("story_hint")),
-     r"config key 'attributes\.gender\.classes': class\(es\) \['female'\] have no story_hint, which method "
-     r"'ours-story' \(story_data: true\) needs"),
-    (lambda c: c["methods"]["ift"].__setitem__("validity_correction", ["story"]),
-     r"config key 'methods\.ift\.validity_correction': only methods of kind 'ours' draw a steering token"),
-    (lambda c: c["methods"]["ours"].__setitem__("validity_correction", ["poems"]),
-     r"methods\.ours\.validity_correction"),
-    (lambda c: c["methods"]["ift"].__setitem__("steering_guidance", {"story": 2.0}),
-     r"config key 'methods\.ift\.steering_guidance': only methods of kind 'ours' draw a steering token"),
-    (lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"story": 0.5}),
-     r"methods\.ours\.steering_guidance\.story"),
-    (lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"poems": 2.0}),
-     r"methods\.ours\.steering_guidance"),
-    (lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
-     r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]"),
-    (lambda c: c["attributes"]["race"].__setitem__("judge_check", "resources/judge_check/race.jsonl"),
-     r"config key 'attributes\.race\.judge_check': the check measures the offline story judge, and this attribute "
-     r"has none"),
-    (lambda c: c["attributes"]["sentiment"].__setitem__("judge_check", 3),
-     r"config key 'attributes\.sentiment\.judge_check'"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
+            r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, lr_scheduler_type, min_steps\)",
+        ),
+        (
+            lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),
+            r"config key 'training\.sft\.learning_rate': expected number, got 'fast'",
+        ),
+        (
+            lambda c: c["methods"]["ours"]["train_overrides"]["preference"].__setitem__(
+                "lr_scheduler_type", "cosin"
+            ),
+            r"config key 'methods\.ours\.train_overrides\.preference\.lr_scheduler_type': expected one of .*got 'cosin'",
+        ),
+        (
+            lambda c: c["methods"]["dpo"]["train_overrides"]["preference"].__setitem__("epochs", 0),
+            r"config key 'methods\.dpo\.train_overrides\.preference\.epochs'",
+        ),
+        (
+            lambda c: c["generation"].__setitem__("backend", "tgi"),
+            r"config key 'generation\.backend': expected one of \['transformers', 'vllm'\], got 'tgi'",
+        ),
+        (lambda c: c["generation"].__setitem__("top_p", 0), r"config key 'generation\.top_p'"),
+        (
+            lambda c: c["run"].__setitem__("datasets", ["uk-real", "mars-even"]),
+            r"config key 'run\.datasets': unknown dataset 'mars-even'",
+        ),
+        (
+            lambda c: c["run"].__setitem__("methods", ["ours", "magic"]),
+            r"config key 'run\.methods': unknown method 'magic'",
+        ),
+        (
+            lambda c: c["run"].__setitem__("models", ["gpt-9"]),
+            r"config key 'run\.models': unknown model 'gpt-9'",
+        ),
+        (
+            lambda c: c["datasets"]["uk-real"].__setitem__("attribute", "height"),
+            r"config key 'datasets\.uk-real\.attribute': unknown attribute 'height'",
+        ),
+        (
+            lambda c: c["datasets"]["uk-real"].__setitem__("census", "fr"),
+            r"config key 'datasets\.uk-real\.census': unknown census 'fr'",
+        ),
+        (
+            lambda c: c["attributes"]["gender"]["classes"][1]["tokens"].__setitem__("digits", "0"),
+            r"config key 'attributes\.gender\.classes': token set 'digits' repeats a token",
+        ),
+        (
+            lambda c: c["attributes"]["race"]["classes"][4]["tokens"].pop("digits"),
+            r"class\(es\) \['pacific_islander'\] have no token in the default token set 'digits'",
+        ),
+        (
+            lambda c: c["models"]["smollm2-135m-instruct"].__setitem__("source", "ftp"),
+            r"config key 'models\.smollm2-135m-instruct\.source': expected one of",
+        ),
+        (
+            lambda c: c["methods"].__setitem__("mine", {"kind": "ours", "train_overrides": {"epochs": 3}}),
+            r"config key 'methods\.mine\.train_overrides': unknown training key\(s\) \['epochs'\]",
+        ),
+        (
+            lambda c: c.__setitem__("judge", {"story": "both"}),
+            r"config key 'judge\.llm\.model': required when judge\.story is 'both'",
+        ),
+        (
+            lambda c: c["prompts"].__setitem__("paraphraser", "openai"),
+            r"config key 'prompts\.openai\.model': required when prompts\.paraphraser is 'openai'",
+        ),
+        (
+            lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "race-even"),
+            r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'race-even' has attribute 'race', "
+            r"expected 'gender'",
+        ),
+        (
+            lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "us-even-from-uk"),
+            r"config key 'datasets\.us-real-from-uk\.adapters_from': dataset 'us-even-from-uk' itself borrows",
+        ),
+        (
+            lambda c: c["datasets"]["us-real-from-uk"].__setitem__("adapters_from", "mars"),
+            r"config key 'datasets\.us-real-from-uk\.adapters_from': unknown dataset 'mars'",
+        ),
+        (
+            lambda c: c.__setitem__("report", {"transfer_datasets": ["us-real"]}),
+            r"config key 'report\.transfer_datasets': dataset 'us-real' has no adapters_from",
+        ),
+        (
+            lambda c: c.__setitem__("sweeps", {"methods": ["ours", "magic"]}),
+            r"config key 'sweeps\.methods': unknown method 'magic'",
+        ),
+        (lambda c: c.__setitem__("sweeps", {"top_p": [0.9, 1.5]}), r"config key 'sweeps\.top_p"),
+        (
+            lambda c: c.__setitem__("capabilities", {"dataset": "mars-even"}),
+            r"config key 'capabilities\.dataset': unknown dataset 'mars-even'",
+        ),
+        (
+            lambda c: c["methods"].__setitem__("dpo", {"kind": "dpo", "story_data": True}),
+            r"config key 'methods\.dpo\.story_data': only methods of kind 'ift' or 'ours' train on D_story, not 'dpo'",
+        ),
+        (
+            lambda c: c["methods"]["ours-story"].__setitem__("preference", "kto"),
+            r"config key 'methods\.ours-story\.story_data': D_story has no undesirable stories; use preference 'nll'",
+        ),
+        (
+            lambda c: (
+                c["run"]["methods"].append("ours-story"),
+                c["attributes"]["gender"]["classes"][1].pop("story_hint"),
+            ),
+            r"config key 'attributes\.gender\.classes': class\(es\) \['female'\] have no story_hint, which method "
+            r"'ours-story' \(story_data: true\) needs",
+        ),
+        (
+            lambda c: c["methods"]["ift"].__setitem__("validity_correction", ["story"]),
+            r"config key 'methods\.ift\.validity_correction': only methods of kind 'ours' draw a steering token",
+        ),
+        (
+            lambda c: c["methods"]["ours"].__setitem__("validity_correction", ["poems"]),
+            r"methods\.ours\.validity_correction",
+        ),
+        (
+            lambda c: c["methods"]["ift"].__setitem__("steering_guidance", {"story": 2.0}),
+            r"config key 'methods\.ift\.steering_guidance': only methods of kind 'ours' draw a steering token",
+        ),
+        (
+            lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"story": 0.5}),
+            r"methods\.ours\.steering_guidance\.story",
+        ),
+        (
+            lambda c: c["methods"]["ours"].__setitem__("steering_guidance", {"poems": 2.0}),
+            r"methods\.ours\.steering_guidance",
+        ),
+        (
+            lambda c: c["methods"]["ours"].__setitem__("preference", "ppo"),
+            r"config key 'methods\.ours\.preference': expected one of \['kto', 'dpo', 'nll', 'none'\]",
+        ),
+        (
+            lambda c: c["attributes"]["race"].__setitem__("judge_check", "resources/judge_check/race.jsonl"),
+            r"config key 'attributes\.race\.judge_check': the check measures the offline story judge, and this attribute "
+            r"has none",
+        ),
+        (
+            lambda c: c["attributes"]["sentiment"].__setitem__("judge_check", 3),
+            r"config key 'attributes\.sentiment\.judge_check'",
+        ),
+    ],
+)
 def test_bad_config_names_the_key(repo, mutate, message):
     cfg = _raw(repo)
     mutate(cfg)
@@ -141,23 +212,30 @@ def test_method_overrides_and_applicability(repo):
     t = method_training(cfg, "ours-fast")
     assert t["sft"]["epochs"] == 1 and t["sft"]["learning_rate"] == cfg["training"]["sft"]["learning_rate"]
     assert dataset_applies(cfg, "uk-real", "pe-implicit")
-    assert not dataset_applies(cfg, "uk-even", "pe-implicit")  # "follow real-world statistics": real targets only
+    assert not dataset_applies(
+        cfg, "uk-even", "pe-implicit"
+    )  # "follow real-world statistics": real targets only
     assert not dataset_applies(cfg, "race-even", "ours-words")  # race defines no word tokens
     assert not dataset_applies(cfg, "race-even", "ours", "story")  # race is not used for stories
     assert dataset_applies(cfg, "sentiment-even", "ours", "story")
     # a method trained on D_story needs a story judge for the dataset's attribute, on either task
-    assert dataset_applies(cfg, "uk-real", "ours-story") and dataset_applies(cfg, "sentiment-even", "ours-story")
+    assert dataset_applies(cfg, "uk-real", "ours-story") and dataset_applies(
+        cfg, "sentiment-even", "ours-story"
+    )
     assert not dataset_applies(cfg, "race-even", "ours-story")
 
 
-@pytest.mark.parametrize("epochs,min_steps,rows,expected", [
-    (2, None, 280, 2.0),      # unset: epochs as given
-    (2, 126, 500, 2.0),       # UK: 63 steps an epoch, 2 epochs already reach 126
-    (2, 126, 280, 4.0),       # US: 35 steps an epoch -> 4 whole epochs (140 steps)
-    (1, 36, 280, 2.0),        # one step short of 36 -> a second epoch
-    (0.5, 10, 280, 0.5),      # fractional epochs that already reach the minimum stay as they are
-    (1, 10, 0, 1.0),          # no rows: nothing to raise
-])
+@pytest.mark.parametrize(
+    "epochs,min_steps,rows,expected",
+    [
+        (2, None, 280, 2.0),  # unset: epochs as given
+        (2, 126, 500, 2.0),  # UK: 63 steps an epoch, 2 epochs already reach 126
+        (2, 126, 280, 4.0),  # US: 35 steps an epoch -> 4 whole epochs (140 steps)
+        (1, 36, 280, 2.0),  # one step short of 36 -> a second epoch
+        (0.5, 10, 280, 0.5),  # fractional epochs that already reach the minimum stay as they are
+        (1, 10, 0, 1.0),  # no rows: nothing to raise
+    ],
+)
 def test_stage_epochs(epochs, min_steps, rows, expected):
     assert stage_epochs({"epochs": epochs, "batch_size": 8, "min_steps": min_steps}, rows) == expected
 

@@ -30,18 +30,26 @@ def _error(cfg) -> str:
 
 # ---- 1. a phrase claimed by two classes ------------------------------------------------------------------
 
-@pytest.mark.parametrize("mutate, words", [
-    # a keyword of one class that is another class's keyword
-    (lambda a: a["gender"]["classes"][1]["keywords"].append("man"), ("'man'", "'female'", "'male'")),
-    # ... or its label, in another case
-    (lambda a: a["gender"]["classes"][1]["keywords"].append("MALE"), ("'MALE'", "'female'", "'Male'")),
-    # whitespace and hyphens separate words the same way for the parser
-    (lambda a: a["race"]["classes"][0]["keywords"].append("African-American"),
-     ("'African-American'", "'white'", "'black'")),
-    # a story-lexicon word counted for both classes
-    (lambda a: a["gender"]["classes"][0]["lexicon"].append("Her"), ("story-lexicon word", "'Her'", "'male'",
-                                                                     "'female'")),
-])
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        # a keyword of one class that is another class's keyword
+        (lambda a: a["gender"]["classes"][1]["keywords"].append("man"), ("'man'", "'female'", "'male'")),
+        # ... or its label, in another case
+        (lambda a: a["gender"]["classes"][1]["keywords"].append("MALE"), ("'MALE'", "'female'", "'Male'")),
+        # whitespace and hyphens separate words the same way for the parser
+        (
+            lambda a: a["race"]["classes"][0]["keywords"].append("African-American"),
+            ("'African-American'", "'white'", "'black'"),
+        ),
+        # a story-lexicon word counted for both classes
+        (
+            lambda a: a["gender"]["classes"][0]["lexicon"].append("Her"),
+            ("story-lexicon word", "'Her'", "'male'", "'female'"),
+        ),
+    ],
+)
 def test_a_phrase_shared_by_two_classes_is_an_error(repo, mutate, words):
     cfg = _raw(repo)
     mutate(cfg["attributes"])
@@ -68,6 +76,7 @@ def test_a_longer_phrase_of_another_class_is_allowed(repo):
 
 # ---- 2. seeds --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**40])
 def test_seed_out_of_range(repo, seed):
     cfg = _raw(repo)
@@ -79,8 +88,11 @@ def test_every_derived_seed_is_valid_for_numpy_torch_and_python(repo):
     cfg = _raw(repo)
     cfg["seed"] = 2**32 - 1
     validate_config(cfg)
-    seeds = [cfg["seed"], derive_seed(cfg["seed"], "uk-real", "ours", "attribute", "batch", 0),
-             derive_seed(cfg["seed"], "sweep", 4) % (2**31)]
+    seeds = [
+        cfg["seed"],
+        derive_seed(cfg["seed"], "uk-real", "ours", "attribute", "batch", 0),
+        derive_seed(cfg["seed"], "sweep", 4) % (2**31),
+    ]
     for s in seeds:
         assert 0 <= s < 2**32
         np.random.seed(s)  # the narrowest range of the three (vLLM seeds numpy with it too)
@@ -89,6 +101,7 @@ def test_every_derived_seed_is_valid_for_numpy_torch_and_python(repo):
 
 
 # ---- 4. report keys that name a class or a dataset -------------------------------------------------------
+
 
 def test_share_class_missing_from_the_fig3_dataset(repo):
     cfg = _raw(repo)
@@ -131,10 +144,14 @@ def test_calibration_panel_uses_the_mapped_class(repo):
 
 # ---- 7 (config part). a second stage with nothing to train -----------------------------------------------
 
-@pytest.mark.parametrize("spec, why", [
-    ({"kind": "ours", "kl": False, "preference": "none"}, "kl: false"),
-    ({"kind": "ours", "preference": "none", "train_overrides": {"kl_weight": 0}}, "training.kl_weight 0"),
-])
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ({"kind": "ours", "kl": False, "preference": "none"}, "kl: false"),
+        ({"kind": "ours", "preference": "none", "train_overrides": {"kl_weight": 0}}, "training.kl_weight 0"),
+    ],
+)
 def test_a_method_with_no_second_stage_loss(repo, spec, why):
     cfg = _raw(repo)
     cfg["methods"]["idle"] = spec
@@ -143,6 +160,7 @@ def test_a_method_with_no_second_stage_loss(repo, spec, why):
 
 
 # ---- 8. --config values arrive as strings ----------------------------------------------------------------
+
 
 def test_command_line_strings_are_read_as_the_schema_types(repo):
     cfg = _raw(repo)
@@ -163,8 +181,11 @@ def test_command_line_strings_are_read_as_the_schema_types(repo):
 
 def test_strings_stay_strings_where_the_schema_wants_one(repo):
     schema = load_schema()
-    cfg = {"capabilities": {"lm_eval_batch_size": "8"}, "judge": {"serve": {"extra_args": ["--port", "8"]}},
-           "generation": {"top_p": "most"}}
+    cfg = {
+        "capabilities": {"lm_eval_batch_size": "8"},
+        "judge": {"serve": {"extra_args": ["--port", "8"]}},
+        "generation": {"top_p": "most"},
+    }
     coerce_strings(cfg, schema)
     assert cfg["capabilities"]["lm_eval_batch_size"] == "8"
     assert cfg["judge"]["serve"]["extra_args"] == ["--port", "8"]
@@ -173,16 +194,26 @@ def test_strings_stay_strings_where_the_schema_wants_one(repo):
 
 def test_config_on_the_command_line_reaches_the_jobs(workdir, snakemake_run):
     """Before: "config key 'generation.top_p': expected number, got '0.9' (str)"."""
-    proc = snakemake_run(workdir, "-n", "results/generations/uk-real/smollm2-135m-instruct/zero-shot/attribute.jsonl",
-                         "--config", "generation={top_p: 0.9, top_k: 5}", "seed=7", timeout=300)
+    proc = snakemake_run(
+        workdir,
+        "-n",
+        "results/generations/uk-real/smollm2-135m-instruct/zero-shot/attribute.jsonl",
+        "--config",
+        "generation={top_p: 0.9, top_k: 5}",
+        "seed=7",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "rule generate" in proc.stdout
 
 
 # ---- 10. names that become paths -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("section, name", [("methods", "../../escape"), ("datasets", "a/b"), ("models", ".hidden"),
-                                           ("methods", "has space")])
+
+@pytest.mark.parametrize(
+    "section, name",
+    [("methods", "../../escape"), ("datasets", "a/b"), ("models", ".hidden"), ("methods", "has space")],
+)
 def test_names_that_would_leave_results(repo, section, name):
     cfg = _raw(repo)
     first = next(iter(cfg[section]))
@@ -192,6 +223,7 @@ def test_names_that_would_leave_results(repo, section, name):
 
 
 # ---- targets.round_even ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("digits, ok", [(None, True), (3, True), (2, True), (1, False), (0, False)])
 def test_round_even_must_keep_a_distribution(repo, digits, ok):
@@ -206,13 +238,17 @@ def test_round_even_must_keep_a_distribution(repo, digits, ok):
 
 # ---- 5. a path asked for that does not apply fails at DAG time, with the reason --------------------------
 
-@pytest.mark.parametrize("target, reason", [
-    ("results/metrics/race-even/smollm2-135m-instruct/zero-shot/story.json", "has no story judge"),
-    ("results/metrics/uk-even/smollm2-135m-instruct/pe-implicit/attribute.json", "'even' targets"),
-    ("results/adapters/race-even/smollm2-135m-instruct/ours-words", "token set 'words'"),
-    ("results/adapters/uk-real/smollm2-135m-instruct/zero-shot", "trains nothing"),
-    ("results/figures/fig3.png", "config key 'report.share_class'"),
-])
+
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("results/metrics/race-even/smollm2-135m-instruct/zero-shot/story.json", "has no story judge"),
+        ("results/metrics/uk-even/smollm2-135m-instruct/pe-implicit/attribute.json", "'even' targets"),
+        ("results/adapters/race-even/smollm2-135m-instruct/ours-words", "token set 'words'"),
+        ("results/adapters/uk-real/smollm2-135m-instruct/zero-shot", "trains nothing"),
+        ("results/figures/fig3.png", "config key 'report.share_class'"),
+    ],
+)
 def test_a_path_that_does_not_apply_fails_at_dag_time(workdir, snakemake_run, target, reason):
     if "fig3" in target:  # not built by `all`, so checked only when asked for; it plots uk-real (gender)
         cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
@@ -222,10 +258,13 @@ def test_a_path_that_does_not_apply_fails_at_dag_time(workdir, snakemake_run, ta
     proc = snakemake_run(workdir, "-n", target, timeout=300)
     assert proc.returncode != 0
     assert reason in proc.stdout, proc.stdout[-3000:]
-    assert not re.search(r"^(local)?rule (train|generate|prepare_model):", proc.stdout, re.M)  # no job planned
+    assert not re.search(
+        r"^(local)?rule (train|generate|prepare_model):", proc.stdout, re.M
+    )  # no job planned
 
 
 # ---- 6. YAML syntax errors name the file and line --------------------------------------------------------
+
 
 def test_syntax_error_in_the_default_config_names_file_and_line(workdir, snakemake_run):
     path = workdir / "config/config.yaml"
@@ -247,4 +286,6 @@ def test_config_file_checker_names_the_line(tmp_path):
     assert proc.returncode == 1 and f"{bad}:4: YAML syntax error" in proc.stderr, proc.stderr
     bad.write_text("seed: 1\nseed: 2\n")
     proc = subprocess.run([sys.executable, "-m", "distalign.io", str(bad)], capture_output=True, text=True)
-    assert proc.returncode == 1 and f"{bad}:2: duplicate key 'seed' (first at line 1)" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and f"{bad}:2: duplicate key 'seed' (first at line 1)" in proc.stderr, (
+        proc.stderr
+    )

@@ -45,8 +45,9 @@ def uk_real(repo, config):
     attr = attribute_of_dataset(config, "uk-real")
     targets = build_targets(load_census(repo / "resources/census/uk.csv"), attr, "real")
     bank = load_templates(repo / "resources/prompts/templates.yaml")
-    prompts = build_prompts(targets, attr, "attribute", bank, {"train": 100, "val": 100, "test": 100}, 1,
-                            census_name="uk")
+    prompts = build_prompts(
+        targets, attr, "attribute", bank, {"train": 100, "val": 100, "test": 100}, 1, census_name="uk"
+    )
     return attr, targets, bank, prompts
 
 

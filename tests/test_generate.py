@@ -23,11 +23,12 @@ from distalign.generate import (  # noqa: E402
     generate,
     load_requests,
     make_job,
-    probe_summary,
+    probe_from_generations,
     restricted_probs,
     run_generation,
-    run_probe,
+    steering_distribution,
     steering_draw_seed,
+    summarize_probe,
 )
 from distalign.io import read_jsonl, write_jsonl  # noqa: E402
 
@@ -44,9 +45,19 @@ def tiny_dir(tmp_path_factory, embedded_model_dir):
     for name in TOKENIZER_FILES:
         if (embedded_model_dir / name).exists():
             shutil.copy(embedded_model_dir / name, out / name)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # larger weights than the default init, so greedy answers depend on the prompt
@@ -54,8 +65,11 @@ def tiny_dir(tmp_path_factory, embedded_model_dir):
             if "norm" not in name:
                 w.normal_(0, 0.3)
     model.save_pretrained(out)
-    (out / "distalign_model.json").write_text(json.dumps({"name": "tiny", "source": "path", "path_or_id": str(out),
-                                                          "dtype": "float32", "path": None}))
+    (out / "distalign_model.json").write_text(
+        json.dumps(
+            {"name": "tiny", "source": "path", "path_or_id": str(out), "dtype": "float32", "path": None}
+        )
+    )
     return out
 
 
@@ -86,17 +100,40 @@ def pin_logits(backend):
 
 
 def _requests(n=3, target=(0.7, 0.3)):
-    texts = ["What is the gender of a nurse?", "Is a typical plumber male or female? Answer in one word please.",
-             "Guess the gender of a randomly chosen software developer working in the city of London today, please."]
-    return [{"context_id": i % 2, "context": f"ctx{i % 2}", "prompt_id": f"test-{i % 2}-{i}", "prompt": texts[i % 3],
-             "target": list(target)} for i in range(n)]
+    texts = [
+        "What is the gender of a nurse?",
+        "Is a typical plumber male or female? Answer in one word please.",
+        "Guess the gender of a randomly chosen software developer working in the city of London today, please.",
+    ]
+    return [
+        {
+            "context_id": i % 2,
+            "context": f"ctx{i % 2}",
+            "prompt_id": f"test-{i % 2}-{i}",
+            "prompt": texts[i % 3],
+            "target": list(target),
+        }
+        for i in range(n)
+    ]
 
 
 def _job(tiny_dir, requests, **kw) -> Job:
-    base = dict(kind="generate", backend="transformers", model_dir=str(tiny_dir), adapter=None, device="cpu",
-                dtype="float32", requests=requests, seed_parts=[1234, "uk-real", "tiny", "ours", "attribute"],
-                sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4}, samples_per_prompt=1,
-                batch_size=250, steering_tokens=None, class_tokens=None, placement="assistant", threads=2)
+    base = dict(
+        backend="transformers",
+        model_dir=str(tiny_dir),
+        adapter=None,
+        device="cpu",
+        dtype="float32",
+        requests=requests,
+        seed_parts=[1234, "uk-real", "tiny", "ours", "attribute"],
+        sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4},
+        samples_per_prompt=1,
+        batch_size=250,
+        steering_tokens=None,
+        class_tokens=None,
+        placement="assistant",
+        threads=2,
+    )
     base.update(kw)
     return Job(**base)
 
@@ -114,8 +151,13 @@ def test_two_step_frequencies_match_restricted_distribution(tiny_dir, backend, p
     """2000 two-step samples: steering frequencies within 4 binomial SDs of the pinned restricted softmax."""
     target = [0.5, 0.3, 0.2]
     pin_logits({DIGIT[str(k)]: math.log(p) + 3.0 for k, p in enumerate(target)})
-    job = _job(tiny_dir, _requests(1), steering_tokens=["0", "1", "2"], samples_per_prompt=2000,
-               sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1})
+    job = _job(
+        tiny_dir,
+        _requests(1),
+        steering_tokens=["0", "1", "2"],
+        samples_per_prompt=2000,
+        sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1},
+    )
     rows = run_generation(backend, backend.tokenizer, job)
     assert len(rows) == 2000
     assert rows[0]["steering_probs"] == pytest.approx(target, abs=1e-6)
@@ -123,8 +165,10 @@ def test_two_step_frequencies_match_restricted_distribution(tiny_dir, backend, p
         freq = sum(r["steering_token"] == str(k) for r in rows) / len(rows)
         assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(rows)), (k, freq, p)
     # the draws replay from the recorded probabilities and steering_draw_seed (bench/same_draws.py)
-    replayed = [draw_index(r["steering_probs"], steering_draw_seed(job.seed_parts, r["prompt_id"], r["sample"]))
-                for r in rows]
+    replayed = [
+        draw_index(r["steering_probs"], steering_draw_seed(job.seed_parts, r["prompt_id"], r["sample"]))
+        for r in rows
+    ]
     assert replayed == [int(r["steering_token"]) for r in rows]
 
 
@@ -132,8 +176,14 @@ def test_token_weights_reweight_the_draw_not_the_recorded_probs(tiny_dir, backen
     """Validity correction: tokens drawn from p * w renormalised; steering_probs stay the model's."""
     target = [0.5, 0.5]
     pin_logits({DIGIT[str(k)]: math.log(p) + 3.0 for k, p in enumerate(target)})
-    job = _job(tiny_dir, _requests(1), steering_tokens=["0", "1"], samples_per_prompt=2000, token_weights=[3.0, 1.0],
-               sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1})
+    job = _job(
+        tiny_dir,
+        _requests(1),
+        steering_tokens=["0", "1"],
+        samples_per_prompt=2000,
+        token_weights=[3.0, 1.0],
+        sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1},
+    )
     rows = run_generation(backend, backend.tokenizer, job)
     assert rows[0]["steering_probs"] == pytest.approx(target, abs=1e-6)
     assert rows[0]["token_weights"] == [3.0, 1.0]
@@ -150,22 +200,29 @@ def test_token_weights_are_checked(tiny_dir, config):
 
     assert weighted_probs([0.5, 0.5], None) == [0.5, 0.5]
     assert weighted_probs([0.5, 0.5], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
-    kw = dict(config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir)
+    kw = dict(
+        config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir
+    )
     with pytest.raises(GenerationError, match="expected 2 positive token weights"):
-        make_job("generate", _requests(1), method="ours", token_weights=[1.0, 0.0], **kw)
+        make_job(_requests(1), method="ours", token_weights=[1.0, 0.0], **kw)
     with pytest.raises(GenerationError, match="expected 2 positive token weights"):
-        make_job("generate", _requests(1), method="ours", token_weights=[1.0], **kw)
+        make_job(_requests(1), method="ours", token_weights=[1.0], **kw)
     with pytest.raises(GenerationError, match="need steering tokens"):
-        make_job("generate", _requests(1), method="ift", token_weights=[1.0, 1.0], **kw)
-    assert make_job("generate", _requests(1), method="ours", token_weights=[2, 1], **kw).token_weights == [2.0, 1.0]
+        make_job(_requests(1), method="ift", token_weights=[1.0, 1.0], **kw)
+    assert make_job(_requests(1), method="ours", token_weights=[2, 1], **kw).token_weights == [2.0, 1.0]
 
 
 @pytest.mark.parametrize("placement", ["assistant", "paper"])
 def test_steering_token_excluded_model_digits_kept(tiny_dir, backend, pin_logits, placement):
     """The model writes "0000"; the steering "0" is not in the answer and no digit is stripped."""
     pin_logits({DIGIT["0"]: 50.0})
-    job = _job(tiny_dir, _requests(2), steering_tokens=["0", "1"], placement=placement,
-               sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4})
+    job = _job(
+        tiny_dir,
+        _requests(2),
+        steering_tokens=["0", "1"],
+        placement=placement,
+        sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4},
+    )
     rows = run_generation(backend, backend.tokenizer, job)
     for r in rows:
         assert r["steering_token"] == "0"
@@ -197,13 +254,22 @@ def test_left_padding_batch_equals_single(tiny_dir, backend):
     ids = [backend.tokenizer(r["prompt"])["input_ids"] for r in reqs]
     together = backend.next_token_logprobs(ids, [32, 33, 34])
     for i in range(3):
-        assert backend.next_token_logprobs(ids[i:i + 1], [32, 33, 34])[0] == pytest.approx(together[i], abs=1e-4)
+        assert backend.next_token_logprobs(ids[i : i + 1], [32, 33, 34])[0] == pytest.approx(
+            together[i], abs=1e-4
+        )
 
 
 def test_same_seed_same_jsonl_different_seed_differs(tiny_dir, config, tmp_path):
     """The public entry point: identical files for one seed, different answers for another."""
-    config["generation"].update(backend="transformers", batch_size=2, samples_per_prompt=2, max_new_tokens={"attribute": 6, "story": 6})
-    kw = dict(dataset="uk-real", model="tiny", method="zero-shot", task="attribute", model_dir=tiny_dir, threads=2)
+    config["generation"].update(
+        backend="transformers",
+        batch_size=2,
+        samples_per_prompt=2,
+        max_new_tokens={"attribute": 6, "story": 6},
+    )
+    kw = dict(
+        dataset="uk-real", model="tiny", method="zero-shot", task="attribute", model_dir=tiny_dir, threads=2
+    )
     paths = []
     for i, seed in enumerate((7, 7, 8)):
         config["seed"] = seed
@@ -228,28 +294,34 @@ def test_ours_with_adapter_end_to_end(tiny_dir, config, tmp_path):
     config["generation"].update(backend="transformers", max_new_tokens={"attribute": 3, "story": 3})
     kw = dict(dataset="uk-real", model="tiny", method="ours", task="attribute", model_dir=tiny_dir, threads=2)
     with pytest.raises(RuntimeError, match="needs its trained adapter"):
-        make_job("generate", _requests(2), config=config, **kw)
+        make_job(_requests(2), config=config, **kw)
     rows = generate(_requests(2), config=config, adapter=tmp_path / "adapter", **kw)
     assert all(r["steering_token"] in ("0", "1") and len(r["steering_probs"]) == 2 for r in rows)
     assert all(abs(sum(r["steering_probs"]) - 1) < 1e-9 for r in rows)
 
 
 def test_probe_renormalised_mae(tiny_dir, backend, pin_logits, config):
+    """The probe read from generation rows: restricted first-position probabilities, MAE per context
+    (mean over classes) and the mean over contexts."""
     from distalign.attributes import attribute_of_dataset
 
     pin_logits({DIGIT["0"]: math.log(0.6), DIGIT["1"]: math.log(0.4)})
     reqs = _requests(3, target=(0.7, 0.3))
-    job = _job(tiny_dir, reqs, kind="probe", steering_tokens=["0", "1"], class_tokens=["0", "1"])
-    res = probe_summary(reqs, run_probe(backend, backend.tokenizer, job), job, attribute_of_dataset(config, "uk-real"))
+    attribute = attribute_of_dataset(config, "uk-real")
+    rows = run_generation(
+        backend, backend.tokenizer, _job(tiny_dir, reqs, steering_tokens=["0", "1"], class_tokens=["0", "1"])
+    )
+    res = probe_from_generations(rows, attribute, ["0", "1"])
     assert res["token_kind"] == "steering" and res["class_token_ids"] == [32, 33]
     for c in res["contexts"]:
         assert c["probs"] == pytest.approx([0.6, 0.4], abs=1e-6)
         assert c["mae"] == pytest.approx(0.1, abs=1e-6)
     assert res["mae"] == pytest.approx(0.1, abs=1e-6)
-    # label probe: first token of each label, distinct ids
-    job = _job(tiny_dir, reqs, kind="probe", class_tokens=["Male", "Female"])
-    per = run_probe(backend, backend.tokenizer, job)
-    assert len(set(per[0]["token_ids"])) == 2 and sum(per[0]["probs"]) == pytest.approx(1.0)
+    # label probe: first token of each label, distinct ids, renormalised over the two
+    rows = run_generation(backend, backend.tokenizer, _job(tiny_dir, reqs, class_tokens=["Male", "Female"]))
+    res = probe_from_generations(rows, attribute, ["Male", "Female"])
+    assert res["token_kind"] == "label_first_token" and len(set(res["class_token_ids"])) == 2
+    assert all(sum(c["probs"]) == pytest.approx(1.0) for c in res["contexts"])
 
 
 def test_pe_explicit_prompt_contains_distribution(tmp_path, config, repo):
@@ -258,16 +330,33 @@ def test_pe_explicit_prompt_contains_distribution(tmp_path, config, repo):
     from distalign.targets import write_targets_csv
 
     attribute = attribute_of_dataset(config, "uk-real")
-    write_targets_csv(tmp_path / "t.csv", [{"context_id": 0, "context": "Nurses", "group": "g", "target": [0.25, 0.75]}],
-                      attribute)
-    write_jsonl(tmp_path / "p.jsonl", [
-        {"context_id": 0, "context": "Nurses", "split": s, "prompt_id": f"{s}-0-0", "prompt": f"{s}: gender of Nurses?"}
-        for s in ("train", "val", "test")])
+    write_targets_csv(
+        tmp_path / "t.csv",
+        [{"context_id": 0, "context": "Nurses", "group": "g", "target": [0.25, 0.75]}],
+        attribute,
+    )
+    write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "context_id": 0,
+                "context": "Nurses",
+                "split": s,
+                "prompt_id": f"{s}-0-0",
+                "prompt": f"{s}: gender of Nurses?",
+            }
+            for s in ("train", "val", "test")
+        ],
+    )
     bank = load_templates(repo / config["prompts"]["templates"])
-    explicit = load_requests(tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["pe-explicit"])
+    explicit = load_requests(
+        tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["pe-explicit"]
+    )
     assert len(explicit) == 1 and explicit[0]["prompt"].startswith("test: gender of Nurses?")
     assert "25% Male and 75% Female" in explicit[0]["prompt"]
-    plain = load_requests(tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["ours"])
+    plain = load_requests(
+        tmp_path / "p.jsonl", tmp_path / "t.csv", bank, attribute, config["methods"]["ours"]
+    )
     assert plain[0]["prompt"] == "test: gender of Nurses?" and plain[0]["target"] == [0.25, 0.75]
 
 
@@ -286,17 +375,31 @@ def test_vllm_python_resolution(tmp_path):
 def test_probe_from_generation_equals_a_separate_probe_pass(tiny_dir, backend, config, steering):
     """The first-answer-position log-probs recorded while sampling give the same probe as a forward pass."""
     from distalign.attributes import attribute_of_dataset
-    from distalign.generate import probe_from_generations
 
     attribute = attribute_of_dataset(config, "uk-real")
     reqs = _requests(3)
     tokens = ["0", "1"] if steering else ["Male", "Female"]
     kw = dict(steering_tokens=tokens) if steering else {}
-    rows = run_generation(backend, backend.tokenizer, _job(tiny_dir, reqs, class_tokens=tokens, samples_per_prompt=2,
-                                                           **kw))
+    rows = run_generation(
+        backend, backend.tokenizer, _job(tiny_dir, reqs, class_tokens=tokens, samples_per_prompt=2, **kw)
+    )
     from_rows = probe_from_generations(rows, attribute, tokens)
-    pjob = _job(tiny_dir, reqs, kind="probe", class_tokens=tokens, **kw)
-    direct = probe_summary(reqs, run_probe(backend, backend.tokenizer, pjob), pjob, attribute)
+    ids = from_rows["class_token_ids"]
+    probs, mass = steering_distribution(backend, backend.tokenizer, [r["prompt"] for r in reqs], ids)
+    job_like = {
+        "dataset": "uk-real",
+        "model": "tiny",
+        "method": "ours",
+        "backend": "transformers",
+        "steering": steering,
+    }
+    direct = summarize_probe(
+        reqs,
+        [{"probs": p, "mass": m, "token_ids": ids} for p, m in zip(probs, mass, strict=True)],
+        job_like,
+        tokens,
+        attribute,
+    )
     assert from_rows["token_kind"] == direct["token_kind"]
     assert from_rows["class_token_ids"] == direct["class_token_ids"]
     assert from_rows["mae"] == pytest.approx(direct["mae"], abs=1e-5)

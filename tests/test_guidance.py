@@ -36,7 +36,9 @@ def test_guided_log_probs_formula():
     w = torch.tensor([[0.25, 0.75]])
     assert torch.allclose(guided_log_probs(cond, others, w, 1.0, plausibility=0), cond)
     mix = torch.log(0.25 * others[0, 0].exp() + 0.75 * others[0, 1].exp())
-    assert torch.allclose(guided_log_probs(cond, others, w, 3.0, plausibility=0)[0], 3 * cond[0] - 2 * mix, atol=1e-6)
+    assert torch.allclose(
+        guided_log_probs(cond, others, w, 3.0, plausibility=0)[0], 3 * cond[0] - 2 * mix, atol=1e-6
+    )
     # the token the other branches favour loses mass: class 2 is likelier under the mixture
     q = torch.softmax(guided_log_probs(cond, others, w, 3.0, plausibility=0), -1)[0]
     assert q[0] > torch.softmax(cond, -1)[0, 0] and q[2] < torch.softmax(cond, -1)[0, 2]
@@ -59,7 +61,9 @@ def test_cached_branch_equals_full_forward(backend):
     texts = ["Nurse?", "Write a very short story about a plumber who lives in the city."]  # different lengths
     alts = [steered_prompt_ids(tok, t, DIGIT["1"]) for t in texts]
     alt_ids, alt_mask = backend._pad(alts)
-    proc = SteeringGuidance(backend.model, alt_ids, alt_mask, torch.ones(2, 1), scale=2.0, plausibility=PLAUSIBILITY)
+    proc = SteeringGuidance(
+        backend.model, alt_ids, alt_mask, torch.ones(2, 1), scale=2.0, plausibility=PLAUSIBILITY
+    )
     answer = [[], []]
     with torch.inference_mode():
         for step in range(4):
@@ -98,7 +102,10 @@ def test_guided_greedy_generation_token_by_token(tiny_dir, backend):  # noqa: F8
         assert "steering_guidance" not in p
         assert r["steering_token"] == p["steering_token"]  # guidance never changes the draw
         k = int(r["steering_token"])
-        ids = (steered_prompt_ids(tok, r["prompt"], DIGIT[str(k)]), steered_prompt_ids(tok, r["prompt"], DIGIT[str(1 - k)]))
+        ids = (
+            steered_prompt_ids(tok, r["prompt"], DIGIT[str(k)]),
+            steered_prompt_ids(tok, r["prompt"], DIGIT[str(1 - k)]),
+        )
         want = _greedy_guided(backend, r["prompt"], ids, 4.0, 3)
         stop = next((i for i, t in enumerate(want) if t in backend.stop), len(want))
         assert r["response"] == tok.decode(want[:stop], skip_special_tokens=True)
@@ -107,21 +114,33 @@ def test_guided_greedy_generation_token_by_token(tiny_dir, backend):  # noqa: F8
 
 
 def test_guided_sampling_is_seeded(tiny_dir, backend):  # noqa: F811
-    job = _job(tiny_dir, _requests(3), steering_tokens=["0", "1", "2"], guidance=2.0, samples_per_prompt=2,
-               sampling={"temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 5})
+    job = _job(
+        tiny_dir,
+        _requests(3),
+        steering_tokens=["0", "1", "2"],
+        guidance=2.0,
+        samples_per_prompt=2,
+        sampling={"temperature": 1.0, "top_p": 0.9, "top_k": 0, "max_new_tokens": 5},
+    )
     a = run_generation(backend, backend.tokenizer, job)
     b = run_generation(backend, backend.tokenizer, job)
     assert [r["response"] for r in a] == [r["response"] for r in b]
 
 
 def test_make_job_guidance(tiny_dir, config):  # noqa: F811
-    kw = dict(config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir)
+    kw = dict(
+        config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir
+    )
 
     def job_with(method, value, backend="vllm", task="story"):
-        cfg = {**config, "methods": {**config["methods"], method: {**config["methods"][method],
-                                                                    "steering_guidance": value}}}
-        return make_job("generate", _requests(1), **{**kw, "config": cfg, "task": task}, method=method,
-                        backend=backend)
+        cfg = {
+            **config,
+            "methods": {
+                **config["methods"],
+                method: {**config["methods"][method], "steering_guidance": value},
+            },
+        }
+        return make_job(_requests(1), **{**kw, "config": cfg, "task": task}, method=method, backend=backend)
 
     job = job_with("ours", {"story": 2.5, "attribute": 1})  # a scale per task
     assert job.guidance == 2.5 and job.backend == "transformers"  # vLLM cannot mix other prompts' logits

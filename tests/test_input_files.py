@@ -49,17 +49,22 @@ def test_duplicate_top_level_key_names_both_lines(tmp_path):
 
 
 def test_duplicate_nested_key_names_both_lines(tmp_path):
-    p = _write(tmp_path, "c.yaml", "a: 1\ntraining:\n  sft: {epochs: 1}\n  lora: {r: 8}\n  sft:\n    epochs: 3\n")
+    p = _write(
+        tmp_path, "c.yaml", "a: 1\ntraining:\n  sft: {epochs: 1}\n  lora: {r: 8}\n  sft:\n    epochs: 3\n"
+    )
     with pytest.raises(DuplicateKeyError, match=r"c\.yaml:5: duplicate key 'sft' \(first at line 3\)"):
         load_yaml(p)
 
 
-@pytest.mark.parametrize("text,key", [
-    ("{a: 1, b: 2, a: 3}\n", "'a'"),               # flow mapping
-    ("1: x\n1.0: y\n", "1.0"),                       # equal once loaded: 1 == 1.0
-    ("yes: x\ntrue: y\n", "True"),                   # YAML 1.1 booleans
-    ("- {k: 1}\n- {k: 2, k: 3}\n", "'k'"),           # inside a list item
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("{a: 1, b: 2, a: 3}\n", "'a'"),  # flow mapping
+        ("1: x\n1.0: y\n", "1.0"),  # equal once loaded: 1 == 1.0
+        ("yes: x\ntrue: y\n", "True"),  # YAML 1.1 booleans
+        ("- {k: 1}\n- {k: 2, k: 3}\n", "'k'"),  # inside a list item
+    ],
+)
 def test_keys_equal_after_loading_are_duplicates(tmp_path, text, key):
     p = _write(tmp_path, "c.yaml", text)
     with pytest.raises(DuplicateKeyError, match=f"duplicate key {re.escape(key)}"):
@@ -71,12 +76,15 @@ def test_merge_keys_and_equal_keys_in_different_mappings_are_not_duplicates(tmp_
     assert load_yaml(p) == {"base": {"lr": 1, "epochs": 2}, "sft": {"lr": 3, "epochs": 2}, "pref": {"lr": 4}}
 
 
-@pytest.mark.parametrize("text,line,what", [
-    ("a: 1\nb:\n  c: 2\n d: [\n", 4, "YAML syntax error"),                  # bad indentation
-    ("a: 1\nb:\n\tc: 2\n", 3, "YAML syntax error: found character '\\t'"),  # a tab indent
-    ("a: 1\nb: 'unclosed\nc: 3\n", 4, "YAML syntax error"),
-    ("a: 1\nb: x\x07y\n", 2, "character '\\x07' (U+0007) is not allowed"),
-])
+@pytest.mark.parametrize(
+    "text,line,what",
+    [
+        ("a: 1\nb:\n  c: 2\n d: [\n", 4, "YAML syntax error"),  # bad indentation
+        ("a: 1\nb:\n\tc: 2\n", 3, "YAML syntax error: found character '\\t'"),  # a tab indent
+        ("a: 1\nb: 'unclosed\nc: 3\n", 4, "YAML syntax error"),
+        ("a: 1\nb: x\x07y\n", 2, "character '\\x07' (U+0007) is not allowed"),
+    ],
+)
 def test_yaml_syntax_error_names_file_and_line(tmp_path, text, line, what):
     p = _write(tmp_path, "c.yaml", text)
     with pytest.raises(YamlError) as err:
@@ -86,20 +94,28 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, text, line, what):
 
 def test_yaml_that_is_not_utf8_names_the_byte(tmp_path):
     p = _write(tmp_path, "c.yaml", "a: 1\nb: Caf\u00e9\n", encoding="cp1252")
-    with pytest.raises(YamlError, match=r"c\.yaml:2: byte 0xE9 at column 7 is not UTF-8 .*'é'.*save the file as UTF-8"):
+    with pytest.raises(
+        YamlError, match=r"c\.yaml:2: byte 0xE9 at column 7 is not UTF-8 .*'é'.*save the file as UTF-8"
+    ):
         load_yaml(p)
 
 
 def test_load_config_rejects_a_duplicate_key(tmp_path, repo):
     over = _write(tmp_path, "over.yaml", "seed: 1\nseed: 2\n")
-    with pytest.raises(DuplicateKeyError, match=rf"^{re.escape(str(over))}:2: duplicate key 'seed' \(first at line 1\)"):
+    with pytest.raises(
+        DuplicateKeyError, match=rf"^{re.escape(str(over))}:2: duplicate key 'seed' \(first at line 1\)"
+    ):
         load_config(repo / "config" / "config.yaml", over)
 
 
 def test_repository_yaml_files_are_strictly_valid(repo):
     """Every YAML the workflow reads, profile included, loads strictly (the checks above are not a false alarm)."""
-    files = [*sorted((repo / "config").glob("*.yaml")), repo / "resources/prompts/templates.yaml",
-             repo / "slurm/config.yaml", repo / "workflow/schemas/config.schema.yaml"]
+    files = [
+        *sorted((repo / "config").glob("*.yaml")),
+        repo / "resources/prompts/templates.yaml",
+        repo / "slurm/config.yaml",
+        repo / "workflow/schemas/config.schema.yaml",
+    ]
     check_yaml_files(files)
     assert all(load_yaml(f) for f in files)
 
@@ -150,27 +166,54 @@ def _set(data, dotted, value):
     node[int(last) if last.isdigit() else last] = value
 
 
-@pytest.mark.parametrize("where,text,match", [
-    ("templates.story.gender[3]", "Tell a story about \"{ocupation}\".", r"placeholder '\{ocupation\}' is not allowed"),
-    ("templates.attribute.race[0]", "Who works in {occupation!r}?", r"placeholder '\{occupation!r\}'"),
-    ("templates.attribute.race[1]", "Who works in {occupation:>30}?", r"placeholder '\{occupation:>30\}'"),
-    ("templates.attribute.race[2]", "Who works in {occupation.title}?", r"placeholder '\{occupation\.title\}'"),
-    ("templates.attribute.gender[4]", "{} works in {occupation}", r"positional placeholder '\{\}'"),
-    ("templates.story.race[0]", "A story about {occupation", r"unbalanced brace"),
-    ("templates.story.race[1]", "A story} about {occupation}", r"unbalanced brace"),
-    ("templates.story.race[2]", "A story about {{occupation}}", r"must be a string containing '\{occupation\}'"),
-    ("openers.attribute[1]", "About {occupation}:", r"braces are not allowed here"),
-    ("closers.story[0]", "Keep it short :-}", r"braces are not allowed here"),
-    ("answers.default[0]", "{labl}.", r"placeholder '\{labl\}' is not allowed here \(allowed: \{label\}, \{lower\}, "
-                                      r"\{occupation\}\)"),
-    ("answers.sentiment[2]", "Their mood is good.", r"must be a string containing '\{label\} or \{lower\}'"),
-    ("prompt_engineering.explicit", "Follow the distribution {dist}.", r"placeholder '\{dist\}'"),
-    ("prompt_engineering.explicit", "Follow the real distribution.", r"containing '\{distribution\}'"),
-    ("prompt_engineering.implicit", "Follow {distribution}.", r"braces are not allowed here"),
-    ("templates.attribute.gender[0]", 42, r"expected a string, got 42"),
-    ("openers.story", "Hello!", r"openers\.story: expected a non-empty list"),
-    ("answers.sentiment", [], r"answers\.sentiment: expected a non-empty list of strings"),
-])
+@pytest.mark.parametrize(
+    "where,text,match",
+    [
+        (
+            "templates.story.gender[3]",
+            'Tell a story about "{ocupation}".',
+            r"placeholder '\{ocupation\}' is not allowed",
+        ),
+        ("templates.attribute.race[0]", "Who works in {occupation!r}?", r"placeholder '\{occupation!r\}'"),
+        (
+            "templates.attribute.race[1]",
+            "Who works in {occupation:>30}?",
+            r"placeholder '\{occupation:>30\}'",
+        ),
+        (
+            "templates.attribute.race[2]",
+            "Who works in {occupation.title}?",
+            r"placeholder '\{occupation\.title\}'",
+        ),
+        ("templates.attribute.gender[4]", "{} works in {occupation}", r"positional placeholder '\{\}'"),
+        ("templates.story.race[0]", "A story about {occupation", r"unbalanced brace"),
+        ("templates.story.race[1]", "A story} about {occupation}", r"unbalanced brace"),
+        (
+            "templates.story.race[2]",
+            "A story about {{occupation}}",
+            r"must be a string containing '\{occupation\}'",
+        ),
+        ("openers.attribute[1]", "About {occupation}:", r"braces are not allowed here"),
+        ("closers.story[0]", "Keep it short :-}", r"braces are not allowed here"),
+        (
+            "answers.default[0]",
+            "{labl}.",
+            r"placeholder '\{labl\}' is not allowed here \(allowed: \{label\}, \{lower\}, "
+            r"\{occupation\}\)",
+        ),
+        (
+            "answers.sentiment[2]",
+            "Their mood is good.",
+            r"must be a string containing '\{label\} or \{lower\}'",
+        ),
+        ("prompt_engineering.explicit", "Follow the distribution {dist}.", r"placeholder '\{dist\}'"),
+        ("prompt_engineering.explicit", "Follow the real distribution.", r"containing '\{distribution\}'"),
+        ("prompt_engineering.implicit", "Follow {distribution}.", r"braces are not allowed here"),
+        ("templates.attribute.gender[0]", 42, r"expected a string, got 42"),
+        ("openers.story", "Hello!", r"openers\.story: expected a non-empty list"),
+        ("answers.sentiment", [], r"answers\.sentiment: expected a non-empty list of strings"),
+    ],
+)
 def test_bad_template_strings_name_their_location_and_file(tmp_path, bank_data, where, text, match):
     _set(bank_data, where, text)
     p = _bank_file(tmp_path, bank_data)
@@ -189,8 +232,12 @@ def test_every_template_problem_is_reported_at_once(tmp_path, bank_data):
     with pytest.raises(TemplateError) as err:
         load_templates(_bank_file(tmp_path, bank_data))
     msg = str(err.value)
-    for where in ("templates.story.gender[3]", "closers.attribute[2]", "answer: unknown top-level key",
-                  "openers.stories: unknown task"):
+    for where in (
+        "templates.story.gender[3]",
+        "closers.attribute[2]",
+        "answer: unknown top-level key",
+        "openers.stories: unknown task",
+    ):
         assert where in msg, msg
 
 
@@ -254,8 +301,9 @@ def test_windows_1252_census_is_an_error_naming_line_and_byte(tmp_path):
     p = _census(tmp_path, [HEADER, ROWS[0], "Caf\u00e9 staff,Food,1,3,2024,x"], encoding="cp1252")
     with pytest.raises(CensusError) as err:
         load_census(p)
-    assert str(err.value).startswith(f"{p}:3: byte 0xE9 at column 4 is not UTF-8 (in Windows-1252 it would be 'é'); "
-                                     f"save the file as UTF-8")
+    assert str(err.value).startswith(
+        f"{p}:3: byte 0xE9 at column 4 is not UTF-8 (in Windows-1252 it would be 'é'); save the file as UTF-8"
+    )
 
 
 def test_utf16_census_is_an_error(tmp_path):
@@ -264,14 +312,19 @@ def test_utf16_census_is_an_error(tmp_path):
         load_census(p)
 
 
-@pytest.mark.parametrize("lines,line", [
-    ([HEADER, "", ROWS[0], "", "", "Pilots,Transport,x,10,2024,y"], 6),              # blank lines
-    ([HEADER, ",,,,,", ROWS[0], "Pilots,Transport,x,10,2024,y"], 4),                 # a row of empty cells
-    ([HEADER, 'Nurses,Health,10,90,2024,"multi\r\nline\r\nsource"', "Pilots,Transport,x,10,2024,y"], 5),
-])
+@pytest.mark.parametrize(
+    "lines,line",
+    [
+        ([HEADER, "", ROWS[0], "", "", "Pilots,Transport,x,10,2024,y"], 6),  # blank lines
+        ([HEADER, ",,,,,", ROWS[0], "Pilots,Transport,x,10,2024,y"], 4),  # a row of empty cells
+        ([HEADER, 'Nurses,Health,10,90,2024,"multi\r\nline\r\nsource"', "Pilots,Transport,x,10,2024,y"], 5),
+    ],
+)
 def test_row_numbers_are_file_line_numbers(tmp_path, lines, line):
     p = _census(tmp_path, lines)
-    with pytest.raises(CensusError, match=rf"c\.csv, row {line}, column 'male': expected a non-negative number"):
+    with pytest.raises(
+        CensusError, match=rf"c\.csv, row {line}, column 'male': expected a non-negative number"
+    ):
         load_census(p)
 
 
@@ -287,15 +340,30 @@ def test_trailing_comma_on_every_line_is_ignored(tmp_path, config):
     assert build_targets(rows, _gender(config), "real")[0]["target"] == [0.1, 0.9]
 
 
-@pytest.mark.parametrize("lines,match", [
-    ([HEADER + ",", ROWS[0] + ",", ROWS[1] + ",7"], r"row 3: column 7 has no name in the header \(row 1\) but holds '7'"),
-    ([HEADER, ROWS[0] + ","], r"row 2: expected 6 fields, got 7 \(a trailing comma\?\)"),
-    ([HEADER + ",male", ROWS[0] + ",5"], r"row 1: column\(s\) \['male'\] appear more than once in the header"),
-    ([HEADER.replace(",", ";"), ROWS[0].replace(",", ";")], r"row 1: the columns are separated by ';'"),
-    ([HEADER, '"Nurses,Health,10,90,2024,x', ROWS[1]], r"row 2: not valid CSV .*a quote opened on this row is never"),
-    ([HEADER, '"Registered\nnurses",Health,10,90,2024,x'], r"row 2: occupation 'Registered\\nnurses' contains a "
-                                                          r"control character"),
-])
+@pytest.mark.parametrize(
+    "lines,match",
+    [
+        (
+            [HEADER + ",", ROWS[0] + ",", ROWS[1] + ",7"],
+            r"row 3: column 7 has no name in the header \(row 1\) but holds '7'",
+        ),
+        ([HEADER, ROWS[0] + ","], r"row 2: expected 6 fields, got 7 \(a trailing comma\?\)"),
+        (
+            [HEADER + ",male", ROWS[0] + ",5"],
+            r"row 1: column\(s\) \['male'\] appear more than once in the header",
+        ),
+        ([HEADER.replace(",", ";"), ROWS[0].replace(",", ";")], r"row 1: the columns are separated by ';'"),
+        (
+            [HEADER, '"Nurses,Health,10,90,2024,x', ROWS[1]],
+            r"row 2: not valid CSV .*a quote opened on this row is never",
+        ),
+        (
+            [HEADER, '"Registered\nnurses",Health,10,90,2024,x'],
+            r"row 2: occupation 'Registered\\nnurses' contains a "
+            r"control character",
+        ),
+    ],
+)
 def test_malformed_census_layout_is_rejected(tmp_path, lines, match):
     p = _census(tmp_path, lines)
     with pytest.raises(CensusError, match=match) as err:
@@ -303,31 +371,47 @@ def test_malformed_census_layout_is_rejected(tmp_path, lines, match):
     assert str(err.value).startswith(str(p))
 
 
-@pytest.mark.parametrize("first,again,shown", [
-    ("Nurses", "nurses", "'Nurses'"),
-    ("Registered nurses", "  Registered   nurses ", "'Registered nurses'"),
-    ("Caf\u00e9 staff", "Cafe\u0301 staff", r"'Caf\xe9 staff'"),     # NFC vs NFD: they print alike, so escaped
-    ("Caf\u00e9 staff", "CAF\u00c9\u00a0STAFF", "'Caf\u00e9 staff'"),  # case and a no-break space
-])
+@pytest.mark.parametrize(
+    "first,again,shown",
+    [
+        ("Nurses", "nurses", "'Nurses'"),
+        ("Registered nurses", "  Registered   nurses ", "'Registered nurses'"),
+        (
+            "Caf\u00e9 staff",
+            "Cafe\u0301 staff",
+            r"'Caf\xe9 staff'",
+        ),  # NFC vs NFD: they print alike, so escaped
+        ("Caf\u00e9 staff", "CAF\u00c9\u00a0STAFF", "'Caf\u00e9 staff'"),  # case and a no-break space
+    ],
+)
 def test_occupations_equal_but_for_case_space_or_unicode_form_are_duplicates(tmp_path, first, again, shown):
     p = _census(tmp_path, [HEADER, f'"{first}",A,1,2,2024,x', ROWS[1], f'"{again}",A,1,2,2024,x'])
-    with pytest.raises(CensusError, match=rf"c\.csv, row 4: duplicate occupation .* \(first at row 2 as "
-                                          rf"{re.escape(shown)}; case, spacing and Unicode form do not count\)"):
+    with pytest.raises(
+        CensusError,
+        match=rf"c\.csv, row 4: duplicate occupation .* \(first at row 2 as "
+        rf"{re.escape(shown)}; case, spacing and Unicode form do not count\)",
+    ):
         load_census(p)
 
 
 def test_real_target_rejects_a_column_that_is_not_a_class(tmp_path, config):
-    p = _census(tmp_path, ["occupation,group,male,female,nonbinary,year,source", "Nurses,Health,10,80,10,2024,x"])
+    p = _census(
+        tmp_path, ["occupation,group,male,female,nonbinary,year,source", "Nurses,Health,10,80,10,2024,x"]
+    )
     census = load_census(p)
     with pytest.raises(TargetError) as err:
         build_targets(census, _gender(config), "real", census_name="uk")
     assert str(err.value).startswith(f"{p}: column 'nonbinary' is not a class of attribute 'gender'")
-    assert build_targets(census, _gender(config), "even")[0]["target"] == [0.5, 0.5]  # even targets read no counts
+    assert build_targets(census, _gender(config), "even")[0]["target"] == [
+        0.5,
+        0.5,
+    ]  # even targets read no counts
 
 
 def test_census_row_of_zero_class_counts_names_the_row(tmp_path):
-    attr = Attribute.from_config("age", {"classes": [{"name": "young", "label": "Young"},
-                                                     {"name": "old", "label": "Old"}]})
+    attr = Attribute.from_config(
+        "age", {"classes": [{"name": "young", "label": "Young"}, {"name": "old", "label": "Old"}]}
+    )
     p = _census(tmp_path, ["occupation,group,young,old,year,source", "Pilots,T,3,1,,x", "", "Cooks,F,0,0,,x"])
     with pytest.raises(CensusError, match=r"c\.csv, row 4: all counts are zero for 'Cooks'"):
         build_targets(load_census(p), attr, "real")
@@ -375,11 +459,15 @@ def test_dry_run_names_duplicate_keys_of_config_overlay_and_profile(workdir, sna
     overlay = workdir / "overlay.yaml"
     overlay.write_text("training:\n  kl_weight: 2.0\nseed: 5\ntraining:\n  max_length: 128\n")
     (workdir / "prof").mkdir()
-    (workdir / "prof/config.yaml").write_text("printshellcmds: true\nkeep-going: true\nprintshellcmds: false\n")
+    (workdir / "prof/config.yaml").write_text(
+        "printshellcmds: true\nkeep-going: true\nprintshellcmds: false\n"
+    )
     proc = snakemake_run(workdir, "-n", "--configfile", str(overlay), "--profile", "prof", timeout=300)
     assert proc.returncode != 0
     assert f"{overlay}:4: duplicate key 'training' (first at line 1)" in proc.stdout, proc.stdout[-3000:]
-    assert "prof/config.yaml:3: duplicate key 'printshellcmds' (first at line 1)" in proc.stdout, proc.stdout[-3000:]
+    assert "prof/config.yaml:3: duplicate key 'printshellcmds' (first at line 1)" in proc.stdout, proc.stdout[
+        -3000:
+    ]
     assert "WorkflowError" in proc.stdout
 
 
@@ -392,14 +480,19 @@ def test_dry_run_stops_at_a_bad_census_row_and_a_bad_template(workdir, snakemake
     uk.write_text("\n".join(lines) + "\n", encoding="utf-8")
     templates = workdir / "resources/prompts/templates.yaml"
     text = templates.read_text()
-    bad = text.replace('"Tell a brief tale about a worker from \\"{occupation}\\"."',
-                       '"Tell a brief tale about a worker from \\"{occupaton}\\"."', 1)
+    bad = text.replace(
+        '"Tell a brief tale about a worker from \\"{occupation}\\"."',
+        '"Tell a brief tale about a worker from \\"{occupaton}\\"."',
+        1,
+    )
     assert bad != text
     templates.write_text(bad)
     proc = snakemake_run(workdir, "-n", timeout=300)
     assert proc.returncode != 0
-    assert f"census/uk.csv, row {i + 2}, column 'male': expected a non-negative number, got 'n/a'" in proc.stdout, \
-        proc.stdout[-3000:]
-    assert re.search(r"templates\.yaml: templates\.story\.gender\[1\]: placeholder '\{occupaton\}'", proc.stdout), \
-        proc.stdout[-3000:]
+    assert (
+        f"census/uk.csv, row {i + 2}, column 'male': expected a non-negative number, got 'n/a'" in proc.stdout
+    ), proc.stdout[-3000:]
+    assert re.search(
+        r"templates\.yaml: templates\.story\.gender\[1\]: placeholder '\{occupaton\}'", proc.stdout
+    ), proc.stdout[-3000:]
     assert not (workdir / "results").exists()

@@ -27,24 +27,27 @@ def attrs():
         return attributes_from_config(yaml.safe_load(fh))
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Female", "female"),
-    ("female.", "female"),
-    ("FEMALE!", "female"),
-    ("The answer is: Male.", "male"),
-    ("a woman", "female"),
-    ("Men, mostly", "male"),
-    ("female", "female"),           # "male" must not match inside "female"
-    ("Females", None),              # whole words only
-    ("femalemale", None),
-    ("womanhood", None),
-    ("", None),
-    ("   \n", None),
-    (None, None),
-    ("I cannot tell.", None),
-    ("**Male**", "male"),
-    ("male-dominated", "male"),     # a hyphen is a word boundary
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Female", "female"),
+        ("female.", "female"),
+        ("FEMALE!", "female"),
+        ("The answer is: Male.", "male"),
+        ("a woman", "female"),
+        ("Men, mostly", "male"),
+        ("female", "female"),  # "male" must not match inside "female"
+        ("Females", None),  # whole words only
+        ("femalemale", None),
+        ("womanhood", None),
+        ("", None),
+        ("   \n", None),
+        (None, None),
+        ("I cannot tell.", None),
+        ("**Male**", "male"),
+        ("male-dominated", "male"),  # a hyphen is a word boundary
+    ],
+)
 def test_gender_parser(attrs, text, expected):
     assert KeywordParser(attrs["gender"]).parse(text).label == expected
 
@@ -57,13 +60,16 @@ def test_invalid_reasons(attrs):
     assert KeywordParser(attrs["gender"], multi="invalid").parse("male or female").reason == "ambiguous"
 
 
-@pytest.mark.parametrize("text, last, invalid", [
-    ("Male or female? I would say female.", "female", None),
-    ("Female, no wait, male", "male", None),
-    ("Not a man but a woman", "female", None),
-    ("Female. Female. Male", "male", None),
-    ("female female", "female", "female"),   # several mentions of one class are not ambiguous
-])
+@pytest.mark.parametrize(
+    "text, last, invalid",
+    [
+        ("Male or female? I would say female.", "female", None),
+        ("Female, no wait, male", "male", None),
+        ("Not a man but a woman", "female", None),
+        ("Female. Female. Male", "male", None),
+        ("female female", "female", "female"),  # several mentions of one class are not ambiguous
+    ],
+)
 def test_several_classes_both_rules(attrs, text, last, invalid):
     assert KeywordParser(attrs["gender"], multi="last").parse(text).label == last
     assert KeywordParser(attrs["gender"], multi="invalid").parse(text).label == invalid
@@ -74,20 +80,23 @@ def test_multi_rule_checked(attrs):
         KeywordParser(attrs["gender"], multi="first")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Black or African American", "black"),
-    ("black or african american.", "black"),
-    ("Black or\nAfrican  American", "black"),
-    ("African-American", "black"),
-    ("American Indian or Alaska Native", "american_indian"),
-    ("Native Hawaiian or Other Pacific Islander", "pacific_islander"),
-    ("Asian", "asian"),
-    ("White", "white"),
-    ("Caucasian", "white"),
-    ("Hispanic", None),
-    ("White, then Asian", "asian"),
-    ("Asian. White.", "white"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Black or African American", "black"),
+        ("black or african american.", "black"),
+        ("Black or\nAfrican  American", "black"),
+        ("African-American", "black"),
+        ("American Indian or Alaska Native", "american_indian"),
+        ("Native Hawaiian or Other Pacific Islander", "pacific_islander"),
+        ("Asian", "asian"),
+        ("White", "white"),
+        ("Caucasian", "white"),
+        ("Hispanic", None),
+        ("White, then Asian", "asian"),
+        ("Asian. White.", "white"),
+    ],
+)
 def test_race_multiword(attrs, text, expected):
     assert KeywordParser(attrs["race"]).parse(text).label == expected
 
@@ -95,9 +104,15 @@ def test_race_multiword(attrs, text, expected):
 def test_longer_phrase_beats_keyword_inside_it():
     # Class b's keyword "islander" lies inside class a's "pacific islander": the longer phrase wins
     # although "islander" alone would start later (and win under the last-mention rule).
-    attr = Attribute.from_config("x", {"classes": [
-        {"name": "a", "label": "A", "keywords": ["pacific islander"], "tokens": {"digits": "0"}},
-        {"name": "b", "label": "B", "keywords": ["islander"], "tokens": {"digits": "1"}}]})
+    attr = Attribute.from_config(
+        "x",
+        {
+            "classes": [
+                {"name": "a", "label": "A", "keywords": ["pacific islander"], "tokens": {"digits": "0"}},
+                {"name": "b", "label": "B", "keywords": ["islander"], "tokens": {"digits": "1"}},
+            ]
+        },
+    )
     p = KeywordParser(attr)
     assert p.parse("Pacific Islander").label == "a"  # "islander" (later start) is inside the longer phrase
     assert p.parse("Pacific Islander, islander").label == "b"
@@ -171,6 +186,7 @@ def test_label_generations_two_judges(attrs):
 
         def judge(self, texts):
             from distalign.judge import Judgement
+
             return [Judgement("male") for _ in texts]
 
     rows = [{"context_id": 0, "response": "She smiled."}, {"context_id": 0, "response": "The day ended."}]
@@ -190,6 +206,7 @@ def test_short_story_responses_are_not_stories(attrs):
 
         def judge(self, texts):
             from distalign.judge import Judgement
+
             seen.extend(texts)
             return [Judgement("positive") for _ in texts]
 
@@ -202,10 +219,23 @@ def test_short_story_responses_are_not_stories(attrs):
     assert [r["label_llm"] for r in out] == [None, "positive", None, None]
     assert seen == [story]  # the LLM judge is not asked about the short ones
     # 0 judges everything (VADER then reads "Positive." as a positive story); attribute answers are never cut
-    assert label_generations(rows[:1], attrs["sentiment"], "story", {"lexicon": VaderJudge(attrs["sentiment"])},
-                             story_min_words=0)[0]["label"] == "positive"
-    one_word = label_generations([{"context_id": 0, "response": "Female."}], attrs["gender"], "attribute",
-                                 *judges_for(attrs["gender"], "attribute", judge_config({})), story_min_words=10)
+    assert (
+        label_generations(
+            rows[:1],
+            attrs["sentiment"],
+            "story",
+            {"lexicon": VaderJudge(attrs["sentiment"])},
+            story_min_words=0,
+        )[0]["label"]
+        == "positive"
+    )
+    one_word = label_generations(
+        [{"context_id": 0, "response": "Female."}],
+        attrs["gender"],
+        "attribute",
+        *judges_for(attrs["gender"], "attribute", judge_config({})),
+        story_min_words=10,
+    )
     assert one_word[0]["label"] == "female"
 
 

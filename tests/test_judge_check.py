@@ -33,16 +33,22 @@ def _write(tmp_path, lines):
     return path
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"text": "A good day.", "label": "positive"}', "{not json"], r"labelled\.jsonl, line 2: not JSON"),
-    (['{"text": "", "label": "positive"}'], r"line 1: key 'text' must be a non-empty string"),
-    (['{"label": "positive"}'], r"line 1: key 'text' must be a non-empty string"),
-    (['{"text": "A day.", "label": "happy"}'], r"line 1: key 'label' is 'happy'; expected one of the classes of "
-                                               r"attribute 'sentiment'"),
-    (['["A day.", "positive"]'], r"line 1: expected an object"),
-    ([""], r"labelled\.jsonl: no labelled stories"),
-    (['{"text": "A day."}'], r"line 1: key 'label' is missing; .*or null"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"text": "A good day.", "label": "positive"}', "{not json"], r"labelled\.jsonl, line 2: not JSON"),
+        (['{"text": "", "label": "positive"}'], r"line 1: key 'text' must be a non-empty string"),
+        (['{"label": "positive"}'], r"line 1: key 'text' must be a non-empty string"),
+        (
+            ['{"text": "A day.", "label": "happy"}'],
+            r"line 1: key 'label' is 'happy'; expected one of the classes of "
+            r"attribute 'sentiment'",
+        ),
+        (['["A day.", "positive"]'], r"line 1: expected an object"),
+        ([""], r"labelled\.jsonl: no labelled stories"),
+        (['{"text": "A day."}'], r"line 1: key 'label' is missing; .*or null"),
+    ],
+)
 def test_a_bad_labelled_file_names_the_line_and_key(tmp_path, lines, message):
     with pytest.raises(JudgeCheckError, match=message):
         read_labelled_stories(_write(tmp_path, lines), SENTIMENT)
@@ -101,7 +107,10 @@ def test_judge_check_of_vader_on_constructed_stories():
         {"text": "She loved her job and was proud and happy with the wonderful team.", "label": "positive"},
         {"text": "He hated the awful shift; it was a terrible, miserable, sad day.", "label": "negative"},
         {"text": "The clerk filed the forms at nine and closed the office at five.", "label": "neutral"},
-        {"text": "The nurse checked the charts, and the results were good, great and fine.", "label": "neutral"},
+        {
+            "text": "The nurse checked the charts, and the results were good, great and fine.",
+            "label": "neutral",
+        },
         {"text": "Too short.", "label": "neutral"},
     ]
     targets = [{"target": [1 / 3] * 3}, {"target": [0.5, 0.25, 0.25]}]
@@ -153,15 +162,28 @@ def test_judge_check_table_reads_the_check():
     def per_class(values):
         return dict(zip(NAMES, values, strict=True))
 
-    check = {"classes": NAMES, "judge": "vader", "n_stories": 80, "reader_shares": per_class([.3, .3, .4]),
-             "judge_shares": per_class([.6, .25, .15]), "agreement": .5, "kappa": .3,
-             "recall": per_class([.9, .6, None]), "faithful_mae": .17, "faithful_mae_ci": [.12, .22],
-             "judge_reach": .09, "reach_mixes": [[0, .65, .35], [0, .65, .35]]}
+    check = {
+        "classes": NAMES,
+        "judge": "vader",
+        "n_stories": 80,
+        "reader_shares": per_class([0.3, 0.3, 0.4]),
+        "judge_shares": per_class([0.6, 0.25, 0.15]),
+        "agreement": 0.5,
+        "kappa": 0.3,
+        "recall": per_class([0.9, 0.6, None]),
+        "faithful_mae": 0.17,
+        "faithful_mae_ci": [0.12, 0.22],
+        "judge_reach": 0.09,
+        "reach_mixes": [[0, 0.65, 0.35], [0, 0.65, 0.35]],
+    }
     df = judge_check_table([{"dataset": "sentiment-even", "check": check}], CONFIG)
     row = df.iloc[0]
     assert row["Dataset"] == CONFIG["datasets"]["sentiment-even"]["title"]
     assert row["Recall"] == ".90 / .60 / –" and row["Reach mix"] == ".00 / .65 / .35"
     md = to_markdown(df)
     assert "| .170 [.120, .220] |" in md and "| 80 |" in md and "Model" not in md
-    check["reach_mixes"] = [[0, .65, .35], [.1, .6, .3]]
-    assert judge_check_table([{"dataset": "sentiment-even", "check": check}], CONFIG).iloc[0]["Reach mix"] == "per context"
+    check["reach_mixes"] = [[0, 0.65, 0.35], [0.1, 0.6, 0.3]]
+    assert (
+        judge_check_table([{"dataset": "sentiment-even", "check": check}], CONFIG).iloc[0]["Reach mix"]
+        == "per context"
+    )

@@ -88,7 +88,8 @@ def test_two_writers_of_one_path_in_one_process_keep_their_temporaries(tmp_path)
 
 def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
     out, ready, go = tmp_path / "cache.json", tmp_path / "ready", tmp_path / "go"
-    proc = _python(f"""
+    proc = _python(
+        f"""
         import time
         from pathlib import Path
         from distalign.io import atomic_path
@@ -97,7 +98,9 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
             Path({str(ready)!r}).write_text(str(tmp))
             while not Path({str(go)!r}).exists():
                 time.sleep(0.02)
-        """, wait=False)
+        """,
+        wait=False,
+    )
     deadline = time.time() + 120
     while not ready.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -116,8 +119,16 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
 def _vllm_job(adapter="adapter"):
     from distalign.generate import Job
 
-    return Job(kind="generate", backend="vllm", model_dir="model", adapter=adapter, device="cpu", dtype="float32",
-               requests=[], seed_parts=[1, "d", "m", "ours", "attribute"], sampling={})
+    return Job(
+        backend="vllm",
+        model_dir="model",
+        adapter=adapter,
+        device="cpu",
+        dtype="float32",
+        requests=[],
+        seed_parts=[1, "d", "m", "ours", "attribute"],
+        sampling={},
+    )
 
 
 def _fake_merge_and_worker(monkeypatch, seen: dict):
@@ -145,7 +156,8 @@ def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch)
 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _python("""
+    proc = _python(
+        """
         import os, signal
         from distalign.scratch import scratch_dir
         with scratch_dir() as d:
@@ -153,7 +165,9 @@ def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch)
             (d / "merged" / "model.safetensors").write_bytes(b"w" * 4096)
             (d / "job.json").write_text("{}")
             os.kill(os.getpid(), signal.SIGKILL)
-        """, env={"TMPDIR": str(tmpdir)})
+        """,
+        env={"TMPDIR": str(tmpdir)},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (stale,) = tmpdir.glob("distalign-scratch-*")
     legacy = tmpdir / "distalign-merged-k2x9_q7a"  # a TemporaryDirectory of an earlier version, killed...
@@ -192,7 +206,8 @@ def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
     from distalign.scratch import remove_stale_scratch
 
     ready, go = tmp_path / "ready", tmp_path / "go"
-    proc = _python(f"""
+    proc = _python(
+        f"""
         import time
         from pathlib import Path
         from distalign.scratch import scratch_dir
@@ -200,7 +215,10 @@ def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
             Path({str(ready)!r}).write_text(str(d))
             while not Path({str(go)!r}).exists():
                 time.sleep(0.02)
-        """, env={"TMPDIR": str(tmp_path)}, wait=False)
+        """,
+        env={"TMPDIR": str(tmp_path)},
+        wait=False,
+    )
     deadline = time.time() + 120
     while not ready.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -214,7 +232,9 @@ def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(tmp_path, embedded_model_dir, monkeypatch):
+def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
+    tmp_path, embedded_model_dir, monkeypatch
+):
     """The real merge (tiny random Llama + LoRA, ~1 MB of weights): the job is SIGKILLed while its worker
     would run; the merged model is left in $TMPDIR; the next execute() removes it before doing anything."""
     import shutil
@@ -229,15 +249,28 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(tmp_path,
         if (embedded_model_dir / name).exists():
             shutil.copy(embedded_model_dir / name, model / name)
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        )
+    )
     base.save_pretrained(model)
-    (model / "distalign_model.json").write_text(json.dumps({"name": "tiny", "source": "path", "dtype": "float32",
-                                                            "path_or_id": str(model), "path": None}))
+    (model / "distalign_model.json").write_text(
+        json.dumps(
+            {"name": "tiny", "source": "path", "dtype": "float32", "path_or_id": str(model), "path": None}
+        )
+    )
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _python(f"""
+    proc = _python(
+        f"""
         import os, signal
         from distalign import generate as g
         from distalign.generate import Job, execute
@@ -248,10 +281,12 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(tmp_path,
         g.vllm_importable = lambda: False
         g.resolve_vllm_python = lambda configured: "python"
         g.run_in_worker = killed
-        execute(Job(kind="generate", backend="vllm", model_dir={str(model)!r}, adapter={str(tmp_path / "adapter")!r},
+        execute(Job(backend="vllm", model_dir={str(model)!r}, adapter={str(tmp_path / "adapter")!r},
                     device="cpu", dtype="float32", requests=[], seed_parts=[1, "d", "m", "ours", "attribute"],
                     sampling={{}}), vllm_lora="merge")
-        """, env={"TMPDIR": str(tmpdir)})
+        """,
+        env={"TMPDIR": str(tmpdir)},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (stale,) = tmpdir.glob("distalign-scratch-*")
     assert (stale / "merged" / "model.safetensors").stat().st_size > 100_000
@@ -291,8 +326,8 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
         return c
 
     good = checkpoint(50)
-    no_state = checkpoint(100, state=None)        # killed while writing optimizer / rng state
-    cut_state = checkpoint(150, state='{"glob')   # killed while writing trainer_state.json
+    no_state = checkpoint(100, state=None)  # killed while writing optimizer / rng state
+    cut_state = checkpoint(150, state='{"glob')  # killed while writing trainer_state.json
     empty_opt = checkpoint(200, optimizer=b"")
     assert last_valid_checkpoint(stage) == str(good)
     assert good.exists() and not any(p.exists() for p in (no_state, cut_state, empty_opt))

@@ -35,8 +35,16 @@ def api_key(monkeypatch):
 
 
 def make(attr, url, **kw):
-    args = {"model": "stub-model", "base_url": url, "api_key_env": KEY_ENV, "max_retries": 2, "timeout": 5,
-            "backoff": 0.01, "concurrency": 1, "max_reasks": 2}
+    args = {
+        "model": "stub-model",
+        "base_url": url,
+        "api_key_env": KEY_ENV,
+        "max_retries": 2,
+        "timeout": 5,
+        "backoff": 0.01,
+        "concurrency": 1,
+        "max_reasks": 2,
+    }
     args.update(kw)
     return LLMJudge(attr, **args)
 
@@ -90,7 +98,9 @@ def test_server_down(attrs, down_url):
     j = make(attrs["gender"], down_url, max_retries=1)
     t0 = time.monotonic()
     with pytest.raises(JudgeError, match=r"127\.0\.0\.1.*APIConnectionError"):
-        label_generations([{"context_id": 0, "response": "A female chef."}], attrs["gender"], "story", {"llm": j})
+        label_generations(
+            [{"context_id": 0, "response": "A female chef."}], attrs["gender"], "story", {"llm": j}
+        )
     assert time.monotonic() - t0 < 10
 
 
@@ -127,13 +137,26 @@ def test_secret_never_logged(attrs, openai_server, caplog, capfd):
 
 
 def test_both_story_judges_with_config(attrs, openai_server):
-    cfg = judge_config({"judge": {"story": "both", "llm": {"base_url": openai_server.url, "model": "stub-model",
-                                                            "api_key_env": KEY_ENV, "backoff": 0.01}}})
+    cfg = judge_config(
+        {
+            "judge": {
+                "story": "both",
+                "llm": {
+                    "base_url": openai_server.url,
+                    "model": "stub-model",
+                    "api_key_env": KEY_ENV,
+                    "backoff": 0.01,
+                },
+            }
+        }
+    )
     judges, primary = judges_for(attrs["gender"], "story", cfg)
     assert primary == "llm" and set(judges) == {"lexicon", "llm"}
-    rows = [{"context_id": 0, "response": "She was a Female engineer; her team liked her."},
-            {"context_id": 0, "response": "He said: Male, Male, Male."},
-            {"context_id": 0, "response": "Nobody knew."}]
+    rows = [
+        {"context_id": 0, "response": "She was a Female engineer; her team liked her."},
+        {"context_id": 0, "response": "He said: Male, Male, Male."},
+        {"context_id": 0, "response": "Nobody knew."},
+    ]
     out = label_generations(rows, attrs["gender"], "story", judges, primary)
     assert [r["label"] for r in out] == ["female", "male", None]
     assert [r["label_lexicon"] for r in out] == ["female", "male", None]
@@ -155,18 +178,43 @@ def test_llm_judge_against_vllm(attrs, tmp_path, embedded_model_dir):
         pytest.skip(f"vLLM environment missing: {VLLM_PY} (see README: .venv-vllm)")
     MODEL_DIR = embedded_model_dir  # noqa: N806
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1",
-           "VLLM_LOOPBACK_IP": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_LOOPBACK_IP": "127.0.0.1",
+    }
     logf = open(tmp_path / "vllm.log", "w")  # noqa: SIM115  (closed in finally)
     proc = subprocess.Popen(
-        [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR), "--host", "127.0.0.1",
-         "--port", str(port), "--served-model-name", "smollm2", "--max-model-len", "512", "--enforce-eager"],
-        env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(VLLM_PY),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(MODEL_DIR),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "smollm2",
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+        ],
+        env=env,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{(tmp_path / 'vllm.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"vLLM server exited with {proc.returncode}:\n{(tmp_path / 'vllm.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
@@ -174,19 +222,34 @@ def test_llm_judge_against_vllm(attrs, tmp_path, embedded_model_dir):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("vLLM server not healthy after 120 s:\n" + (tmp_path / "vllm.log").read_text()[-3000:])
+                pytest.fail(
+                    "vLLM server not healthy after 120 s:\n" + (tmp_path / "vllm.log").read_text()[-3000:]
+                )
             time.sleep(2)
-        j = LLMJudge(attrs["gender"], model="smollm2", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV,
-                     max_retries=2, timeout=60, backoff=0.5, concurrency=2, max_reasks=1, max_tokens=8)
-        stories = ["Anna, a nurse, started her shift early. She checked on every patient.",
-                   "Tom, a pilot, walked to his plane. He smiled at the crew.",
-                   "The baker opened the shop at dawn and his son helped him.",
-                   "Mrs. Lee, the teacher, graded papers late into the night; she was tired."]
+        j = LLMJudge(
+            attrs["gender"],
+            model="smollm2",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key_env=KEY_ENV,
+            max_retries=2,
+            timeout=60,
+            backoff=0.5,
+            concurrency=2,
+            max_reasks=1,
+            max_tokens=8,
+        )
+        stories = [
+            "Anna, a nurse, started her shift early. She checked on every patient.",
+            "Tom, a pilot, walked to his plane. He smiled at the crew.",
+            "The baker opened the shop at dawn and his son helped him.",
+            "Mrs. Lee, the teacher, graded papers late into the night; she was tired.",
+        ]
         out = j.judge(stories)
         assert len(out) == len(stories)
         for o in out:
-            assert (o.label in attrs["gender"].names and o.reason == "ok") or \
-                (o.label is None and o.reason == "invalid_reply")
+            assert (o.label in attrs["gender"].names and o.reason == "ok") or (
+                o.label is None and o.reason == "invalid_reply"
+            )
         assert j.stats["requests"] >= len(stories)
         assert j.stats["invalid_replies"] == sum(o.label is None for o in out)
         print(f"vLLM judge labels: {[o.label for o in out]}; stats {dict(j.stats)}", file=sys.stderr)

@@ -32,10 +32,13 @@ def _rows(cid, labels, target):
 
 @pytest.fixture
 def two_contexts():
-    targets = [{"context_id": 0, "context": "nurses", "target": [0.7, 0.3]},
-               {"context_id": 1, "context": "pilots", "target": [0.5, 0.5]}]
-    rows = (_rows(0, ["male"] * 6 + ["female"] * 2 + [None] * 2, [0.7, 0.3])
-            + _rows(1, ["female"] * 4, [0.5, 0.5]))
+    targets = [
+        {"context_id": 0, "context": "nurses", "target": [0.7, 0.3]},
+        {"context_id": 1, "context": "pilots", "target": [0.5, 0.5]},
+    ]
+    rows = _rows(0, ["male"] * 6 + ["female"] * 2 + [None] * 2, [0.7, 0.3]) + _rows(
+        1, ["female"] * 4, [0.5, 0.5]
+    )
     return rows, targets
 
 
@@ -49,8 +52,9 @@ def test_per_context_values(gender, two_contexts):
     assert c0["mae"] == pytest.approx(0.05)
     assert c0["kl"] == pytest.approx(0.7 * math.log(0.7 / 0.75) + 0.3 * math.log(0.3 / 0.25), abs=1e-8)
     m = [(0.7 + 0.75) / 2, (0.3 + 0.25) / 2]
-    js0 = 0.5 * (0.7 * math.log2(0.7 / m[0]) + 0.3 * math.log2(0.3 / m[1])) \
-        + 0.5 * (0.75 * math.log2(0.75 / m[0]) + 0.25 * math.log2(0.25 / m[1]))
+    js0 = 0.5 * (0.7 * math.log2(0.7 / m[0]) + 0.3 * math.log2(0.3 / m[1])) + 0.5 * (
+        0.75 * math.log2(0.75 / m[0]) + 0.25 * math.log2(0.25 / m[1])
+    )
     assert c0["js"] == pytest.approx(js0)
     assert c1["p_hat"] == [0.0, 1.0]
     assert c1["mae"] == pytest.approx(0.5)
@@ -68,8 +72,10 @@ def test_per_context_values(gender, two_contexts):
 
 
 def test_context_without_valid_labels(gender):
-    targets = [{"context_id": 0, "context": "a", "target": [0.8, 0.2]},
-               {"context_id": 1, "context": "b", "target": [0.5, 0.5]}]
+    targets = [
+        {"context_id": 0, "context": "a", "target": [0.8, 0.2]},
+        {"context_id": 1, "context": "b", "target": [0.5, 0.5]},
+    ]
     rows = _rows(0, [None, None, None], [0.8, 0.2])
     out = M.compute_metrics(rows, targets, gender, seed=0, bootstrap=50)
     c0, c1 = out["contexts"]
@@ -105,7 +111,10 @@ def test_bootstrap_contains_estimate_and_is_seeded(gender):
     assert a["bootstrap"]["ci_low"] != c["bootstrap"]["ci_low"]
     assert a["bootstrap"]["resamples"] == 1000
     two = M.compute_metrics(rows, targets, gender, seed=11, two_level=True)
-    assert two["bootstrap"]["two_level"] and two["summary"]["mae_ci_low"] < s["mae"] < two["summary"]["mae_ci_high"]
+    assert (
+        two["bootstrap"]["two_level"]
+        and two["summary"]["mae_ci_low"] < s["mae"] < two["summary"]["mae_ci_high"]
+    )
     assert two["bootstrap"] == M.compute_metrics(rows, targets, gender, seed=11, two_level=True)["bootstrap"]
 
 
@@ -125,9 +134,17 @@ def test_noise_floor_monte_carlo_matches_exact(monkeypatch):
     assert how == "monte-carlo" and mc == pytest.approx(exact, abs=0.002)
 
 
-@pytest.mark.parametrize("dataset, paper", [("uk-real", 0.031), ("us-real", 0.032), ("uk-even", 0.040),
-                                            ("us-even", 0.040), ("race-even", 0.032),
-                                            ("sentiment-even", 0.038)])
+@pytest.mark.parametrize(
+    "dataset, paper",
+    [
+        ("uk-real", 0.031),
+        ("us-real", 0.032),
+        ("uk-even", 0.040),
+        ("us-even", 0.040),
+        ("race-even", 0.032),
+        ("sentiment-even", 0.038),
+    ],
+)
 def test_noise_floor_matches_paper(config, dataset, paper):
     spec = config["datasets"][dataset]
     attr = attribute_of_dataset(config, dataset)
@@ -140,11 +157,25 @@ def test_agreement_and_steering(config):
     attr = attributes_from_config(config)["gender"]
     targets = [{"context_id": 0, "context": "a", "target": [0.6, 0.4]}]
     rows = []
-    spec = [("0", [0.7, 0.3], "male"), ("0", [0.5, 0.5], "male"), ("1", [0.4, 0.6], "female"),
-            ("1", [0.6, 0.4], "male"), (" 0", [0.8, 0.2], None)]
+    spec = [
+        ("0", [0.7, 0.3], "male"),
+        ("0", [0.5, 0.5], "male"),
+        ("1", [0.4, 0.6], "female"),
+        ("1", [0.6, 0.4], "male"),
+        (" 0", [0.8, 0.2], None),
+    ]
     for tok, probs, lab in spec:
-        rows.append({"context_id": 0, "label": lab, "label_lexicon": lab, "label_llm": "male",
-                     "steering_token": tok, "steering_probs": probs, "target": [0.6, 0.4]})
+        rows.append(
+            {
+                "context_id": 0,
+                "label": lab,
+                "label_lexicon": lab,
+                "label_llm": "male",
+                "steering_token": tok,
+                "steering_probs": probs,
+                "target": [0.6, 0.4],
+            }
+        )
     out = M.compute_metrics(rows, targets, attr, seed=0, bootstrap=20)
     st = out["steering"]
     ctx = st["contexts"][0]
@@ -168,8 +199,16 @@ def test_invalid_skew_undefined_without_valid_answers(config):
     """A context whose answers are all invalid has no valid-token frequencies: no skew, not a fake one."""
     attr = attributes_from_config(config)["gender"]
     targets = [{"context_id": 0, "context": "a", "target": [0.5, 0.5]}]
-    rows = [{"context_id": 0, "label": None, "steering_token": tok, "steering_probs": [0.5, 0.5],
-             "target": [0.5, 0.5]} for tok in ("0", "1", "1")]
+    rows = [
+        {
+            "context_id": 0,
+            "label": None,
+            "steering_token": tok,
+            "steering_probs": [0.5, 0.5],
+            "target": [0.5, 0.5],
+        }
+        for tok in ("0", "1", "1")
+    ]
     st = M.compute_metrics(rows, targets, attr, seed=0, bootstrap=5)["steering"]
     assert st["contexts"][0]["valid_token_freq"] is None
     assert st["mae_valid_token_vs_token"] is None

@@ -20,7 +20,9 @@ def test_missing_hub_model_names_the_model_and_the_cache(tmp_path, monkeypatch):
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelError, match=r"model 'mine': no config.json in local folder .* models\.mine\.path_or_id"):
+    with pytest.raises(
+        ModelError, match=r"model 'mine': no config.json in local folder .* models\.mine\.path_or_id"
+    ):
         prepare_model("mine", {"source": "path", "path_or_id": str(tmp_path / "nowhere")}, tmp_path / "out")
 
 
@@ -34,7 +36,9 @@ def test_local_folder_is_resolved_through_a_pointer(tmp_path):
     src = tmp_path / "weights"
     src.mkdir()
     (src / "config.json").write_text("{}")
-    meta = prepare_model("mine", {"source": "path", "path_or_id": str(src), "dtype": "bfloat16"}, tmp_path / "out")
+    meta = prepare_model(
+        "mine", {"source": "path", "path_or_id": str(src), "dtype": "bfloat16"}, tmp_path / "out"
+    )
     assert meta["path"] == str(src.resolve())
     assert read_pointer(tmp_path / "out")["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "out/distalign_model.json").read_text())["source"] == "path"

@@ -27,8 +27,14 @@ def server():
 
 def _para(url, tmp_path, monkeypatch, **kw):
     monkeypatch.setenv("DISTALIGN_TEST_KEY", SECRET)
-    return OpenAIParaphraser(model="stub-model", base_url=url, api_key_env="DISTALIGN_TEST_KEY",
-                             cache=tmp_path / "cache.jsonl", backoff=0.01, **kw)
+    return OpenAIParaphraser(
+        model="stub-model",
+        base_url=url,
+        api_key_env="DISTALIGN_TEST_KEY",
+        cache=tmp_path / "cache.jsonl",
+        backoff=0.01,
+        **kw,
+    )
 
 
 def _us_targets(repo, config):
@@ -47,7 +53,9 @@ def test_live_endpoint_then_cache_hit_sends_nothing(repo, config, server, tmp_pa
         def pool(context, seed):
             return para.pool(bank, "attribute", attr.name, context, 60, seed)
 
-        return para, build_prompts(targets, attr, "attribute", bank, splits, 11, census_name="us", pool_fn=pool)
+        return para, build_prompts(
+            targets, attr, "attribute", bank, splits, 11, census_name="us", pool_fn=pool
+        )
 
     para1, rows1 = run()
     assert para1.requests_sent > 0 and server.count == para1.requests_sent
@@ -71,7 +79,10 @@ def test_bad_replies_are_reasked_and_then_fail_clearly(tmp_path, monkeypatch):
 
 def test_validation_drops_lines_without_context_and_duplicates():
     reply = '1. Who are "Nurses"?\n- Who are "Nurses"?\nSomething else\n\n"What about "Nurses" today?"'
-    assert validate_paraphrases(reply, "Nurses", set()) == ['Who are "Nurses"?', '"What about "Nurses" today?"']
+    assert validate_paraphrases(reply, "Nurses", set()) == [
+        'Who are "Nurses"?',
+        '"What about "Nurses" today?"',
+    ]
 
 
 def test_server_errors_are_retried(tmp_path, monkeypatch):
@@ -89,8 +100,12 @@ def test_endpoint_down_is_a_clear_error(tmp_path, monkeypatch, down_url):  # noq
 
 def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("DISTALIGN_NO_SUCH_KEY", raising=False)
-    para = OpenAIParaphraser(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="DISTALIGN_NO_SUCH_KEY",
-                             cache=tmp_path / "c.jsonl")
+    para = OpenAIParaphraser(
+        model="m",
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env="DISTALIGN_NO_SUCH_KEY",
+        cache=tmp_path / "c.jsonl",
+    )
     with pytest.raises(ParaphraseError, match="environment variable DISTALIGN_NO_SUCH_KEY is not set"):
         para.paraphrase('Ask about "Nurses".', "Nurses", 2, seed=1)
 
@@ -99,8 +114,12 @@ def test_prompts_rule_with_the_openai_paraphraser(workdir, snakemake_run, server
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     cfg["prompts"]["paraphraser"] = "openai"
     cfg["prompts"]["per_split"] = {"train": 10, "val": 10, "test": 10}
-    cfg["prompts"]["openai"].update(base_url=server.url, model="stub-model", api_key_env="DISTALIGN_TEST_KEY",
-                                    cache="results/cache/paraphrases.jsonl")
+    cfg["prompts"]["openai"].update(
+        base_url=server.url,
+        model="stub-model",
+        api_key_env="DISTALIGN_TEST_KEY",
+        cache="results/cache/paraphrases.jsonl",
+    )
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     target = "results/prompts/us-even/attribute.jsonl"
     # without the key, Snakemake refuses before running anything

@@ -45,8 +45,14 @@ def _tiny_model(root, chat_template=True):
     if chat_template:
         fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     fast.save_pretrained(src)
-    LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=2).save_pretrained(src)
+    LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    ).save_pretrained(src)
     out = root / MODEL
     prepare_model(MODEL, {"source": "path", "path_or_id": str(src)}, out)
     return out
@@ -71,11 +77,21 @@ def _problems(err: PreflightError) -> list[str]:
 
 def test_a_good_config_passes_and_reports_what_it_checked(config, tiny_model):
     report = check_model_job(config, MODEL, tiny_model, OURS)
-    assert report["token_sets"] == [{"attribute": "gender", "token_set": "digits", "methods": ["ours"],
-                                     "tokens": [[0, "male", "0"], [1, "female", "1"]]}]
-    assert report["lora_targets"] == [{"key": "training.lora.target_modules",
-                                       "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                       "methods": ["ift", "dpo", "ours"]}]
+    assert report["token_sets"] == [
+        {
+            "attribute": "gender",
+            "token_set": "digits",
+            "methods": ["ours"],
+            "tokens": [[0, "male", "0"], [1, "female", "1"]],
+        }
+    ]
+    assert report["lora_targets"] == [
+        {
+            "key": "training.lora.target_modules",
+            "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "methods": ["ift", "dpo", "ours"],
+        }
+    ]
     assert report["datasets"] == ["uk-real", "us-even"]
 
 
@@ -85,8 +101,11 @@ def test_a_steering_token_that_splits_is_named_with_its_pieces(config, tiny_mode
     assert _problems(err.value) == [
         "methods.ours-words: steering token 'woman' of class female (attributes.gender, token set words) splits "
         "into 2 tokens ['wo', '##man'] in the tokenizer of model tiny-llama; a steering token must be one token: "
-        "change attributes.gender.classes[1].tokens.words or the method's token_set"]
-    assert str(err.value).startswith(f"pre-flight check before job {WORDS} (model tiny-llama) found 1 problem(s)")
+        "change attributes.gender.classes[1].tokens.words or the method's token_set"
+    ]
+    assert str(err.value).startswith(
+        f"pre-flight check before job {WORDS} (model tiny-llama) found 1 problem(s)"
+    )
 
 
 def test_the_run_is_checked_not_only_the_job(config, tiny_model):
@@ -129,7 +148,8 @@ def test_lora_targets_the_model_lacks(config, tiny_model):
         f"model tiny-llama (used by methods.ift, methods.ours), which LoRA cannot adapt; its adaptable layers are "
         f"named {adaptable}",
         "methods.dpo.train_overrides.lora.target_modules: LoRA target module 'c_attn' matches no module of model "
-        f"tiny-llama (used by methods.dpo); its adaptable layers are named {adaptable}"]
+        f"tiny-llama (used by methods.dpo); its adaptable layers are named {adaptable}",
+    ]
 
 
 def test_all_linear_and_full_names_are_peft_s_business(config, tiny_model):
@@ -149,7 +169,9 @@ def test_cuda_without_a_gpu(config, tiny_model, monkeypatch):
         check_model_job(config, MODEL, tiny_model, OURS)
     (problem,) = _problems(err.value)
     assert problem.startswith("training.device: 'cuda' but torch ")
-    assert "(used by generation, story data and capabilities jobs, training of ift, training of dpo)" in problem
+    assert (
+        "(used by generation, story data and capabilities jobs, training of ift, training of dpo)" in problem
+    )
     # a job on a cluster node gets its GPU from the scheduler: the submit host's lack of one is no problem
     check_model_job(config, MODEL, tiny_model, OURS, cuda_here=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -163,12 +185,20 @@ def test_every_problem_in_one_message(config, tiny_model, monkeypatch, down_url)
     config["training"]["device"] = "cuda"
     config["training"]["lora"]["target_modules"] = ["q_proj", "qkv"]
     config["run"]["tasks"] = ["attribute", "story"]
-    config["judge"] = {**config["judge"], "story": "llm",
-                       "llm": {**config["judge"]["llm"], "base_url": down_url, "model": "judge", "api_key_env": KEY_ENV}}
+    config["judge"] = {
+        **config["judge"],
+        "story": "llm",
+        "llm": {**config["judge"]["llm"], "base_url": down_url, "model": "judge", "api_key_env": KEY_ENV},
+    }
     with pytest.raises(PreflightError) as err:
         check_model_job(config, MODEL, tiny_model, WORDS)
     keys = [p.split(":", 1)[0] for p in _problems(err.value)]
-    assert keys == ["methods.ours-words", "training.lora.target_modules", "training.device", "judge.llm.base_url"]
+    assert keys == [
+        "methods.ours-words",
+        "training.lora.target_modules",
+        "training.device",
+        "judge.llm.base_url",
+    ]
     assert "found 4 problem(s)" in str(err.value)
 
 
@@ -193,12 +223,27 @@ def test_a_pass_is_remembered_until_what_it_read_changes(config, tiny_model, tmp
 def test_job_names_round_trip():
     """A sweep point (generate's input, inherited) is named after generate with its own wildcards after the
     leading ones, so it never shares a marker with the test-set generation."""
-    wildcards = {"dataset": "uk-real", "model": "m", "method": "ours", "task": "attribute", "knob": "top_p",
-                 "value": "0.5", "rep": "1"}
+    wildcards = {
+        "dataset": "uk-real",
+        "model": "m",
+        "method": "ours",
+        "task": "attribute",
+        "knob": "top_p",
+        "value": "0.5",
+        "rep": "1",
+    }
     sweep = job_name("generate", wildcards, skip=("model",))
-    plain = job_name("generate", {k: wildcards[k] for k in ("dataset", "model", "method", "task")}, skip=("model",))
-    assert (sweep, plain) == ("generate/uk-real/ours/attribute/top_p/0.5/1", "generate/uk-real/ours/attribute")
-    assert parse_job(sweep, skip=("model",)) == ("generate", {"dataset": "uk-real", "method": "ours", "task": "attribute"})
+    plain = job_name(
+        "generate", {k: wildcards[k] for k in ("dataset", "model", "method", "task")}, skip=("model",)
+    )
+    assert (sweep, plain) == (
+        "generate/uk-real/ours/attribute/top_p/0.5/1",
+        "generate/uk-real/ours/attribute",
+    )
+    assert parse_job(sweep, skip=("model",)) == (
+        "generate",
+        {"dataset": "uk-real", "method": "ours", "task": "attribute"},
+    )
     label = job_name("label", {"dataset": "d", "model": "m", "method": "ours", "task": "story"})
     assert label == "label/d/m/ours/story" and parse_job(label)[1]["task"] == "story"
     assert parse_job("story_data/uk-real", skip=("model",)) == ("story_data", {"dataset": "uk-real"})
@@ -226,21 +271,26 @@ def test_an_unreachable_endpoint_is_named_by_url(down_url):
     t0 = time.perf_counter()
     (problem,) = check_endpoints([_judge(down_url)])
     assert time.perf_counter() - t0 < 5
-    assert problem.startswith(f"judge.llm.base_url: the story LLM judge at {down_url} cannot be reached "
-                              f"(GET {down_url}/models: APIConnectionError")
+    assert problem.startswith(
+        f"judge.llm.base_url: the story LLM judge at {down_url} cannot be reached "
+        f"(GET {down_url}/models: APIConnectionError"
+    )
 
 
 def test_a_model_the_endpoint_does_not_serve(openai_server):
     assert check_endpoints([_judge(openai_server.url, model="Qwen/Qwen3-30B")]) == [
         f"judge.llm.model: 'Qwen/Qwen3-30B' is not served by the story LLM judge at {openai_server.url} "
-        f"(GET {openai_server.url}/models lists ['stub-model'])"]
+        f"(GET {openai_server.url}/models lists ['stub-model'])"
+    ]
 
 
 def test_a_url_that_is_not_an_openai_base_url(openai_server):
     root = openai_server.url.removesuffix("/v1")  # the server's root: GET /models is a 404 there
     (problem,) = check_endpoints([_judge(root)])
-    assert problem == (f"judge.llm.base_url: GET {root}/models answered HTTP 404; is {root} the base URL of an "
-                       "OpenAI-compatible server (usually ending in /v1)?")
+    assert problem == (
+        f"judge.llm.base_url: GET {root}/models answered HTTP 404; is {root} the base URL of an "
+        "OpenAI-compatible server (usually ending in /v1)?"
+    )
 
 
 @pytest.mark.parametrize("value, state", [("", "set but empty"), ("  ", "set but empty"), (None, "not set")])
@@ -250,8 +300,10 @@ def test_an_api_key_variable_unset_or_empty(openai_server, monkeypatch, value, s
     else:
         monkeypatch.setenv(KEY_ENV, value)
     (problem,) = check_endpoints([_judge(openai_server.url)])
-    assert problem.startswith(f"judge.llm.api_key_env: environment variable {KEY_ENV} is {state}; the story LLM "
-                              f"judge at {openai_server.url} needs a non-empty key")
+    assert problem.startswith(
+        f"judge.llm.api_key_env: environment variable {KEY_ENV} is {state}; the story LLM "
+        f"judge at {openai_server.url} needs a non-empty key"
+    )
 
 
 def test_which_jobs_check_which_endpoint(config):
@@ -271,7 +323,8 @@ def test_which_jobs_check_which_endpoint(config):
     config["prompts"]["paraphraser"] = "openai"
     config["prompts"]["openai"]["model"] = "gpt"
     assert job_endpoints(config, "prompts", {}) == [
-        Endpoint("paraphraser", "prompts.openai", None, "gpt", "OPENAI_API_KEY")]
+        Endpoint("paraphraser", "prompts.openai", None, "gpt", "OPENAI_API_KEY")
+    ]
 
 
 def test_a_paraphraser_problem_is_a_warning_while_the_cache_has_replies(config, down_url, tmp_path):
@@ -279,7 +332,9 @@ def test_a_paraphraser_problem_is_a_warning_while_the_cache_has_replies(config, 
     config["prompts"]["paraphraser"] = "openai"
     config["prompts"]["openai"].update(base_url=down_url, model="gpt", api_key_env=KEY_ENV, cache=str(cache))
     job = "prompts/uk-real/attribute"
-    with pytest.raises(PreflightError, match=re.escape(f"prompts.openai.base_url: the paraphraser at {down_url}")):
+    with pytest.raises(
+        PreflightError, match=re.escape(f"prompts.openai.base_url: the paraphraser at {down_url}")
+    ):
         check_endpoint_job(config, job)
     cache.write_text(json.dumps({"key": "k", "reply": "r"}) + "\n")
     report = check_endpoint_job(config, job)
@@ -309,7 +364,9 @@ def test_every_expensive_job_waits_for_its_own_marker(workdir, snakemake_run):
     assert all(len(m) == 1 for m in markers), markers
     made = [re.search(r"output: (\S+)", b).group(1) for b in _rule_blocks(proc.stdout, "preflight")]
     assert sorted(made) == sorted(m[0] for m in markers)  # one marker per consumer, none shared
-    assert "preflight" not in " ".join(_input(b) for r in ("label", "prompts") for b in _rule_blocks(proc.stdout, r))
+    assert "preflight" not in " ".join(
+        _input(b) for r in ("label", "prompts") for b in _rule_blocks(proc.stdout, r)
+    )
 
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     cfg["run"].update(datasets=["uk-real"], methods=["zero-shot"], tasks=["attribute", "story"])
@@ -317,7 +374,10 @@ def test_every_expensive_job_waits_for_its_own_marker(workdir, snakemake_run):
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake_run(workdir, "-n", "all", timeout=300, env={"OPENAI_API_KEY": "sk-test"})
     assert proc.returncode == 0, proc.stdout[-3000:]
-    labels = [(re.search(r"wildcards: .*task=(\w+)", b).group(1), _input(b)) for b in _rule_blocks(proc.stdout, "label")]
+    labels = [
+        (re.search(r"wildcards: .*task=(\w+)", b).group(1), _input(b))
+        for b in _rule_blocks(proc.stdout, "label")
+    ]
     assert {task for task, _ in labels} == {"attribute", "story"}
     for task, inputs in labels:
         generations = inputs.split(", ")[0]
@@ -334,12 +394,19 @@ def test_a_bad_steering_token_stops_the_run_before_training(workdir, snakemake_r
     cfg = yaml.safe_load(path.read_text())
     cfg["attributes"]["gender"]["classes"][1]["tokens"]["words"] = "Woman"  # ['W', 'oman'] in SmolLM2
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake_run(workdir, "--cores", "2", "results/metrics/uk-real/smollm2-135m-instruct/ours-words/attribute.json",
-                         timeout=900)
+    proc = snakemake_run(
+        workdir,
+        "--cores",
+        "2",
+        "results/metrics/uk-real/smollm2-135m-instruct/ours-words/attribute.json",
+        timeout=900,
+    )
     assert proc.returncode != 0
     assert "Error in rule preflight:" in proc.stdout, proc.stdout[-5000:]
-    assert ("methods.ours-words: steering token 'Woman' of class female (attributes.gender, token set words) splits "
-            "into 2 tokens ['W', 'oman'] in the tokenizer of model smollm2-135m-instruct") in proc.stdout
+    assert (
+        "methods.ours-words: steering token 'Woman' of class female (attributes.gender, token set words) splits "
+        "into 2 tokens ['W', 'oman'] in the tokenizer of model smollm2-135m-instruct"
+    ) in proc.stdout
     started = set(re.findall(r"^(?:local)?rule (\w+):$", proc.stdout, re.MULTILINE))
     assert "prepare_model" in started and not started & {"train", "generate"}, started
     assert not (workdir / "results/logs/train").exists() and not (workdir / "results/adapters").exists()
@@ -353,8 +420,14 @@ def test_an_unreachable_judge_stops_a_story_run_before_generation(workdir, snake
     cfg["run"].update(datasets=["uk-real"], methods=["zero-shot"], tasks=["story"])
     cfg["judge"] = {"story": "llm", "llm": {"base_url": down_url, "model": "judge"}}
     path.write_text(yaml.safe_dump(cfg))
-    proc = snakemake_run(workdir, "--cores", "1", "results/metrics/uk-real/smollm2-135m-instruct/zero-shot/story.json",
-                         timeout=600, env={"OPENAI_API_KEY": "sk-test"})
+    proc = snakemake_run(
+        workdir,
+        "--cores",
+        "1",
+        "results/metrics/uk-real/smollm2-135m-instruct/zero-shot/story.json",
+        timeout=600,
+        env={"OPENAI_API_KEY": "sk-test"},
+    )
     assert proc.returncode != 0
     assert re.search(r"Error in rule preflight(_endpoints)?:", proc.stdout), proc.stdout[-5000:]
     assert f"judge.llm.base_url: the story LLM judge at {down_url} cannot be reached" in proc.stdout

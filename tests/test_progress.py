@@ -72,8 +72,15 @@ def script_logging(tmp_path):
 
 
 def test_formatting():
-    assert [format_duration(s) for s in (0, 44.6, 60, 143, 3599, 3600, 3930)] == \
-        ["0 s", "45 s", "1 min 0 s", "2 min 23 s", "59 min 59 s", "1 h 00 min", "1 h 05 min"]
+    assert [format_duration(s) for s in (0, 44.6, 60, 143, 3599, 3600, 3930)] == [
+        "0 s",
+        "45 s",
+        "1 min 0 s",
+        "2 min 23 s",
+        "59 min 59 s",
+        "1 h 00 min",
+        "1 h 05 min",
+    ]
     assert format_rate(9.13, "row") == "9.1 rows/s"
     assert format_rate(250.4, "row") == "250 rows/s"
     assert format_rate(0.4, "step") == "2.5 s/step"
@@ -82,8 +89,9 @@ def test_formatting():
 
 def test_lines_at_most_every_interval_and_a_final_line(lines):
     clock = Clock()
-    p = Progress(2500, "generate uk-real/m/ours/attribute", logging.getLogger("test.progress"), every_s=30,
-                 clock=clock)
+    p = Progress(
+        2500, "generate uk-real/m/ours/attribute", logging.getLogger("test.progress"), every_s=30, clock=clock
+    )
     # 100 rows every 10 s: 10 rows/s; lines at 30 s, 60 s, ... and the final one at 250 s
     for _ in range(25):
         clock.t += 10
@@ -92,7 +100,9 @@ def test_lines_at_most_every_interval_and_a_final_line(lines):
     assert got[0] == "generate uk-real/m/ours/attribute: 300/2500 rows (12%), 10.0 rows/s, ~3 min 40 s left"
     assert got[1].startswith("generate uk-real/m/ours/attribute: 600/2500 rows (24%)")
     assert len(got) == 8 + 1  # 30, 60, ..., 240 s, then the end
-    assert got[-1] == "generate uk-real/m/ours/attribute: 2500/2500 rows (100%), done in 4 min 10 s, 10.0 rows/s"
+    assert (
+        got[-1] == "generate uk-real/m/ours/attribute: 2500/2500 rows (100%), done in 4 min 10 s, 10.0 rows/s"
+    )
     p.finish()  # already finished: nothing more
     assert len(lines()) == 9
 
@@ -104,7 +114,10 @@ def test_the_interval_counts_from_the_last_line_not_from_each_update(lines):
         clock.t += dt
         p.update(1)
     got = lines()
-    assert [g.split(":")[1].split(",")[0].strip() for g in got] == ["2/100 stories (2%)", "5/100 stories (5%)"]
+    assert [g.split(":")[1].split(",")[0].strip() for g in got] == [
+        "2/100 stories (2%)",
+        "5/100 stories (5%)",
+    ]
     assert got[0].endswith("left") and "s/story" in got[0]  # 2 stories in 31 s: 15.5 s a story
 
 
@@ -123,8 +136,15 @@ def test_short_loop_logs_only_its_final_line_and_a_failed_loop_none(lines):
 
 def test_resumed_loop_rates_only_the_work_it_did_and_shows_detail(lines):
     clock = Clock()
-    p = Progress(200, "train d/m/ours sft", logging.getLogger("test.progress"), unit="step", initial=100,
-                 every_s=30, clock=clock)
+    p = Progress(
+        200,
+        "train d/m/ours sft",
+        logging.getLogger("test.progress"),
+        unit="step",
+        initial=100,
+        every_s=30,
+        clock=clock,
+    )
     p.detail = "loss 1.23"
     clock.t += 2.5
     p.set(101)
@@ -188,15 +208,27 @@ def _fake_worker(tmp_path, body: str) -> str:
 def _job():
     from distalign.generate import Job
 
-    return Job(kind="generate", backend="vllm", model_dir="m", adapter=None, device="cpu", dtype="float32",
-               requests=[], seed_parts=[1, "d", "m", "zero-shot", "attribute"], sampling={})
+    return Job(
+        backend="vllm",
+        model_dir="m",
+        adapter=None,
+        device="cpu",
+        dtype="float32",
+        requests=[],
+        seed_parts=[1, "d", "m", "zero-shot", "attribute"],
+        sampling={},
+    )
 
 
-def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(tmp_path, script_logging, monkeypatch):
+def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
+    tmp_path, script_logging, monkeypatch
+):
     from distalign.generate import run_in_worker
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    exe = _fake_worker(tmp_path, """\
+    exe = _fake_worker(
+        tmp_path,
+        """\
         echo "(MainProcess pid=1) INFO 12-01 09:01:49 [api_utils.py:286] non-default args: {}" >&2
         echo "2026-01-01 00:00:01,000 INFO vllm.v1.engine: engine noise" >&2
         echo "Processed prompts:  50%|#####     | 1/2"
@@ -204,7 +236,8 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(tmp_pat
         echo "2026-01-01 00:00:02,500 WARNING distalign.models: a note of ours" >&2
         echo "parent $DISTALIGN_PARENT_PID" >&2
         echo '[{"row": 1}]' > "$4"
-        """)
+        """,
+    )
     _, read = script_logging
     assert run_in_worker(_job(), exe) == [{"row": 1}]
     console, logfile = read()
@@ -222,10 +255,13 @@ def test_failing_worker_names_its_last_output(tmp_path, monkeypatch):
     from distalign.generate import GenerationError, run_in_worker
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    exe = _fake_worker(tmp_path, """\
+    exe = _fake_worker(
+        tmp_path,
+        """\
         echo "Traceback: something broke in vLLM" >&2
         exit 7
-        """)
+        """,
+    )
     with pytest.raises(GenerationError, match=r"exit code 7(.|\n)*something broke in vLLM"):
         run_in_worker(_job(), exe)
     assert not list(tmp_path.glob("distalign-scratch-*"))
@@ -260,8 +296,10 @@ def _state(pid: int) -> str | None:
 def test_worker_exits_when_its_parent_is_killed(tmp_path):
     """A parent SIGKILLed mid-job: its worker (here a sleeping stand-in) exits instead of running on."""
     src = Path(__file__).resolve().parents[1] / "src"
-    child = ("import sys, time; from distalign.vllm_worker import exit_with_parent; "
-             "exit_with_parent(int(sys.argv[1]), 0.1); time.sleep(60)")
+    child = (
+        "import sys, time; from distalign.vllm_worker import exit_with_parent; "
+        "exit_with_parent(int(sys.argv[1]), 0.1); time.sleep(60)"
+    )
     parent = textwrap.dedent(f"""\
         import os, signal, subprocess, sys, time
         # its output goes to this process through a pipe, as the worker's does: broken when this dies
@@ -309,7 +347,10 @@ def test_train_callback_logs_steps_rate_and_time_left(caplog, monkeypatch):
     prog = [r.getMessage() for r in records if r.getMessage().startswith("train uk-real/tiny/ours pref")]
     assert len(metric) == 8 and all(getattr(r, "console", True) is False for r in metric)
     assert prog[0] == "train uk-real/tiny/ours pref: 25/50 steps (50%), 2.0 s/step, ~50 s left, loss 0.55"
-    assert prog[-1] == "train uk-real/tiny/ours pref: 50/50 steps (100%), done in 1 min 20 s, 2.0 s/step, loss 0.52"
+    assert (
+        prog[-1]
+        == "train uk-real/tiny/ours pref: 50/50 steps (100%), done in 1 min 20 s, 2.0 s/step, loss 0.52"
+    )
     assert len(prog) == 3  # 25 and 40 steps (every 30 s), and the end with the last step's loss
 
 
@@ -352,8 +393,14 @@ def test_paraphraser_says_when_it_waits_to_retry(tmp_path, caplog):
         return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="a reply"))])
 
     client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
-    para = OpenAIParaphraser(model="stub", base_url=None, api_key_env="UNUSED", cache=tmp_path / "cache.jsonl",
-                             backoff=0.01, client=client)
+    para = OpenAIParaphraser(
+        model="stub",
+        base_url=None,
+        api_key_env="UNUSED",
+        cache=tmp_path / "cache.jsonl",
+        backoff=0.01,
+        client=client,
+    )
     caplog.set_level(logging.INFO, logger="distalign.prompts")
     assert para._complete({"model": "stub", "messages": []}) == "a reply" and len(calls) == 2
     (msg,) = [r.getMessage() for r in caplog.records if r.name == "distalign.prompts"]
@@ -361,8 +408,9 @@ def test_paraphraser_says_when_it_waits_to_retry(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_generation_job_logs_progress_to_console_and_log(embedded_model_dir, tmp_path, config, script_logging,
-                                                         monkeypatch):
+def test_generation_job_logs_progress_to_console_and_log(
+    embedded_model_dir, tmp_path, config, script_logging, monkeypatch
+):
     """A real transformers-backend generation (tiny random model, 6 rows in batches of 2) logs a line per
     batch when the interval is 0, with done/total and the time left, in the log file and on the console."""
     import json
@@ -379,33 +427,73 @@ def test_generation_job_logs_progress_to_console_and_log(embedded_model_dir, tmp
         if (embedded_model_dir / name).exists():
             shutil.copy(embedded_model_dir / name, tiny / name)
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                                 bos_token_id=1, eos_token_id=2, pad_token_id=2)).save_pretrained(tiny)
-    (tiny / "distalign_model.json").write_text(json.dumps({"name": "tiny", "source": "path", "dtype": "float32",
-                                                           "path_or_id": str(tiny), "path": None}))
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+    ).save_pretrained(tiny)
+    (tiny / "distalign_model.json").write_text(
+        json.dumps(
+            {"name": "tiny", "source": "path", "dtype": "float32", "path_or_id": str(tiny), "path": None}
+        )
+    )
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)
-    config["generation"].update(backend="transformers", batch_size=2, samples_per_prompt=2,
-                                max_new_tokens={"attribute": 3, "story": 3})
-    reqs = [{"context_id": i, "context": f"c{i}", "prompt_id": f"test-{i}", "prompt": f"Who is person {i}?",
-             "target": [0.5, 0.5]} for i in range(3)]
-    rows = generate(reqs, config=config, dataset="uk-real", model="tiny", method="zero-shot", task="attribute",
-                    model_dir=tiny, threads=1)
+    config["generation"].update(
+        backend="transformers",
+        batch_size=2,
+        samples_per_prompt=2,
+        max_new_tokens={"attribute": 3, "story": 3},
+    )
+    reqs = [
+        {
+            "context_id": i,
+            "context": f"c{i}",
+            "prompt_id": f"test-{i}",
+            "prompt": f"Who is person {i}?",
+            "target": [0.5, 0.5],
+        }
+        for i in range(3)
+    ]
+    rows = generate(
+        reqs,
+        config=config,
+        dataset="uk-real",
+        model="tiny",
+        method="zero-shot",
+        task="attribute",
+        model_dir=tiny,
+        threads=1,
+    )
     assert len(rows) == 6
     console, logfile = script_logging[1]()
     for text in (console, logfile):
-        got = [ln.split("distalign.generate: ")[1] for ln in text.splitlines()
-               if "generate uk-real/tiny/zero-shot/attribute:" in ln]
-        assert [g.split(",")[0].split(": ")[1] for g in got] == ["2/6 rows (33%)", "4/6 rows (66%)",
-                                                                  "6/6 rows (100%)"], got
+        got = [
+            ln.split("distalign.generate: ")[1]
+            for ln in text.splitlines()
+            if "generate uk-real/tiny/zero-shot/attribute:" in ln
+        ]
+        assert [g.split(",")[0].split(": ")[1] for g in got] == [
+            "2/6 rows (33%)",
+            "4/6 rows (66%)",
+            "6/6 rows (100%)",
+        ], got
         # no estimate from the first batch alone (the rate starts at the first update), then one
         assert got[0].endswith("(33%)") and got[1].endswith(" left") and "done in" in got[-1]
 
 
-
 @pytest.mark.slow
-def test_training_job_console_has_progress_lines_and_no_metric_dicts(tmp_path, repo, config, embedded_model_dir,
-                                                                     script_logging, capsys, monkeypatch):
+def test_training_job_console_has_progress_lines_and_no_metric_dicts(
+    tmp_path, repo, config, embedded_model_dir, script_logging, capsys, monkeypatch
+):
     """A real (tiny) IFT run as the train script runs it: progress lines with steps done/total on the
     console and in the log, the per-step metrics in the log only, nothing printed to stdout by HF."""
     import json
@@ -420,20 +508,50 @@ def test_training_job_console_has_progress_lines_and_no_metric_dicts(tmp_path, r
     model_dir = tmp_path / "tiny-llama"
     tok = load_tokenizer(embedded_model_dir)
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    (model_dir / POINTER).write_text(json.dumps({"name": "tiny-llama", "source": "path", "dtype": "float32",
-                                                 "path_or_id": str(model_dir), "path": None}))
+    (model_dir / POINTER).write_text(
+        json.dumps(
+            {
+                "name": "tiny-llama",
+                "source": "path",
+                "dtype": "float32",
+                "path_or_id": str(model_dir),
+                "path": None,
+            }
+        )
+    )
     _tiny_setup(tmp_path, repo, config, "nll")  # 24 SFT rows, batch 8: 3 steps
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)
-    train_adapter(config=config, dataset="uk-real", method="ift", model_dir=model_dir, sft_path=tmp_path / "sft.jsonl",
-                  pref_path=tmp_path / "pref.jsonl", out_dir=tmp_path / "adapter")
+    train_adapter(
+        config=config,
+        dataset="uk-real",
+        method="ift",
+        model_dir=model_dir,
+        sft_path=tmp_path / "sft.jsonl",
+        pref_path=tmp_path / "pref.jsonl",
+        out_dir=tmp_path / "adapter",
+    )
     console, logfile = script_logging[1]()
     assert "{'loss'" not in capsys.readouterr().out
     for text in (console, logfile):
-        got = [ln.split("distalign.train: ")[1] for ln in text.splitlines() if "train uk-real/tiny-llama/ift sft:" in ln]
+        got = [
+            ln.split("distalign.train: ")[1]
+            for ln in text.splitlines()
+            if "train uk-real/tiny-llama/ift sft:" in ln
+        ]
         assert [g.split(": ")[1].split(" (")[0] for g in got] == ["1/3 steps", "2/3 steps", "3/3 steps"], got
         assert "left" in got[1] and "done in" in got[2] and "loss" in got[2]
     assert "[sft] step 3/3 {'loss'" in logfile and "[sft] step" not in console

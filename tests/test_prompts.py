@@ -27,8 +27,9 @@ def test_bank_has_ten_templates_per_attribute_and_task(bank):
             assert len(set(bank["templates"][task][attr])) >= 10
 
 
-@pytest.mark.parametrize("dataset,task", [("uk-real", "attribute"), ("race-even", "attribute"),
-                                          ("sentiment-even", "story")])
+@pytest.mark.parametrize(
+    "dataset,task", [("uk-real", "attribute"), ("race-even", "attribute"), ("sentiment-even", "story")]
+)
 def test_splits_are_distinct_disjoint_and_mention_the_context(repo, config, bank, dataset, task):
     attr = attribute_of_dataset(config, dataset)
     census = config["datasets"][dataset]["census"]
@@ -36,8 +37,10 @@ def test_splits_are_distinct_disjoint_and_mention_the_context(repo, config, bank
     rows = build_prompts(targets, attr, task, bank, SPLITS, seed=3, census_name=census)
     assert len(rows) == 300 * len(targets)
     for t in targets:
-        by_split = {s: [r["prompt"] for r in rows if r["context_id"] == t["context_id"] and r["split"] == s]
-                    for s in SPLITS}
+        by_split = {
+            s: [r["prompt"] for r in rows if r["context_id"] == t["context_id"] and r["split"] == s]
+            for s in SPLITS
+        }
         for s, prompts in by_split.items():
             assert len(prompts) == 100 and len(set(prompts)) == 100, s
             assert all(t["context"] in p for p in prompts)
@@ -49,9 +52,15 @@ def test_splits_are_distinct_disjoint_and_mention_the_context(repo, config, bank
 def test_prompts_are_deterministic_and_shared_by_real_and_even(repo, config, bank):
     attr = attribute_of_dataset(config, "uk-real")
     census = load_census(repo / "resources/census/uk.csv")
-    real = build_prompts(build_targets(census, attr, "real"), attr, "attribute", bank, SPLITS, 5, census_name="uk")
-    even = build_prompts(build_targets(census, attr, "even"), attr, "attribute", bank, SPLITS, 5, census_name="uk")
-    other = build_prompts(build_targets(census, attr, "even"), attr, "attribute", bank, SPLITS, 6, census_name="uk")
+    real = build_prompts(
+        build_targets(census, attr, "real"), attr, "attribute", bank, SPLITS, 5, census_name="uk"
+    )
+    even = build_prompts(
+        build_targets(census, attr, "even"), attr, "attribute", bank, SPLITS, 5, census_name="uk"
+    )
+    other = build_prompts(
+        build_targets(census, attr, "even"), attr, "attribute", bank, SPLITS, 6, census_name="uk"
+    )
     assert real == even
     assert real != other
 
@@ -61,7 +70,9 @@ def test_too_small_pool_is_an_error(repo, config, bank):
     targets = build_targets(load_census(repo / "resources/census/uk.csv"), attr, "real")[:1]
     pool = offline_pool(bank, "attribute", "gender", targets[0]["context"])
     with pytest.raises(ParaphraseError, match="distinct prompts, need"):
-        build_prompts(targets, attr, "attribute", bank, {"train": len(pool), "val": 1, "test": 1}, 1, census_name="uk")
+        build_prompts(
+            targets, attr, "attribute", bank, {"train": len(pool), "val": 1, "test": 1}, 1, census_name="uk"
+        )
 
 
 def _write_bank(tmp_path, repo, mutate):
@@ -88,10 +99,19 @@ def test_template_without_placeholder_is_rejected(tmp_path, repo):
 def test_missing_attribute_templates_is_a_clear_error(repo, config, bank):
     from distalign.attributes import Attribute
 
-    attr = Attribute.from_config("age", {"classes": [{"name": "a", "label": "A", "tokens": {"digits": "0"}},
-                                                    {"name": "b", "label": "B", "tokens": {"digits": "1"}}]})
+    attr = Attribute.from_config(
+        "age",
+        {
+            "classes": [
+                {"name": "a", "label": "A", "tokens": {"digits": "0"}},
+                {"name": "b", "label": "B", "tokens": {"digits": "1"}},
+            ]
+        },
+    )
     with pytest.raises(TemplateError, match=r"templates\.attribute\.age: no templates"):
-        build_prompts([{"context_id": 0, "context": "Pilots"}], attr, "attribute", bank, SPLITS, 1, census_name="x")
+        build_prompts(
+            [{"context_id": 0, "context": "Pilots"}], attr, "attribute", bank, SPLITS, 1, census_name="x"
+        )
 
 
 def test_prompt_engineering_styles(bank, config):

@@ -10,16 +10,22 @@ from distalign.figures import bootstrap_share_ci, calibration_figure, save, shar
 from distalign.metrics import compute_metrics, noise_floor
 from distalign.tables import mae_table, probe_table, to_markdown, write_table
 
-TARGETS = [{"context_id": 0, "context": "Nurses", "target": [0.2, 0.8]},
-           {"context_id": 1, "context": "Welders", "target": [0.9, 0.1]}]
+TARGETS = [
+    {"context_id": 0, "context": "Nurses", "target": [0.2, 0.8]},
+    {"context_id": 1, "context": "Welders", "target": [0.9, 0.1]},
+]
 
 
 def _rows(labels_by_ctx, steering=False):
     rows = []
     for cid, labels in labels_by_ctx.items():
         for lab in labels:
-            r = {"context_id": cid, "context": TARGETS[cid]["context"], "target": TARGETS[cid]["target"],
-                 "label": lab}
+            r = {
+                "context_id": cid,
+                "context": TARGETS[cid]["context"],
+                "target": TARGETS[cid]["target"],
+                "label": lab,
+            }
             if steering:
                 tok = "0" if lab == "male" else "1"
                 r.update(steering_token=tok, steering_probs=[0.5, 0.5])
@@ -31,16 +37,25 @@ def _rows(labels_by_ctx, steering=False):
 def records(config):
     attr = attribute_of_dataset(config, "uk-real")
     # ours: context 0 -> 2 male / 8 female (exact), context 1 -> 8 male / 1 female / 1 invalid
-    ours = compute_metrics(_rows({0: ["male"] * 2 + ["female"] * 8, 1: ["male"] * 8 + ["female"] + [None]},
-                                 steering=True), TARGETS, attr, seed=0, bootstrap=200)
+    ours = compute_metrics(
+        _rows({0: ["male"] * 2 + ["female"] * 8, 1: ["male"] * 8 + ["female"] + [None]}, steering=True),
+        TARGETS,
+        attr,
+        seed=0,
+        bootstrap=200,
+    )
     # zero-shot: everything male
     zs = compute_metrics(_rows({0: ["male"] * 10, 1: ["male"] * 10}), TARGETS, attr, seed=0, bootstrap=200)
-    return [{"dataset": "uk-real", "model": "m", "method": "ours", "task": "attribute", "metrics": ours},
-            {"dataset": "uk-real", "model": "m", "method": "zero-shot", "task": "attribute", "metrics": zs}]
+    return [
+        {"dataset": "uk-real", "model": "m", "method": "ours", "task": "attribute", "metrics": ours},
+        {"dataset": "uk-real", "model": "m", "method": "zero-shot", "task": "attribute", "metrics": zs},
+    ]
 
 
 def test_table1_cells(records, config):
-    df = mae_table(records, config, datasets=["uk-real", "uk-even"], models=["m"], methods=["zero-shot", "ours"])
+    df = mae_table(
+        records, config, datasets=["uk-real", "uk-even"], models=["m"], methods=["zero-shot", "ours"]
+    )
     zs = df[df.Method == "Zero-shot"].iloc[0]
     ours = df[df.Method == "Ours"].iloc[0]
     # zero-shot: |1-0.2| = 0.8 (per class mean of 0.8, 0.8) and |1-0.9| = 0.1 -> mean 0.45
@@ -66,8 +81,10 @@ def test_table10_and_table11_columns(records, config):
 
 
 def test_probe_table(config):
-    recs = [{"dataset": "uk-real", "model": "m", "method": "ours", "probe": {"mae": 0.06}},
-            {"dataset": "uk-even", "model": "m", "method": "ours", "probe": {"mae": 0.02}}]
+    recs = [
+        {"dataset": "uk-real", "model": "m", "method": "ours", "probe": {"mae": 0.06}},
+        {"dataset": "uk-even", "model": "m", "method": "ours", "probe": {"mae": 0.02}},
+    ]
     df = probe_table(recs, config, datasets=["uk-real", "uk-even"], models=["m"], methods=["ours", "ift"])
     assert df.iloc[0]["Avg"] == pytest.approx(0.04)
     assert math.isnan(df.iloc[1]["UK-real"])
@@ -110,17 +127,32 @@ def test_sweep_points_mean_sd_and_order(tmp_path, config):
         for knob, values in (("temperature", [1.3, 0.7]), ("top_k", [0, 5]), ("top_p", [0.9])):
             for v in values:
                 for rep, delta in enumerate((-0.01, 0.01)):
-                    recs.append({"model": "m", "method": method, "knob": knob, "value": str(v), "rep": rep,
-                                 "metrics": _summary(base + v / 100 + delta, invalid=rep * 10)})
+                    recs.append(
+                        {
+                            "model": "m",
+                            "method": method,
+                            "knob": knob,
+                            "value": str(v),
+                            "rep": rep,
+                            "metrics": _summary(base + v / 100 + delta, invalid=rep * 10),
+                        }
+                    )
     df = sweep_points(recs, config)
     assert len(df) == 2 * 5
     # method order as given, knobs top_p, top_k, temperature, values ascending with top-k "off" last
     first = df[df.method == "IFT"]
     assert list(zip(first.knob, first.value_label, strict=True)) == [
-        ("top_p", "0.9"), ("top_k", "5"), ("top_k", "off"), ("temperature", "0.7"), ("temperature", "1.3")]
+        ("top_p", "0.9"),
+        ("top_k", "5"),
+        ("top_k", "off"),
+        ("temperature", "0.7"),
+        ("temperature", "1.3"),
+    ]
     row = first.iloc[0]
     assert row.mae_mean == pytest.approx(0.2 + 0.009) and row.mae_sd == pytest.approx(0.01)
-    assert row.runs == 2 and row.invalid_rate == pytest.approx(0.05) and row.noise_floor == pytest.approx(0.03)
+    assert (
+        row.runs == 2 and row.invalid_rate == pytest.approx(0.05) and row.noise_floor == pytest.approx(0.03)
+    )
     save(sweep_figure(recs, config, "sweep"), tmp_path / "s.png", tmp_path / "s.pdf")
     assert (tmp_path / "s.png").stat().st_size > 1000
 
@@ -131,19 +163,44 @@ def test_capabilities_table_cells_and_deltas(config):
     def local(ppl, acc):
         return {"backend": "local", "perplexity": {"perplexity": ppl}, "multiple_choice": {"accuracy": acc}}
 
-    recs = [{"model": "m", "method": "zero-shot", "capabilities": local(40.0, 0.50)},
-            {"model": "m", "method": "ours", "capabilities": local(44.0, 0.45)}]
+    recs = [
+        {"model": "m", "method": "zero-shot", "capabilities": local(40.0, 0.50)},
+        {"model": "m", "method": "ours", "capabilities": local(44.0, 0.45)},
+    ]
     df = capabilities_table(recs, config, models=["m"], methods=["zero-shot", "ift", "ours"])
-    assert list(df.columns) == ["Model", "Method", "Perplexity", "MC accuracy", "Δ Perplexity", "Δ MC accuracy"]
+    assert list(df.columns) == [
+        "Model",
+        "Method",
+        "Perplexity",
+        "MC accuracy",
+        "Δ Perplexity",
+        "Δ MC accuracy",
+    ]
     ours = df[df.Method == "Ours"].iloc[0]
     assert ours["Perplexity"] == 44.0 and ours["MC accuracy"] == pytest.approx(45.0)
     assert ours["Δ Perplexity"] == pytest.approx(4.0) and ours["Δ MC accuracy"] == pytest.approx(-5.0)
     assert math.isnan(df[df.Method == "IFT"].iloc[0]["Perplexity"])  # missing: empty, never 0
-    lm = [{"model": "m", "method": "zero-shot", "capabilities": {"backend": "lm-eval", "tasks": {
-        "gsm8k": {"exact_match,strict-match": 0.40, "exact_match_stderr,strict-match": 0.01},
-        "mmlu": {"acc,none": 0.60}}}},
-        {"model": "m", "method": "ours", "capabilities": {"backend": "lm-eval", "tasks": {
-            "gsm8k": {"exact_match,strict-match": 0.38}, "mmlu": {"acc,none": 0.61}}}}]
+    lm = [
+        {
+            "model": "m",
+            "method": "zero-shot",
+            "capabilities": {
+                "backend": "lm-eval",
+                "tasks": {
+                    "gsm8k": {"exact_match,strict-match": 0.40, "exact_match_stderr,strict-match": 0.01},
+                    "mmlu": {"acc,none": 0.60},
+                },
+            },
+        },
+        {
+            "model": "m",
+            "method": "ours",
+            "capabilities": {
+                "backend": "lm-eval",
+                "tasks": {"gsm8k": {"exact_match,strict-match": 0.38}, "mmlu": {"acc,none": 0.61}},
+            },
+        },
+    ]
     df = capabilities_table(lm, config, models=["m"], methods=["zero-shot", "ours"])
     assert df.iloc[1]["gsm8k"] == pytest.approx(38.0) and df.iloc[1]["Δ mmlu"] == pytest.approx(1.0)
 
@@ -167,12 +224,15 @@ def test_steering_diagnosis_table(records, config):
     assert "| m | Ours | UK-real |" in md
     # no answer was both valid and steered: undefined cells are NaN (empty in the Markdown), never None
     import copy
+
     blank = copy.deepcopy(records[0])
     blank["metrics"]["steering"].update(consistency=None, mae_valid_token_vs_token=None)
     row = steering_diagnosis_table([blank], config).iloc[0]
     assert math.isnan(row["Consistency"]) and math.isnan(row["Invalid skew"])
     # hint reach: on story rows of a method trained on D_story only (ours-story here), from its (dataset, model)
-    story = [{**r, "task": "story", "method": m} for r, m in ((records[0], "ours-story"), (records[0], "ours"))]
+    story = [
+        {**r, "task": "story", "method": m} for r, m in ((records[0], "ours-story"), (records[0], "ours"))
+    ]
     reach = {("uk-real", "m"): {"mae": 0.19}, ("uk-even", "m"): {"mae": 0.5}}
     df = steering_diagnosis_table([records[0], *story], config, hint_reach=reach)
     assert math.isnan(df.iloc[0]["Hint reach"]) and math.isnan(df.iloc[2]["Hint reach"])

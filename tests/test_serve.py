@@ -16,7 +16,7 @@ from distalign.serve import ServerError, hf_environment, judge_endpoint, openai_
 
 # A stand-in for `python -m vllm.entrypoints.openai.api_server`: same command line, serves /health and
 # /v1/models. FAKE_* variables make it slow, fail, stay unhealthy, ignore SIGTERM or spawn a child.
-FAKE_SERVER = r'''
+FAKE_SERVER = r"""
 import argparse, json, os, signal, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -51,7 +51,7 @@ class H(BaseHTTPRequestHandler):
         self.send_response(404); self.end_headers()
 
 ThreadingHTTPServer((args.host, args.port), H).serve_forever()
-'''
+"""
 
 
 @pytest.fixture()
@@ -62,8 +62,10 @@ def fake_vllm(tmp_path, monkeypatch):
     for d in (pkg, pkg.parent, pkg.parent.parent):
         (d / "__init__.py").write_text("")
     (pkg / "api_server.py").write_text(FAKE_SERVER)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path / "fakepkgs"),
-                                                                    os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(filter(None, [str(tmp_path / "fakepkgs"), os.environ.get("PYTHONPATH")])),
+    )
     return tmp_path
 
 
@@ -96,8 +98,15 @@ def _get_json(url: str) -> dict:
 def test_server_serves_then_is_stopped(fake_vllm):
     pidfile, childfile, log = fake_vllm / "pid", fake_vllm / "child", fake_vllm / "server.log"
     env = {"FAKE_PIDFILE": str(pidfile), "FAKE_CHILD": str(childfile), "FAKE_DELAY": "0.5"}
-    with openai_server("org/judge-30b", served_model_name="judge", extra_args=["--max-model-len", 8192],
-                       env=env, log_path=log, health_timeout=30, poll_interval=0.1) as url:
+    with openai_server(
+        "org/judge-30b",
+        served_model_name="judge",
+        extra_args=["--max-model-len", 8192],
+        env=env,
+        log_path=log,
+        health_timeout=30,
+        poll_interval=0.1,
+    ) as url:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         models = _get_json(f"{url}/models")
         assert models["data"][0]["id"] == "judge"
@@ -111,17 +120,26 @@ def test_server_serves_then_is_stopped(fake_vllm):
 
 
 def test_early_exit_is_an_error_with_the_log_tail(fake_vllm):
-    with pytest.raises(ServerError, match=r"(?s)exited with code 3 before it was healthy.*CUDA out of memory"), \
-            openai_server("m", env={"FAKE_EXIT": "3"}, log_path=fake_vllm / "s.log", poll_interval=0.1):
+    with (
+        pytest.raises(ServerError, match=r"(?s)exited with code 3 before it was healthy.*CUDA out of memory"),
+        openai_server("m", env={"FAKE_EXIT": "3"}, log_path=fake_vllm / "s.log", poll_interval=0.1),
+    ):
         pytest.fail("the block must not run")
 
 
 def test_unhealthy_server_times_out_and_is_killed(fake_vllm):
     pidfile = fake_vllm / "pid"
     t0 = time.monotonic()
-    with pytest.raises(ServerError, match=r"not healthy at http://127\.0\.0\.1:\d+/health after 1\.5 s"), \
-            openai_server("m", env={"FAKE_HEALTH_STATUS": "503", "FAKE_PIDFILE": str(pidfile)},
-                          health_timeout=1.5, poll_interval=0.1, log_path=fake_vllm / "s.log"):
+    with (
+        pytest.raises(ServerError, match=r"not healthy at http://127\.0\.0\.1:\d+/health after 1\.5 s"),
+        openai_server(
+            "m",
+            env={"FAKE_HEALTH_STATUS": "503", "FAKE_PIDFILE": str(pidfile)},
+            health_timeout=1.5,
+            poll_interval=0.1,
+            log_path=fake_vllm / "s.log",
+        ),
+    ):
         pass
     assert time.monotonic() - t0 < 15
     assert _wait_gone(int(pidfile.read_text()))
@@ -129,16 +147,25 @@ def test_unhealthy_server_times_out_and_is_killed(fake_vllm):
 
 def test_sigterm_ignored_then_sigkill_and_errors_in_block_still_stop_it(fake_vllm):
     pidfile = fake_vllm / "pid"
-    with pytest.raises(RuntimeError, match="judge crashed"), \
-            openai_server("m", env={"FAKE_IGNORE_TERM": "1", "FAKE_PIDFILE": str(pidfile)}, stop_grace=0.5,
-                          poll_interval=0.1, log_path=fake_vllm / "s.log"):
+    with (
+        pytest.raises(RuntimeError, match="judge crashed"),
+        openai_server(
+            "m",
+            env={"FAKE_IGNORE_TERM": "1", "FAKE_PIDFILE": str(pidfile)},
+            stop_grace=0.5,
+            poll_interval=0.1,
+            log_path=fake_vllm / "s.log",
+        ),
+    ):
         raise RuntimeError("judge crashed")
     assert _wait_gone(int(pidfile.read_text()))
 
 
 def test_missing_interpreter_is_a_clear_error(tmp_path):
-    with pytest.raises(ServerError, match="cannot start the model server"), \
-            openai_server("m", python=str(tmp_path / "no-python"), log_path=tmp_path / "s.log"):
+    with (
+        pytest.raises(ServerError, match="cannot start the model server"),
+        openai_server("m", python=str(tmp_path / "no-python"), log_path=tmp_path / "s.log"),
+    ):
         pass
 
 
@@ -152,23 +179,34 @@ def test_judge_endpoint_external_url_starts_nothing():
 
 def test_judge_endpoint_starts_a_local_server(fake_vllm, monkeypatch):
     monkeypatch.delenv("JUDGE_KEY", raising=False)
-    cfg = {"story": "both", "llm": {"base_url": None, "model": "Qwen/Qwen3-30B-A3B-Instruct-2507",
-                                    "api_key_env": "JUDGE_KEY"},
-           "serve": {"python": sys.executable, "extra_args": ["--gpu-memory-utilization", "0.9"],
-                     "health_timeout": 30, "log": str(fake_vllm / "judge.log")}}
+    cfg = {
+        "story": "both",
+        "llm": {"base_url": None, "model": "Qwen/Qwen3-30B-A3B-Instruct-2507", "api_key_env": "JUDGE_KEY"},
+        "serve": {
+            "python": sys.executable,
+            "extra_args": ["--gpu-memory-utilization", "0.9"],
+            "health_timeout": 30,
+            "log": str(fake_vllm / "judge.log"),
+        },
+    }
     with judge_endpoint(cfg) as llm:
         assert llm["model"] == cfg["llm"]["model"] and llm["base_url"].startswith("http://127.0.0.1:")
         assert _get_json(f"{llm['base_url']}/models")["data"][0]["id"] == cfg["llm"]["model"]
         assert os.environ["JUDGE_KEY"] == "EMPTY"
-    with pytest.raises(ServerError, match=r"judge\.llm\.model"), \
-            judge_endpoint({"story": "llm", "llm": {"base_url": None, "model": None}}):
+    with (
+        pytest.raises(ServerError, match=r"judge\.llm\.model"),
+        judge_endpoint({"story": "llm", "llm": {"base_url": None, "model": None}}),
+    ):
         pass
 
 
 def test_hf_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SCRATCH", str(tmp_path))
     assert hf_environment({"home": "$SCRATCH/hf", "offline": True}) == {
-        "HF_HOME": str((tmp_path / "hf").resolve()), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        "HF_HOME": str((tmp_path / "hf").resolve()),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     assert hf_environment(None) == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     assert hf_environment({"offline": False})["HF_HUB_OFFLINE"] == "0"
 
@@ -186,7 +224,16 @@ def test_prefetch_cli_checks_the_cache_and_writes_a_marker(tmp_path):
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     marker = tmp_path / "results" / "models" / ".prefetched" / "tiny.json"
-    cmd = [sys.executable, "-m", "distalign.serve", "prefetch", "org/tiny", "--no-download", "--marker", str(marker)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distalign.serve",
+        "prefetch",
+        "org/tiny",
+        "--no-download",
+        "--marker",
+        str(marker),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(marker.read_text())
@@ -201,11 +248,12 @@ def test_prefetch_cli_checks_the_cache_and_writes_a_marker(tmp_path):
 def test_sigterm_reaches_the_whole_process_group(fake_vllm):
     """vLLM runs engine processes beside the API server: stopping must reach them too."""
     childfile = fake_vllm / "child"
-    with openai_server("m", env={"FAKE_CHILD": str(childfile)}, poll_interval=0.1, log_path=fake_vllm / "s.log"):
+    with openai_server(
+        "m", env={"FAKE_CHILD": str(childfile)}, poll_interval=0.1, log_path=fake_vllm / "s.log"
+    ):
         child = int(childfile.read_text())
         assert os.getpgid(child) != os.getpgid(0)  # its own group, not pytest's
     assert _wait_gone(child)
-
 
 
 def test_prefetch_specs_cover_the_runs_hub_models_and_the_judge(repo):
@@ -225,5 +273,6 @@ def test_prefetch_specs_cover_the_runs_hub_models_and_the_judge(repo):
     assert "judge" not in prefetch_specs(paper)
     pattern = "results/models/.prefetched/{name}.json"
     assert prefetch_markers(paper, "llama-3.2-1b-instruct", pattern) == [
-        "results/models/.prefetched/llama-3.2-1b-instruct.json"]
+        "results/models/.prefetched/llama-3.2-1b-instruct.json"
+    ]
     assert prefetch_markers(paper, "smollm2-135m-instruct", pattern) == []

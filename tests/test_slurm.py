@@ -36,8 +36,10 @@ def _skip_reason() -> str | None:
         return "the SLURM test needs root (it writes /etc/slurm and starts slurmctld/slurmd/munged)"
     installed = all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged"))
     if not installed and not shutil.which("apt-get"):
-        return "SLURM is not installed and apt-get is unavailable (needs Debian packages slurmctld slurmd " \
-               "slurm-client munge)"
+        return (
+            "SLURM is not installed and apt-get is unavailable (needs Debian packages slurmctld slurmd "
+            "slurm-client munge)"
+        )
     if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:
         return "a slurmctld is already running on this machine; not starting a second cluster"
     return None
@@ -58,7 +60,9 @@ def slurm_cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "SLURM_BASE": str(base)}
     try:
-        up = subprocess.run(["bash", str(CI_SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=300)
+        up = subprocess.run(
+            ["bash", str(CI_SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=300
+        )
         if up.returncode == 3:
             pytest.skip(f"SLURM packages unavailable: {up.stderr.strip()[-300:]}")
         if up.returncode == 4:
@@ -76,26 +80,36 @@ def make_test_profile(repo) -> dict:
     assert "slurm-status-command" not in profile  # production clusters have sacct
     profile["default-resources"]["slurm_partition"] = "debug"
     profile["default-resources"].pop("slurm_account", None)
-    profile.update({
-        "jobs": 2,
-        "latency-wait": 5,
-        "retries": 0,
-        "keep-going": False,
-        # No accounting DB here: sacct fails and the plugin would wait forever. squeue needs
-        # MinJobAge (600 s in ci-cluster.sh) >= 3 x the first-check delay.
-        "slurm-status-command": "squeue",
-        "slurm-init-seconds-before-status-checks": 5,
-        "slurm-keep-successful-logs": True,
-    })
+    profile.update(
+        {
+            "jobs": 2,
+            "latency-wait": 5,
+            "retries": 0,
+            "keep-going": False,
+            # No accounting DB here: sacct fails and the plugin would wait forever. squeue needs
+            # MinJobAge (600 s in ci-cluster.sh) >= 3 x the first-check delay.
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 5,
+            "slurm-keep-successful-logs": True,
+        }
+    )
     # The fake-GPU node: exercise gpu -> --gpus on a quick rule, with sizes that fit the node.
-    profile["set-resources"]["prepare_model"] = {"gpu": 1, "mem_mb": "3000 * attempt", "runtime": "10 * attempt"}
+    profile["set-resources"]["prepare_model"] = {
+        "gpu": 1,
+        "mem_mb": "3000 * attempt",
+        "runtime": "10 * attempt",
+    }
     profile["set-threads"]["prepare_model"] = min(2, os.cpu_count() or 1)
     return profile
 
 
 TINY = {
-    "run": {"datasets": ["us-even"], "models": ["smollm2-135m-instruct"], "methods": ["zero-shot"],
-            "tasks": ["attribute"]},
+    "run": {
+        "datasets": ["us-even"],
+        "models": ["smollm2-135m-instruct"],
+        "methods": ["zero-shot"],
+        "tasks": ["attribute"],
+    },
     "prompts": {"per_split": {"train": 5, "val": 5, "test": 5}},
     "data": {"responses_per_context": 10},
     "cluster": {"local_rules": False},  # every job through sbatch, the cheap ones too
@@ -111,15 +125,29 @@ def test_workflow_through_slurm(slurm_cluster, repo, workdir, snakemake_run):
     profile_dir.mkdir()
     (profile_dir / "config.yaml").write_text(yaml.safe_dump(make_test_profile(repo), sort_keys=False))
     (workdir / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(TINY))
-    targets = ["results/datasets/us-even/base.jsonl", "results/datasets/us-even/sft.jsonl",
-               "results/datasets/us-even/pref.jsonl", "results/models/smollm2-135m-instruct"]
+    targets = [
+        "results/datasets/us-even/base.jsonl",
+        "results/datasets/us-even/sft.jsonl",
+        "results/datasets/us-even/pref.jsonl",
+        "results/models/smollm2-135m-instruct",
+    ]
 
-    proc = snakemake_run(workdir, "--profile", str(profile_dir), "--configfile", "config/slurm-test.yaml",
-                         "--verbose", *targets, timeout=240)
+    proc = snakemake_run(
+        workdir,
+        "--profile",
+        str(profile_dir),
+        "--configfile",
+        "config/slurm-test.yaml",
+        "--verbose",
+        *targets,
+        timeout=240,
+    )
     out = proc.stdout
-    diag = (f"\n--- snakemake (tail) ---\n{out[-6000:]}\n--- slurmctld.log ---\n"
-            f"{_tail(slurm_cluster / 'log' / 'slurmctld.log')}\n--- slurmd.log ---\n"
-            f"{_tail(slurm_cluster / 'log' / 'slurmd.log')}")
+    diag = (
+        f"\n--- snakemake (tail) ---\n{out[-6000:]}\n--- slurmctld.log ---\n"
+        f"{_tail(slurm_cluster / 'log' / 'slurmctld.log')}\n--- slurmd.log ---\n"
+        f"{_tail(slurm_cluster / 'log' / 'slurmd.log')}"
+    )
     assert proc.returncode == 0, diag
 
     # Outputs are there and correct.

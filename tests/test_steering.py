@@ -57,17 +57,31 @@ def tiny_llama(vocab: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=256, pad_token_id=2, eos_token_id=2, bos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        pad_token_id=2,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return LlamaForCausalLM(cfg)
 
 
 def lora_model(vocab: int, seed: int = 0, nonzero: bool = True):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_llama(vocab, seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                               lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        tiny_llama(vocab, seed),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"
+        ),
+    )
     if nonzero:  # a non-trivial adapter (LoRA B starts at zero)
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -87,10 +101,14 @@ def test_restricted_kl_matches_analytic():
     out = steering_kl(logits, [3, 7], target)
     for b in range(2):
         z = torch.softmax(logits[b, [3, 7]], -1)
-        expect = sum(p * math.log(p / q) for p, q in zip(target[b].tolist(), z.tolist(), strict=True) if p > 0)
+        expect = sum(
+            p * math.log(p / q) for p, q in zip(target[b].tolist(), z.tolist(), strict=True) if p > 0
+        )
         assert out.kl[b].item() == pytest.approx(expect, abs=1e-6)
     assert out.kl.dtype == torch.float32
-    assert out.mae[1].item() == pytest.approx((abs(out.probs[1, 0] - 1) + out.probs[1, 1]).item() / 2, abs=1e-6)
+    assert out.mae[1].item() == pytest.approx(
+        (abs(out.probs[1, 0] - 1) + out.probs[1, 1]).item() / 2, abs=1e-6
+    )
 
 
 def test_kl_zero_when_restricted_softmax_equals_target():
@@ -111,8 +129,12 @@ def test_full_vocab_variant_is_not_renormalised():
     # full = restricted - log(mass): the missing mass is an extra penalty
     assert torch.allclose(f.kl, r.kl - torch.log(r.mass), atol=1e-5)
     assert (f.kl > r.kl).all()
-    expect = torch.stack([(target[b] * (torch.log(target[b]) - torch.log_softmax(logits[b], -1)[[1, 2]])).sum()
-                          for b in range(3)])
+    expect = torch.stack(
+        [
+            (target[b] * (torch.log(target[b]) - torch.log_softmax(logits[b], -1)[[1, 2]])).sum()
+            for b in range(3)
+        ]
+    )
     assert torch.allclose(f.kl, expect, atol=1e-5)
     with pytest.raises(ValueError, match="kl vocabulary"):
         steering_kl(logits, [1, 2], target, "other")
@@ -193,14 +215,32 @@ def test_z0_pairs_never_share_a_context(tok, config, repo):
 
 def _kto_trainer(tmp_path, tok, rows, **kw):
     from datasets import Dataset
-    from trl import KTOConfig
 
-    args = KTOConfig(output_dir=str(tmp_path / "kto"), per_device_train_batch_size=4, use_cpu=True, bf16=False,
-                     gradient_checkpointing=False, report_to="none", max_length=256, learning_rate=1e-3,
-                     precompute_ref_log_probs=kw.pop("precompute", True), save_strategy="no", max_steps=2,
-                     logging_steps=1, disable_tqdm=True)
-    return SteeringKTOTrainer(model=lora_model(len(tok)), args=args, train_dataset=Dataset.from_list(rows),
-                              processing_class=tok, steering_ids=[32, 33], **kw)
+    from distalign.steering import SteeringKTOConfig
+
+    args = SteeringKTOConfig(
+        output_dir=str(tmp_path / "kto"),
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=256,
+        learning_rate=1e-3,
+        precompute_ref_log_probs=kw.pop("precompute", True),
+        save_strategy="no",
+        max_steps=2,
+        logging_steps=1,
+        disable_tqdm=True,
+        **kw,
+    )
+    return SteeringKTOTrainer(
+        model=lora_model(len(tok)),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        steering_ids=[32, 33],
+    )
 
 
 def _batch(trainer):
@@ -221,6 +261,34 @@ def _kl_on_batch(trainer, batch, vocabulary="restricted"):
 def kto_data(tok, config, repo):
     _, _, _, pref = tiny_data(repo, config)
     return kto_rows(pref, tok, [32, 33], "paper", batch_size=4, seed=3)
+
+
+def test_trainer_hyperparameters_come_from_the_steering_config(tmp_path, tok, kto_data):
+    """The Steering*Config fields reach the trainer; a plain trl config cannot carry them."""
+    from datasets import Dataset
+    from trl import KTOConfig
+
+    from distalign.steering import SteeringArguments, SteeringKTOConfig
+
+    trainer = _kto_trainer(tmp_path, tok, kto_data, kl_weight=0.3, kl_vocabulary="full")
+    assert isinstance(trainer.args, (SteeringKTOConfig, SteeringArguments))
+    assert (trainer.kl_weight, trainer.kl_vocabulary, trainer.use_kl, trainer.use_kto) == (
+        0.3,
+        "full",
+        True,
+        True,
+    )
+    plain = KTOConfig(output_dir=str(tmp_path / "plain"), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(TypeError, match="must be a Steering\\*Config"):
+        SteeringKTOTrainer(
+            model=lora_model(len(tok)),
+            args=plain,
+            train_dataset=Dataset.from_list(kto_data),
+            processing_class=tok,
+            steering_ids=[32, 33],
+        )
+    with pytest.raises(ValueError, match="kl_vocabulary"):
+        _kto_trainer(tmp_path / "bad", tok, kto_data, kl_vocabulary="half")
 
 
 def test_kto_total_is_trl_loss_plus_kl(tmp_path, tok, kto_data, monkeypatch):
@@ -301,17 +369,35 @@ def test_kto_trainer_trains_and_logs(tmp_path, tok, kto_data):
 
 def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
+
+    from distalign.steering import SteeringDPOConfig
 
     _, _, _, pref = tiny_data(repo, config)
 
     def make(ids, **kw):
-        args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
-                         gradient_checkpointing=False, report_to="none", max_length=256, save_strategy="no",
-                         max_steps=1, logging_steps=1, disable_tqdm=True, precompute_ref_log_probs=True)
-        return SteeringDPOTrainer(model=lora_model(len(tok)), args=args,
-                                  train_dataset=Dataset.from_list(dpo_rows(pref, tok, ids)), processing_class=tok,
-                                  steering_ids=ids, **kw)
+        args = SteeringDPOConfig(
+            output_dir=str(tmp_path / "dpo"),
+            per_device_train_batch_size=3,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            max_length=256,
+            save_strategy="no",
+            max_steps=1,
+            logging_steps=1,
+            disable_tqdm=True,
+            precompute_ref_log_probs=True,
+            **kw,
+        )
+        return SteeringDPOTrainer(
+            model=lora_model(len(tok)),
+            args=args,
+            train_dataset=Dataset.from_list(dpo_rows(pref, tok, ids)),
+            processing_class=tok,
+            steering_ids=ids,
+        )
 
     t = make([32, 33], kl_weight=2.0)
     t.model.eval()
@@ -356,13 +442,32 @@ def test_nll_rows_mask_prompt_and_token(tok, config, repo):
 
 def _nll_trainer(tmp_path, tok, rows, **kw):
     from datasets import Dataset
-    from trl import SFTConfig
 
-    args = SFTConfig(output_dir=str(tmp_path / "nll"), per_device_train_batch_size=4, use_cpu=True, bf16=False,
-                     gradient_checkpointing=False, report_to="none", max_length=256, learning_rate=1e-3,
-                     save_strategy="no", max_steps=3, logging_steps=1, disable_tqdm=True, dataset_num_proc=None)
-    return SteeringSFTTrainer(model=lora_model(len(tok)), args=args, train_dataset=Dataset.from_list(rows),
-                              processing_class=tok, steering_ids=[32, 33], **kw)
+    from distalign.steering import SteeringSFTConfig
+
+    args = SteeringSFTConfig(
+        output_dir=str(tmp_path / "nll"),
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        max_length=256,
+        learning_rate=1e-3,
+        save_strategy="no",
+        max_steps=3,
+        logging_steps=1,
+        disable_tqdm=True,
+        dataset_num_proc=None,
+        **kw,
+    )
+    return SteeringSFTTrainer(
+        model=lora_model(len(tok)),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        steering_ids=[32, 33],
+    )
 
 
 def test_nll_total_is_answer_nll_plus_kl(tmp_path, tok, config, repo):
@@ -395,7 +500,10 @@ def test_nll_total_is_answer_nll_plus_kl(tmp_path, tok, config, repo):
 
 def _story_like_rows(tok, pref, bind=True):
     """nll rows whose answers name the class the way a story would ("she"/"he" + filler), bound."""
-    words = {0: " He went to work early and he came home late.", 1: " She went to work early and she came home late."}
+    words = {
+        0: " He went to work early and he came home late.",
+        1: " She went to work early and she came home late.",
+    }
     stories = [{**r, "answer": words[r["class_index"]]} for r in pref]
     return nll_rows(pref, tok, [32, 33], bind=False) + nll_rows(stories, tok, [32, 33], bind=bind)
 
@@ -429,7 +537,9 @@ def test_token_log_likelihoods_swap_the_steering_token(tmp_path, tok, config, re
 def test_nll_rows_bind_column(tok, config, repo):
     _, _, _, pref = tiny_data(repo, config)
     assert "bind" not in nll_rows(pref[:2], tok, [32, 33])[0]
-    assert [r["bind"] for r in nll_rows(pref[:4], tok, [32, 33], bind=True)] == [r["class_index"] for r in pref[:4]]
+    assert [r["bind"] for r in nll_rows(pref[:4], tok, [32, 33], bind=True)] == [
+        r["class_index"] for r in pref[:4]
+    ]
     assert {r["bind"] for r in nll_rows(pref[:4], tok, [32, 33], bind=False)} == {-1}
 
 
@@ -450,8 +560,9 @@ def test_binding_term_is_the_weighted_class_cross_entropy_of_bound_rows(tmp_path
         base = off.compute_loss(off.model, dict(batch)).item()
         total = on.compute_loss(on.model, dict(batch)).item()
         pos = steering_positions_from_labels(batch["labels"][2:]) + 1
-        scores = token_log_likelihoods(on.model, batch["input_ids"][2:], batch["attention_mask"][2:],
-                                       batch["labels"][2:], pos, [32, 33])
+        scores = token_log_likelihoods(
+            on.model, batch["input_ids"][2:], batch["attention_mask"][2:], batch["labels"][2:], pos, [32, 33]
+        )
         ce = torch.nn.functional.cross_entropy(scores, batch["bind"][2:]).item()
     assert ce > 0
     assert total == pytest.approx(base + 2.0 * ce, rel=1e-4)
@@ -461,7 +572,8 @@ def test_binding_term_is_the_weighted_class_cross_entropy_of_bound_rows(tmp_path
     plain = on.data_collator([dict(r) for r in rows[:4]])
     with torch.no_grad():
         assert on.compute_loss(on.model, dict(plain)).item() == pytest.approx(
-            off.compute_loss(off.model, dict(plain)).item(), rel=1e-5)
+            off.compute_loss(off.model, dict(plain)).item(), rel=1e-5
+        )
     with pytest.raises(ValueError, match="story_binding_weight"):
         _nll_trainer(tmp_path / "neg", tok, rows, binding_weight=-1.0)
 
@@ -482,8 +594,14 @@ def test_binding_term_teaches_the_token_to_decide_the_story(tmp_path, tok, confi
         trainer.model.eval()
         b = trainer.data_collator(bound)
         with torch.no_grad():
-            scores = token_log_likelihoods(trainer.model, b["input_ids"], b["attention_mask"], b["labels"],
-                                           steering_positions_from_labels(b["labels"]) + 1, [32, 33])
+            scores = token_log_likelihoods(
+                trainer.model,
+                b["input_ids"],
+                b["attention_mask"],
+                b["labels"],
+                steering_positions_from_labels(b["labels"]) + 1,
+                [32, 33],
+            )
         return torch.nn.functional.cross_entropy(scores, b["bind"]).item()
 
     with_term, without = binding_after("bind", 5.0), binding_after("nobind", 0.0)

@@ -16,29 +16,48 @@ TINY_STORY = {
     "prompts": {"per_split": {"train": 4, "val": 4, "test": 4}},
     "data": {"responses_per_context": 4},
     "story_data": {"per_context": 4, "oversample": 2},
-    "training": {"sft": {"epochs": 1, "batch_size": 8}, "preference": {"epochs": 1, "batch_size": 8},
-                 "max_length": 128, "logging_steps": 1},
+    "training": {
+        "sft": {"epochs": 1, "batch_size": 8},
+        "preference": {"epochs": 1, "batch_size": 8},
+        "max_length": 128,
+        "logging_steps": 1,
+    },
     "generation": {"batch_size": 8, "max_new_tokens": {"attribute": 16, "story": 48}},
     "metrics": {"bootstrap": 50},
     "report": {"artefacts": ["table2"]},
     # a few steering steps on these rows, not the 252 of the config; the draw corrected for invalid stories
-    "methods": {"ours-story": {"train_overrides": {"preference": {"min_steps": None}},
-                               "validity_correction": ["story"]}},
+    "methods": {
+        "ours-story": {
+            "train_overrides": {"preference": {"min_steps": None}},
+            "validity_correction": ["story"],
+        }
+    },
 }
 METRICS = "results/metrics/tiny-real/smollm2-135m-instruct/ours-story/story.json"
 
 
 def test_story_data_job_feeds_the_training_of_story_methods(workdir, snakemake_run):
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY_STORY))
-    (workdir / "resources/census/tiny.csv").write_text("occupation,group,male,female,year,source\n"
-                                                       "Civil engineers,Engineering,90,10,2024,test\n")
+    (workdir / "resources/census/tiny.csv").write_text(
+        "occupation,group,male,female,year,source\nCivil engineers,Engineering,90,10,2024,test\n"
+    )
     proc = snakemake_run(workdir, "-n", "--configfile", "config/tiny.yaml", "--", METRICS, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "rule story_data:" in proc.stdout
-    assert "results/datasets/tiny-real/smollm2-135m-instruct/stories.jsonl" in proc.stdout.split("rule train:")[1]
+    assert (
+        "results/datasets/tiny-real/smollm2-135m-instruct/stories.jsonl"
+        in proc.stdout.split("rule train:")[1]
+    )
     # plain ours does not need D_story
-    plain = snakemake_run(workdir, "-n", "--configfile", "config/tiny.yaml", "--",
-                          "results/adapters/tiny-real/smollm2-135m-instruct/ours", timeout=300)
+    plain = snakemake_run(
+        workdir,
+        "-n",
+        "--configfile",
+        "config/tiny.yaml",
+        "--",
+        "results/adapters/tiny-real/smollm2-135m-instruct/ours",
+        timeout=300,
+    )
     assert plain.returncode == 0 and "rule story_data:" not in plain.stdout, plain.stdout[-3000:]
 
 
@@ -46,17 +65,23 @@ def test_story_data_job_feeds_the_training_of_story_methods(workdir, snakemake_r
 @pytest.mark.vllm
 def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY_STORY))
-    (workdir / "resources/census/tiny.csv").write_text("occupation,group,male,female,year,source\n"
-                                                       "Civil engineers,Engineering,90,10,2024,test\n"
-                                                       "Registered nurses,Health,15,85,2024,test\n")
-    proc = snakemake_run(workdir, "--cores", "2", "--configfile", "config/tiny.yaml", "--", METRICS, timeout=1500)
+    (workdir / "resources/census/tiny.csv").write_text(
+        "occupation,group,male,female,year,source\n"
+        "Civil engineers,Engineering,90,10,2024,test\n"
+        "Registered nurses,Health,15,85,2024,test\n"
+    )
+    proc = snakemake_run(
+        workdir, "--cores", "2", "--configfile", "config/tiny.yaml", "--", METRICS, timeout=1500
+    )
     assert proc.returncode == 0, proc.stdout[-5000:]
     data = workdir / "results/datasets/tiny-real/smollm2-135m-instruct"
     rows = [json.loads(x) for x in (data / "stories.jsonl").read_text().splitlines()]
     summary = json.loads((data / "stories.summary.json").read_text())
     gender = Attribute.from_config("gender", config["attributes"]["gender"])
     # every kept story is read by the judge as the class it trains, and its prompt has no hint
-    assert [j.label for j in LexiconJudge(gender).judge([r["answer"] for r in rows])] == [r["class"] for r in rows]
+    assert [j.label for j in LexiconJudge(gender).judge([r["answer"] for r in rows])] == [
+        r["class"] for r in rows
+    ]
     hints = [c["story_hint"] for c in config["attributes"]["gender"]["classes"]]
     assert not any(h in r["prompt"] for r in rows for h in hints)
     assert summary["rows"] == len(rows) == sum(c["kept"] for c in summary["per_class"].values())
@@ -66,7 +91,8 @@ def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     assert 1 <= summary["rounds"] <= 3
     # every candidate is in the per-hint tally, and the hints' reach is an MAE
     assert {h: sum(v.values()) for h, v in summary["hinted_as"].items()} == {
-        n: c["generated"] for n, c in summary["per_class"].items()}
+        n: c["generated"] for n, c in summary["per_class"].items()
+    }
     assert summary["hint_reach"] is None or 0 <= summary["hint_reach"]["mae"] <= 1
     # no kept story is shorter than what the evaluation counts as a story
     assert summary["min_words"] == 20 and all(len(r["answer"].split()) >= 20 for r in rows)
@@ -88,7 +114,12 @@ def test_story_method_trains_on_judged_stories(workdir, snakemake_run, config):
     assert len(val_rows) == 2 * 4 and all(r["prompt_id"].startswith("val-") for r in val_rows)
     weights = json.loads((validity / "weights.json").read_text())
     assert sum(weights["n"]) == 2 * 4 and sum(weights["weights"]) == pytest.approx(2.0)
-    test_rows = [json.loads(x) for x in
-                 (workdir / "results/generations/tiny-real/smollm2-135m-instruct/ours-story/story.jsonl")
-                 .read_text().splitlines()]
-    assert all(r["prompt_id"].startswith("test-") and r["token_weights"] == weights["weights"] for r in test_rows)
+    test_rows = [
+        json.loads(x)
+        for x in (workdir / "results/generations/tiny-real/smollm2-135m-instruct/ours-story/story.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert all(
+        r["prompt_id"].startswith("test-") and r["token_weights"] == weights["weights"] for r in test_rows
+    )

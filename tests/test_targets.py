@@ -65,15 +65,21 @@ def test_targets_csv_round_trip(tmp_path, repo, config):
 HEADER = "occupation,group,male,female,year,source\n"
 
 
-@pytest.mark.parametrize("body,match", [
-    ("Nurses,Health,10,abc,2024,x\n", r"row 2, column 'female': expected a non-negative number, got 'abc'"),
-    ("Nurses,Health,-3,5,2024,x\n", r"row 2, column 'male': expected a non-negative number, got '-3'"),
-    ("Nurses,Health,1,2,2024,x\nNurses,Health,3,4,2024,x\n", r"row 3: duplicate occupation 'Nurses'"),
-    (",Health,1,2,2024,x\n", r"row 2: empty occupation"),
-    ("Nurses,Health,0,0,2024,x\n", r"row 2: all counts are zero"),
-    ("Nurses,Health,1,2\n", r"row 2: expected 6 fields"),
-    ("", r"no data rows"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (
+            "Nurses,Health,10,abc,2024,x\n",
+            r"row 2, column 'female': expected a non-negative number, got 'abc'",
+        ),
+        ("Nurses,Health,-3,5,2024,x\n", r"row 2, column 'male': expected a non-negative number, got '-3'"),
+        ("Nurses,Health,1,2,2024,x\nNurses,Health,3,4,2024,x\n", r"row 3: duplicate occupation 'Nurses'"),
+        (",Health,1,2,2024,x\n", r"row 2: empty occupation"),
+        ("Nurses,Health,0,0,2024,x\n", r"row 2: all counts are zero"),
+        ("Nurses,Health,1,2\n", r"row 2: expected 6 fields"),
+        ("", r"no data rows"),
+    ],
+)
 def test_malformed_census_is_rejected_with_file_and_row(tmp_path, body, match):
     p = tmp_path / "bad.csv"
     p.write_text(HEADER + body)
@@ -98,9 +104,15 @@ def test_distribution_checks():
 
 
 def test_user_defined_attribute_needs_yaml_only(tmp_path):
-    attr = Attribute.from_config("age", {"classes": [
-        {"name": "young", "label": "Under 40", "tokens": {"digits": "0"}},
-        {"name": "old", "label": "40 or older", "tokens": {"digits": "1"}}]})
+    attr = Attribute.from_config(
+        "age",
+        {
+            "classes": [
+                {"name": "young", "label": "Under 40", "tokens": {"digits": "0"}},
+                {"name": "old", "label": "40 or older", "tokens": {"digits": "1"}},
+            ]
+        },
+    )
     p = tmp_path / "c.csv"
     p.write_text("occupation,group,young,old,year,source\nPilots,Transport,30,70,2024,x\n")
     rows = build_targets(load_census(p), attr, "real")

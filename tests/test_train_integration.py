@@ -37,9 +37,11 @@ def _killer(stage_step: int):
 
 
 def _held_out_kl(model, tok, val, ids):
-    from distalign.steering import first_token_probs
+    from distalign.generate import TransformersBackend, steering_distribution
 
-    probs, _ = first_token_probs(model, tok, [p["prompt"] for p in val], ids)
+    model.eval()
+    backend = TransformersBackend(None, tokenizer=tok, model=model, batch_size=16)
+    probs = torch.tensor(steering_distribution(backend, tok, [p["prompt"] for p in val], ids)[0])
     target = torch.tensor([p["target"] for p in val], dtype=torch.float32)
     return float((torch.xlogy(target, target) - target * torch.log(probs)).sum(-1).mean())
 
@@ -54,30 +56,54 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir):
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     tok = load_tokenizer(embedded_model_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
-    (out / POINTER).write_text(json.dumps({"name": "tiny-llama", "source": "path", "path_or_id": str(out),
-                                           "dtype": "float32", "path": None}))
+    (out / POINTER).write_text(
+        json.dumps(
+            {"name": "tiny-llama", "source": "path", "path_or_id": str(out), "dtype": "float32", "path": None}
+        )
+    )
     return out
 
 
 def _tiny_setup(tmp_path, repo, config, preference):
     from test_steering import tiny_data
 
-    prompts, targets, sft, pref = tiny_data(repo, config, per_split={"train": 4, "val": 3, "test": 1}, responses=8)
+    prompts, targets, sft, pref = tiny_data(
+        repo, config, per_split={"train": 4, "val": 3, "test": 1}, responses=8
+    )
     write_jsonl(tmp_path / "sft.jsonl", sft)
     write_jsonl(tmp_path / "pref.jsonl", pref)
     config["methods"]["ours"]["preference"] = preference
     # the default's min_steps (126) is sized for 280-500 real rows, not for these 24
     config["methods"]["ours"]["train_overrides"]["preference"].pop("min_steps", None)
-    config["training"].update({
-        "sft": {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3},
-        "preference": {**config["training"]["preference"], "epochs": 2, "batch_size": 8, "learning_rate": 1e-2},
-        "max_length": 96, "logging_steps": 1, "save_steps": 2, "device": "cpu",
-    })
+    config["training"].update(
+        {
+            "sft": {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3},
+            "preference": {
+                **config["training"]["preference"],
+                "epochs": 2,
+                "batch_size": 8,
+                "learning_rate": 1e-2,
+            },
+            "max_length": 96,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "device": "cpu",
+        }
+    )
     return prompts, targets
 
 
@@ -91,8 +117,15 @@ def test_ours_trains_resumes_and_reloads(tmp_path, repo, config, tiny_model_dir,
     by_ctx = {t["context"]: t["target"] for t in targets}
     val = [{**p, "target": by_ctx[p["context"]]} for p in prompts if p["split"] == "val"]
     out = tmp_path / "adapters" / "uk-real" / "smollm2" / "ours"
-    args = dict(config=config, dataset="uk-real", method="ours", model_dir=tiny_model_dir,
-                sft_path=tmp_path / "sft.jsonl", pref_path=tmp_path / "pref.jsonl", out_dir=out)
+    args = dict(
+        config=config,
+        dataset="uk-real",
+        method="ours",
+        model_dir=tiny_model_dir,
+        sft_path=tmp_path / "sft.jsonl",
+        pref_path=tmp_path / "pref.jsonl",
+        out_dir=out,
+    )
 
     with pytest.raises(Killed):
         train_adapter(**args, callbacks=[_killer(3)])
@@ -107,7 +140,8 @@ def test_ours_trains_resumes_and_reloads(tmp_path, repo, config, tiny_model_dir,
     train_adapter(**args, log=tmp_path / "train.log")
     assert out.is_dir() and not work.exists()
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json", "metrics.jsonl"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     cfg = json.loads((out / "training_config.json").read_text())
     assert cfg["steering_ids"] == [32, 33] and cfg["kind"] == "ours" and "trl" in cfg["versions"]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -156,8 +190,15 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     (tmp_path / "config.json").write_text(json.dumps(config))
 
     def args(out):
-        return dict(config=config, dataset="uk-real", method="ours", model_dir=tiny_model_dir,
-                    sft_path=tmp_path / "sft.jsonl", pref_path=tmp_path / "pref.jsonl", out_dir=out)
+        return dict(
+            config=config,
+            dataset="uk-real",
+            method="ours",
+            model_dir=tiny_model_dir,
+            sft_path=tmp_path / "sft.jsonl",
+            pref_path=tmp_path / "pref.jsonl",
+            out_dir=out,
+        )
 
     clean = tmp_path / "clean" / "ours"
     train_adapter(**args(clean))
@@ -177,7 +218,9 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # possibly mid-write of the checkpoint: resume must cope with that too
+    os.killpg(
+        proc.pid, signal.SIGKILL
+    )  # possibly mid-write of the checkpoint: resume must cope with that too
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not killed.exists()
@@ -203,9 +246,16 @@ def test_min_steps_and_scheduler_of_a_stage(tmp_path, repo, config, tiny_model_d
     overrides = config["methods"]["ours"]["train_overrides"]["preference"]
     overrides.update(min_steps=per_epoch + 1, lr_scheduler_type="constant_with_warmup")
     out = tmp_path / "adapter"
-    train_adapter(config=config, dataset="uk-real", method="ours", model_dir=tiny_model_dir,
-                  sft_path=tmp_path / "sft.jsonl", pref_path=tmp_path / "pref.jsonl", out_dir=out,
-                  log=tmp_path / "train.log")
+    train_adapter(
+        config=config,
+        dataset="uk-real",
+        method="ours",
+        model_dir=tiny_model_dir,
+        sft_path=tmp_path / "sft.jsonl",
+        pref_path=tmp_path / "pref.jsonl",
+        out_dir=out,
+        log=tmp_path / "train.log",
+    )
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     ends = {r["stage"]: r for r in rows if r.get("event") == "end"}
     assert ends["pref"]["step"] == 2 * per_epoch  # 1 epoch is one step short: 2 whole epochs

@@ -10,7 +10,10 @@ def _rows(spec):
     """spec: (token, label or None, count)."""
     rows = []
     for tok, label, count in spec:
-        rows += [{"prompt_id": f"val-0-{len(rows) + i}", "steering_token": tok, "label": label} for i in range(count)]
+        rows += [
+            {"prompt_id": f"val-0-{len(rows) + i}", "steering_token": tok, "label": label}
+            for i in range(count)
+        ]
     return rows
 
 
@@ -21,8 +24,19 @@ def gender(config):
 
 def test_weights_are_inverse_valid_shares(gender):
     # male token ("0"): 57 of 100 valid; female ("1"): 72 of 100 (US-even's stories of the 106-step run)
-    out = validity_weights(_rows([("0", "male", 50), ("0", "female", 7), ("0", None, 43),
-                                  ("1", "female", 70), ("1", "male", 2), ("1", None, 28)]), gender)
+    out = validity_weights(
+        _rows(
+            [
+                ("0", "male", 50),
+                ("0", "female", 7),
+                ("0", None, 43),
+                ("1", "female", 70),
+                ("1", "male", 2),
+                ("1", None, 28),
+            ]
+        ),
+        gender,
+    )
     assert out["classes"] == ["male", "female"] and out["tokens"] == ["0", "1"]
     assert out["n"] == [100, 100] and out["n_valid"] == [57, 72]
     assert out["valid_rate"] == pytest.approx([0.57, 0.72])

@@ -26,15 +26,25 @@ if not VLLM_PYTHON.exists() and importlib.util.find_spec("vllm") is None:
     pytestmark.append(pytest.mark.skip(reason=reason))
 
 STEERING = ["0", "1", "2", "3", "4"]
-PROMPTS = ["What is the gender of a nurse? Answer Male or Female.",
-           "Picture one worker from the group \"Plumbers\". Is this person male or female?",
-           "What is the racial background of a software developer?",
-           "How would you describe the mood of a teacher?"]
+PROMPTS = [
+    "What is the gender of a nurse? Answer Male or Female.",
+    'Picture one worker from the group "Plumbers". Is this person male or female?',
+    "What is the racial background of a software developer?",
+    "How would you describe the mood of a teacher?",
+]
 
 
 def _requests():
-    return [{"context_id": i // 2, "context": f"ctx{i // 2}", "prompt_id": f"test-{i // 2}-{i}", "prompt": p,
-             "target": [0.5, 0.5]} for i, p in enumerate(PROMPTS)]
+    return [
+        {
+            "context_id": i // 2,
+            "context": f"ctx{i // 2}",
+            "prompt_id": f"test-{i // 2}-{i}",
+            "prompt": p,
+            "target": [0.5, 0.5],
+        }
+        for i, p in enumerate(PROMPTS)
+    ]
 
 
 def _transformers_probs(model_dir, adapter, requests):
@@ -83,8 +93,9 @@ def adapter(embedded_model_dir, tmp_path_factory):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                                  "o_proj"]))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
     with torch.no_grad():
         for name, w in model.named_parameters():
             if "lora_B" in name:
@@ -98,29 +109,51 @@ def test_steering_distribution_agrees_base_model(embedded_model_dir, config):
     from distalign.generate import execute, make_job
 
     reqs = _requests()
-    job = make_job("probe", reqs, config=config, dataset="race-even", model="smollm2-135m-instruct",
-                   method="zero-shot", task="attribute", model_dir=embedded_model_dir, backend="vllm")
+    config["generation"].update(samples_per_prompt=1, max_new_tokens={"attribute": 1, "story": 1})
+    job = make_job(
+        reqs,
+        config=config,
+        dataset="race-even",
+        model="smollm2-135m-instruct",
+        method="zero-shot",
+        task="attribute",
+        model_dir=embedded_model_dir,
+        backend="vllm",
+    )
     job = dataclasses.replace(job, steering_tokens=STEERING, class_tokens=STEERING)
     got = execute(job)
     want = _transformers_probs(embedded_model_dir, None, reqs)
     for g, w in zip(got, want, strict=True):
-        assert g["token_ids"] == [32, 33, 34, 35, 36]
-        assert max(abs(a - b) for a, b in zip(g["probs"], w, strict=True)) < 1e-3, (g["probs"], w)
+        assert g["probe_token_ids"] == [32, 33, 34, 35, 36]
+        assert max(abs(a - b) for a, b in zip(g["steering_probs"], w, strict=True)) < 1e-3, (
+            g["steering_probs"],
+            w,
+        )
 
 
 @pytest.mark.parametrize("vllm_lora", ["merge", "request"])
-def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, adapter, config, vllm_lora,
-                                                          script_logging):
+def test_two_step_with_adapter_agrees_and_is_reproducible(
+    embedded_model_dir, adapter, config, vllm_lora, script_logging
+):
     """LoRA through vLLM: merged into the weights (the CPU default) and as a LoRARequest (the GPU path).
 
     The first run also checks the job's output: the worker's progress lines reach the console and the
     log file, vLLM's own lines the log file only."""
     from distalign.generate import generate
 
-    config["generation"].update(samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8},
-                                vllm_lora=vllm_lora)
-    kw = dict(config=config, dataset="race-even", model="smollm2-135m-instruct", method="ours", task="attribute",
-              model_dir=embedded_model_dir, adapter=adapter, backend="vllm")
+    config["generation"].update(
+        samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8}, vllm_lora=vllm_lora
+    )
+    kw = dict(
+        config=config,
+        dataset="race-even",
+        model="smollm2-135m-instruct",
+        method="ours",
+        task="attribute",
+        model_dir=embedded_model_dir,
+        adapter=adapter,
+        backend="vllm",
+    )
     reqs = _requests()
     first = generate(reqs, **kw)
     console, logfile = script_logging()
@@ -129,7 +162,9 @@ def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, ad
         assert f"{label}, steering tokens: 4/4 prompts (100%), done in" in text
         assert f"{label}: 8/8 rows (100%), done in" in text
     assert "[vllm]" in logfile and "vllm" in logfile.split("[vllm]", 1)[1]  # vLLM's own lines are kept there
-    assert "[vllm]" not in console and " INFO vllm" not in console and "non-default args" not in console, console
+    assert "[vllm]" not in console and " INFO vllm" not in console and "non-default args" not in console, (
+        console
+    )
     second = generate(reqs, **kw)
     assert len(first) == 2 * len(reqs)
     assert {r["backend"] for r in first} == {"vllm"} and first[0]["versions"]["vllm"]
@@ -137,8 +172,9 @@ def test_two_step_with_adapter_agrees_and_is_reproducible(embedded_model_dir, ad
     assert strip == [{k: v for k, v in r.items() if k != "versions"} for r in second]
     want = _transformers_probs(embedded_model_dir, adapter, reqs)
     base = _transformers_probs(embedded_model_dir, None, reqs)
-    assert max(abs(a - b) for w, v in zip(want, base, strict=True) for a, b in zip(w, v, strict=True)) > 1e-3, \
-        "the adapter should change the steering distribution"
+    assert (
+        max(abs(a - b) for w, v in zip(want, base, strict=True) for a, b in zip(w, v, strict=True)) > 1e-3
+    ), "the adapter should change the steering distribution"
     for r in first:
         w = want[reqs.index(next(q for q in reqs if q["prompt_id"] == r["prompt_id"]))]
         assert max(abs(a - b) for a, b in zip(r["steering_probs"], w, strict=True)) < 1e-3

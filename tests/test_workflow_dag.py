@@ -25,9 +25,27 @@ def test_full_dag_dry_run_lists_every_stage(workdir, snakemake_run):
     jobs = _jobs(proc.stdout)
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     n_data = len(cfg["run"]["datasets"])
-    for rule in ("prepare_model", "targets", "prompts", "datasets", "train", "generate", "probe", "label",
-                 "metrics", "table1", "table4", "table5", "capabilities", "table10", "table11", "fig3", "fig5",
-                 "calibration", "steering_diagnosis"):
+    for rule in (
+        "prepare_model",
+        "targets",
+        "prompts",
+        "datasets",
+        "train",
+        "generate",
+        "probe",
+        "label",
+        "metrics",
+        "table1",
+        "table4",
+        "table5",
+        "capabilities",
+        "table10",
+        "table11",
+        "fig3",
+        "fig5",
+        "calibration",
+        "steering_diagnosis",
+    ):
         assert jobs.get(rule), (rule, jobs)
     assert jobs["targets"] == n_data and jobs["datasets"] == n_data
     # ift, dpo, ours per dataset; pe-implicit only where the target is real
@@ -58,15 +76,22 @@ def test_steering_diagnosis_covers_the_story_task_when_it_runs(workdir, snakemak
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake_run(workdir, "-n", "results/tables/steering_diagnosis.csv", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    metrics = set(re.findall(r"results/metrics/([a-z0-9-]+)/[^/]+/([a-z0-9-]+)/(attribute|story)\.json", proc.stdout))
+    metrics = set(
+        re.findall(r"results/metrics/([a-z0-9-]+)/[^/]+/([a-z0-9-]+)/(attribute|story)\.json", proc.stdout)
+    )
     # zero-shot does not steer; ours-story needs a story judge, which race has not, even for its answers
-    assert metrics == {("us-even", "ours", "attribute"), ("us-even", "ours-story", "attribute"),
-                       ("race-even", "ours", "attribute"), ("us-even", "ours", "story"),
-                       ("us-even", "ours-story", "story")}
+    assert metrics == {
+        ("us-even", "ours", "attribute"),
+        ("us-even", "ours-story", "attribute"),
+        ("race-even", "ours", "attribute"),
+        ("us-even", "ours", "story"),
+        ("us-even", "ours-story", "story"),
+    }
     # and the D_story summary of us-even for the hint reach of ours-story's story row (race has no stories)
     diagnosis_inputs = re.search(r"rule steering_diagnosis:\s*\n\s*input: ([^\n]*)", proc.stdout).group(1)
     assert re.findall(r"results/datasets/[^,]*summary\.json", diagnosis_inputs) == [
-        "results/datasets/us-even/smollm2-135m-instruct/stories.summary.json"]
+        "results/datasets/us-even/smollm2-135m-instruct/stories.summary.json"
+    ]
 
 
 def test_table7_trains_on_uk_only(workdir, snakemake_run):
@@ -84,8 +109,14 @@ def test_table7_trains_on_uk_only(workdir, snakemake_run):
 
 def test_fig4_sweep_jobs_share_the_default_point(workdir, snakemake_run):
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
-    cfg["sweeps"] = {"datasets": ["us-even"], "methods": ["ift", "ours"], "seeds": 3,
-                     "top_p": [0.8, 1.0], "top_k": [10, 0], "temperature": [0.5, 1.0]}
+    cfg["sweeps"] = {
+        "datasets": ["us-even"],
+        "methods": ["ift", "ours"],
+        "seeds": 3,
+        "top_p": [0.8, 1.0],
+        "top_k": [10, 0],
+        "temperature": [0.5, 1.0],
+    }
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     proc = snakemake_run(workdir, "-n", "results/figures/fig4-us-even.png", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -106,25 +137,54 @@ def test_table5_needs_only_capabilities(workdir, snakemake_run):
 
 TINY = {
     "census": {"tiny": "resources/census/tiny.csv"},
-    "datasets": {"tiny-real": {"attribute": "gender", "census": "tiny", "target": "real"},
-                 "tiny-even-from-real": {"attribute": "gender", "census": "tiny", "target": "even",
-                                         "adapters_from": "tiny-real"}},
+    "datasets": {
+        "tiny-real": {"attribute": "gender", "census": "tiny", "target": "real"},
+        "tiny-even-from-real": {
+            "attribute": "gender",
+            "census": "tiny",
+            "target": "even",
+            "adapters_from": "tiny-real",
+        },
+    },
     "capabilities": {"dataset": "tiny-real", "methods": ["zero-shot", "ift", "ours"]},
-    "sweeps": {"datasets": ["tiny-real"], "methods": ["ours"], "seeds": 2, "top_p": [0.5], "top_k": [],
-               "temperature": []},
+    "sweeps": {
+        "datasets": ["tiny-real"],
+        "methods": ["ours"],
+        "seeds": 2,
+        "top_p": [0.5],
+        "top_k": [],
+        "temperature": [],
+    },
     "run": {"datasets": ["tiny-real"], "methods": ["zero-shot", "ift", "ours"], "tasks": ["attribute"]},
     "prompts": {"per_split": {"train": 4, "val": 4, "test": 4}},
     "data": {"responses_per_context": 4},
-    "training": {"sft": {"epochs": 1, "batch_size": 8}, "preference": {"epochs": 1, "batch_size": 8},
-                 "max_length": 128},
+    "training": {
+        "sft": {"epochs": 1, "batch_size": 8},
+        "preference": {"epochs": 1, "batch_size": 8},
+        "max_length": 128,
+    },
     # one steering step on these 8 rows, not the default's 126
     "methods": {"ours": {"train_overrides": {"preference": {"min_steps": None}}}},
     "generation": {"batch_size": 8},
     "metrics": {"bootstrap": 50},
-    "report": {"artefacts": ["table1", "table4", "table5", "table7", "table10", "table11", "fig3", "fig4", "fig5",
-                             "calibration", "steering_diagnosis"],
-               "fig3_dataset": "tiny-real", "transfer_datasets": ["tiny-even-from-real"],
-               "transfer_methods": ["zero-shot", "ift", "ours"]},
+    "report": {
+        "artefacts": [
+            "table1",
+            "table4",
+            "table5",
+            "table7",
+            "table10",
+            "table11",
+            "fig3",
+            "fig4",
+            "fig5",
+            "calibration",
+            "steering_diagnosis",
+        ],
+        "fig3_dataset": "tiny-real",
+        "transfer_datasets": ["tiny-even-from-real"],
+        "transfer_methods": ["zero-shot", "ift", "ours"],
+    },
 }
 
 
@@ -132,7 +192,8 @@ def write_tiny(workdir):
     (workdir / "resources/census/tiny.csv").write_text(
         "occupation,group,male,female,year,source\n"
         "Civil engineers,Engineering,90,10,2024,test\n"
-        "Registered nurses,Health,15,85,2024,test\n")
+        "Registered nurses,Health,15,85,2024,test\n"
+    )
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(TINY))
 
 
@@ -181,10 +242,16 @@ def test_end_to_end_tiny_run(tiny_run, snakemake_run):
     assert t5.loc[0, "Δ Perplexity"] == 0 and t5["Δ Perplexity"].notna().all()
     caps = res / "capabilities/tiny-real/smollm2-135m-instruct"
     assert json.loads((caps / "zero-shot.json").read_text())["adapter"] is None
-    assert json.loads((caps / "ift.json").read_text())["adapter"].endswith("adapters/tiny-real/smollm2-135m-instruct/ift")
+    assert json.loads((caps / "ift.json").read_text())["adapter"].endswith(
+        "adapters/tiny-real/smollm2-135m-instruct/ift"
+    )
     # table7: the transfer column generated with the tiny-real adapters, against even targets
-    ours_t = [json.loads(x) for x in
-              (res / "generations/tiny-even-from-real/smollm2-135m-instruct/ours/attribute.jsonl").read_text().splitlines()]
+    ours_t = [
+        json.loads(x)
+        for x in (res / "generations/tiny-even-from-real/smollm2-135m-instruct/ours/attribute.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert {tuple(r["target"]) for r in ours_t} == {(0.5, 0.5)}
     t7 = pd.read_csv(res / "tables/table7.csv")
     assert list(t7["Method"]) == ["Zero-shot", "IFT", "Ours", "Noise floor"]
@@ -205,13 +272,39 @@ def test_end_to_end_tiny_run(tiny_run, snakemake_run):
 
 
 @pytest.mark.slow
+def test_report_of_the_tiny_run_has_no_docutils_problem(tiny_run, snakemake_run):
+    """`snakemake --report` of the finished run: every caption renders cleanly (docutils writes its errors and
+    warnings into the page as "System Message" boxes and to stderr, and Snakemake still says "Report created")."""
+    from test_report_html import docutils_problems, report_captions
+
+    proc = snakemake_run(
+        tiny_run, "--report", "results/report.html", "--configfile", "config/tiny.yaml", timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    captions = report_captions((tiny_run / "results/report.html").read_text())
+    # the check reads what it should: table1's caption, with N from the tiny config (test prompts x samples)
+    from distalign.config import load_config
+
+    cfg = load_config(tiny_run / "config/config.yaml", tiny_run / "config/tiny.yaml")
+    n = cfg["prompts"]["per_split"]["test"] * cfg["generation"]["samples_per_prompt"]
+    assert any(f"N = {n} answers per context" in c for c in captions), captions[:3]
+    problems = docutils_problems([*captions, *proc.stdout.splitlines()])
+    assert not problems, problems
+
+
+@pytest.mark.slow
 def test_tiny_run_matches_the_behaviour_fixture(tiny_run):
     """Data, generations, labels, metrics, probes and tables are byte-identical to those recorded before the
     refactorings (tests/behaviour.py says how to re-record them when a change is meant to change results)."""
     import behaviour
 
-    behaviour.check("tiny_run", behaviour.digests(tiny_run, ("targets", "prompts", "datasets", "generations",
-                                                             "labels", "metrics", "probes", "tables")))
+    behaviour.check(
+        "tiny_run",
+        behaviour.digests(
+            tiny_run,
+            ("targets", "prompts", "datasets", "generations", "labels", "metrics", "probes", "tables"),
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -219,8 +312,16 @@ def test_tiny_run_is_deterministic(tiny_run, tmp_path_factory, repo, snakemake_r
     """The same config run again from scratch gives byte-identical data, generations, labels and metrics."""
     wd = _copy_workdir(repo, tmp_path_factory.mktemp("tiny_run_again"))
     # the main chain of every method (table1 and table4 need all generations, labels, metrics, probes)
-    proc = snakemake_run(wd, "--cores", "2", "results/tables/table1.csv", "results/tables/table4.csv",
-                         "--configfile", "config/tiny.yaml", timeout=1500)
+    proc = snakemake_run(
+        wd,
+        "--cores",
+        "2",
+        "results/tables/table1.csv",
+        "results/tables/table4.csv",
+        "--configfile",
+        "config/tiny.yaml",
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:]
     first, second = _outputs(tiny_run), _outputs(wd)
     assert set(second) <= set(first) and len(second) > 10
@@ -242,10 +343,21 @@ def test_sigkilled_generation_job_reruns_to_the_same_file(tiny_run, tmp_path_fac
     wd = _copy_workdir(repo, tmp_path_factory.mktemp("killed"))
     target = "results/generations/tiny-real/smollm2-135m-instruct/zero-shot/attribute.jsonl"
     log = wd / "results/logs/generate/tiny-real/smollm2-135m-instruct/zero-shot/attribute.log"
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(wd), "--cores", "2", target,
-           "--configfile", "config/tiny.yaml"]
-    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(wd),
+        "--cores",
+        "2",
+        target,
+        "--configfile",
+        "config/tiny.yaml",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and "test prompts" in log.read_text():
@@ -296,8 +408,11 @@ def test_changing_one_method_reruns_only_that_method(tiny_run, snakemake_run):
     # points and its capabilities row; nothing of zero-shot or ift
     assert jobs["train"] == 1 and jobs["generate"] == 2 and jobs["probe"] == 1 and jobs["metrics"] == 2, jobs
     assert jobs["sweep_generate"] == 2 and jobs["capabilities"] == 1, jobs
-    rerun = set(re.findall(r"wildcards: dataset=tiny-real, model=smollm2-135m-instruct, method=(\S+?)(?:,|\n)",
-                           dry.stdout))
+    rerun = set(
+        re.findall(
+            r"wildcards: dataset=tiny-real, model=smollm2-135m-instruct, method=(\S+?)(?:,|\n)", dry.stdout
+        )
+    )
     assert rerun == {"ours"}, rerun
 
 
@@ -305,7 +420,9 @@ def test_validity_correction_reruns_generation_not_training(tiny_run, snakemake_
     """Turning on ours' validity correction after a complete run: validation answers, labels and
     weights per dataset, then ours' generations again; its adapter is reused."""
     cfg = yaml.safe_load((tiny_run / "config/tiny.yaml").read_text())
-    cfg["methods"] = {"ours": {"train_overrides": {"preference": {"min_steps": None}}, "validity_correction": ["attribute"]}}
+    cfg["methods"] = {
+        "ours": {"train_overrides": {"preference": {"min_steps": None}}, "validity_correction": ["attribute"]}
+    }
     (tiny_run / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
     dry = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
     assert dry.returncode == 0, dry.stdout[-3000:]
@@ -343,7 +460,8 @@ def test_a_judge_check_reruns_nothing_it_does_not_feed(tiny_run, snakemake_run):
     """attributes.<a>.judge_check is read by the judge_check rule only: pointing gender's at another file after a
     complete run leaves every label, metric and table of that run as it is."""
     (tiny_run / "resources/judge_check/gender.jsonl").write_text(
-        '{"text": "She fixed the bridge and he checked her sums.", "label": "female"}\n')
+        '{"text": "She fixed the bridge and he checked her sums.", "label": "female"}\n'
+    )
     original = (tiny_run / "config/tiny.yaml").read_text()
     cfg = yaml.safe_load(original)
     before = snakemake_run(tiny_run, "-n", "all", "--configfile", "config/tiny.yaml", timeout=300)
@@ -355,8 +473,9 @@ def test_a_judge_check_reruns_nothing_it_does_not_feed(tiny_run, snakemake_run):
         assert after.returncode == 0, after.stdout[-3000:]
         jobs = _jobs(before.stdout) if "Job stats:" in before.stdout else {}
         assert (_jobs(after.stdout) if "Job stats:" in after.stdout else {}) == jobs
-        check = snakemake_run(tiny_run, "-n", "results/tables/judge_check.csv", "--configfile", "config/tiny.yaml",
-                              timeout=300)
+        check = snakemake_run(
+            tiny_run, "-n", "results/tables/judge_check.csv", "--configfile", "config/tiny.yaml", timeout=300
+        )
         assert check.returncode == 0, check.stdout[-3000:]
         assert _jobs(check.stdout) == {"judge_check": 1, "judge_check_table": 1, "total": 2}
     finally:

@@ -11,7 +11,14 @@ import yaml
 from distalign.datasets import largest_remainder
 
 DATASETS = ["uk-real", "uk-even", "us-real", "us-even", "race-even", "sentiment-even"]
-N_CONTEXTS = {"uk-real": 25, "uk-even": 25, "us-real": 14, "us-even": 14, "race-even": 14, "sentiment-even": 14}
+N_CONTEXTS = {
+    "uk-real": 25,
+    "uk-even": 25,
+    "us-real": 14,
+    "us-even": 14,
+    "race-even": 14,
+    "sentiment-even": 14,
+}
 K = {"uk-real": 2, "uk-even": 2, "us-real": 2, "us-even": 2, "race-even": 5, "sentiment-even": 3}
 
 
@@ -59,7 +66,9 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
     uk_real = (res / "targets/uk-real.csv").read_text()
     assert "Vehicle technicians, mechanics and electricians" in uk_real
     # uk-real and uk-even share their prompts (same contexts, same seed)
-    assert (res / "prompts/uk-real/attribute.jsonl").read_bytes() == (res / "prompts/uk-even/attribute.jsonl").read_bytes()
+    assert (res / "prompts/uk-real/attribute.jsonl").read_bytes() == (
+        res / "prompts/uk-even/attribute.jsonl"
+    ).read_bytes()
     # a second run has nothing to do
     again = snakemake_run(workdir, "--cores", "2", *targets, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout
@@ -86,14 +95,22 @@ def test_judge_check_table_through_snakemake(workdir, snakemake_run):
     gender = json.loads((workdir / "results/judge_check/uk-real.json").read_text())
     assert gender["judge"] == "lexicon" and gender["n_unclassed"] > 0
     assert gender["agreement"] * gender["n_stories"] == pytest.approx(
-        sum(gender["confusion"][i][i] for i in range(2)) + gender["unclassed"][-1])
+        sum(gender["confusion"][i][i] for i in range(2)) + gender["unclassed"][-1]
+    )
     out = json.loads((workdir / "results/judge_check/sentiment-even.json").read_text())
     attribute = attributes_from_config(cfg)["sentiment"]
     rows = read_labelled_stories(workdir / cfg["attributes"]["sentiment"]["judge_check"], attribute)
     targets = read_targets_csv(workdir / "results/targets/sentiment-even.csv", attribute)
     full = validate_config(json.loads(json.dumps(cfg)))  # the schema's defaults filled in
-    expected = judge_check(rows, attribute, VaderJudge(attribute), targets, min_words=full["judge"]["story_min_words"],
-                           seed=full["seed"], bootstrap=full["metrics"]["bootstrap"])
+    expected = judge_check(
+        rows,
+        attribute,
+        VaderJudge(attribute),
+        targets,
+        min_words=full["judge"]["story_min_words"],
+        seed=full["seed"],
+        bootstrap=full["metrics"]["bootstrap"],
+    )
     assert {k: out[k] for k in expected} == json.loads(json.dumps(expected))
     with open(workdir / "results/tables/judge_check.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -110,8 +127,15 @@ def test_judge_check_table_through_snakemake(workdir, snakemake_run):
 
     bad = workdir / cfg["attributes"]["sentiment"]["judge_check"]
     bad.write_text(bad.read_text() + '{"text": "A story.", "label": "cheerful"}\n')
-    proc = snakemake_run(workdir, "--cores", "1", "results/judge_check/sentiment-even.json", "--forcerun",
-                         "judge_check", timeout=600)
+    proc = snakemake_run(
+        workdir,
+        "--cores",
+        "1",
+        "results/judge_check/sentiment-even.json",
+        "--forcerun",
+        "judge_check",
+        timeout=600,
+    )
     assert proc.returncode != 0
     log = (workdir / "results/logs/evaluate/judge_check/sentiment-even.log").read_text()
     assert "line 81: key 'label' is 'cheerful'" in log and "Traceback" in log

@@ -31,12 +31,21 @@ class Attribute:
         for c in spec["classes"]:
             kws = [c["label"].lower()] + [k.lower() for k in c.get("keywords", [])]
             kws = list(dict.fromkeys(kws))  # dedupe, keep order
-            classes.append(AttributeClass(
-                name=c["name"], label=c["label"], keywords=tuple(kws),
-                lexicon=tuple(w.lower() for w in c.get("lexicon", [])), tokens=dict(c.get("tokens", {})),
-            ))
-        return cls(name=name, classes=tuple(classes), default_token_set=spec.get("default_token_set", "digits"),
-                   story_judge=spec.get("story_judge", "lexicon"))
+            classes.append(
+                AttributeClass(
+                    name=c["name"],
+                    label=c["label"],
+                    keywords=tuple(kws),
+                    lexicon=tuple(w.lower() for w in c.get("lexicon", [])),
+                    tokens=dict(c.get("tokens", {})),
+                )
+            )
+        return cls(
+            name=name,
+            classes=tuple(classes),
+            default_token_set=spec.get("default_token_set", "digits"),
+            story_judge=spec.get("story_judge", "lexicon"),
+        )
 
     @property
     def names(self) -> list[str]:
@@ -62,6 +71,18 @@ class Attribute:
         if missing:
             raise KeyError(f"attribute {self.name!r}: token set {ts!r} has no token for class(es) {missing}")
         return [c.tokens[ts] for c in self.classes]
+
+
+def method_token_set(method_spec: dict, attribute_spec: dict) -> str:
+    """The steering token set a method of kind ``ours`` uses: its own ``token_set``, else its attribute's
+    ``default_token_set``. One helper for training, generation and the pre-flight checks, so they agree.
+    ``attribute_spec`` is a config entry (a validated config has the schema's default filled in) or an
+    :class:`Attribute`."""
+    if method_spec.get("token_set"):
+        return method_spec["token_set"]
+    if isinstance(attribute_spec, Attribute):
+        return attribute_spec.default_token_set
+    return attribute_spec.get("default_token_set", Attribute.default_token_set)
 
 
 def attributes_from_config(config: dict) -> dict[str, Attribute]:

@@ -30,7 +30,9 @@ def completion_ids(tokenizer, answer: str, add_eos: bool = True) -> list[int]:
     return ids
 
 
-def steered_prompt_ids(tokenizer, user_text: str, steering_id: int | None, placement: str = "assistant") -> list[int]:
+def steered_prompt_ids(
+    tokenizer, user_text: str, steering_id: int | None, placement: str = "assistant"
+) -> list[int]:
     """Prompt ids after which the answer is generated, with the steering token placed as configured."""
     if steering_id is None:
         return prompt_ids(tokenizer, user_text)

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -56,17 +57,21 @@ def _describe(error: jsonschema.ValidationError) -> str:
     key = _key(error.absolute_path)
     v = error.validator
     if "propertyNames" in error.schema_path:
-        return (f"config key '{key}': name {error.instance!r} is not allowed: it becomes a folder name under "
-                f"results/, so it must start with a letter or digit and contain only letters, digits and "
-                f"'_', '.', '+', '-' (pattern {error.validator_value})")
+        return (
+            f"config key '{key}': name {error.instance!r} is not allowed: it becomes a folder name under "
+            f"results/, so it must start with a letter or digit and contain only letters, digits and "
+            f"'_', '.', '+', '-' (pattern {error.validator_value})"
+        )
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
         return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
     if v == "type":
-        return (f"config key '{key}': expected {error.validator_value}, got {error.instance!r} "
-                f"({type(error.instance).__name__})")
+        return (
+            f"config key '{key}': expected {error.validator_value}, got {error.instance!r} "
+            f"({type(error.instance).__name__})"
+        )
     if v == "enum":
         return f"config key '{key}': expected one of {error.validator_value}, got {error.instance!r}"
     if v == "required":
@@ -106,9 +111,11 @@ def _shared_phrase_errors(name: str, classes: list[dict], field: str, with_label
             first = owner.setdefault(key, (c.get("name"), phrase))
             if first[0] != c.get("name"):
                 what = "keyword or label" if with_label else "story-lexicon word"
-                errs.append(f"config key 'attributes.{name}.classes': {what} {phrase!r} of class {c.get('name')!r} "
-                            f"is also {first[1]!r} of class {first[0]!r}; an answer containing it would be given to "
-                            f"one class only (or counted for both): give each phrase to one class")
+                errs.append(
+                    f"config key 'attributes.{name}.classes': {what} {phrase!r} of class {c.get('name')!r} "
+                    f"is also {first[1]!r} of class {first[0]!r}; an answer containing it would be given to "
+                    f"one class only (or counted for both): give each phrase to one class"
+                )
     return errs
 
 
@@ -127,22 +134,32 @@ def _attribute_errors(config: dict) -> list[str]:
             token_sets |= set(c.get("tokens", {}))
         default = attr.get("default_token_set", "digits")
         if default not in token_sets:
-            errs.append(f"config key 'attributes.{name}.default_token_set': token set {default!r} is not "
-                        f"defined on the classes (defined: {sorted(token_sets)})")
+            errs.append(
+                f"config key 'attributes.{name}.default_token_set': token set {default!r} is not "
+                f"defined on the classes (defined: {sorted(token_sets)})"
+            )
         for ts in sorted(token_sets):
             missing = [c["name"] for c in classes if ts not in c.get("tokens", {})]
             if missing and ts == default:
-                errs.append(f"config key 'attributes.{name}.classes': class(es) {missing} have no token in the "
-                            f"default token set {ts!r}")
+                errs.append(
+                    f"config key 'attributes.{name}.classes': class(es) {missing} have no token in the "
+                    f"default token set {ts!r}"
+                )
             toks = [c["tokens"][ts] for c in classes if ts in c.get("tokens", {})]
             if len(set(toks)) != len(toks):
-                errs.append(f"config key 'attributes.{name}.classes': token set {ts!r} repeats a token {toks}")
+                errs.append(
+                    f"config key 'attributes.{name}.classes': token set {ts!r} repeats a token {toks}"
+                )
         if attr.get("story_judge") == "vader" and sorted(names) != ["negative", "neutral", "positive"]:
-            errs.append(f"config key 'attributes.{name}.story_judge': 'vader' needs the classes positive, "
-                        f"negative, neutral; got {names}")
+            errs.append(
+                f"config key 'attributes.{name}.story_judge': 'vader' needs the classes positive, "
+                f"negative, neutral; got {names}"
+            )
         if attr.get("judge_check") and not story_judged(attr):
-            errs.append(f"config key 'attributes.{name}.judge_check': the check measures the offline story judge, "
-                        "and this attribute has none (story_judge: vader, or a lexicon on every class)")
+            errs.append(
+                f"config key 'attributes.{name}.judge_check': the check measures the offline story judge, "
+                "and this attribute has none (story_judge: vader, or a lexicon on every class)"
+            )
     return errs
 
 
@@ -151,22 +168,30 @@ def _dataset_errors(config: dict) -> list[str]:
     attributes = config.get("attributes", {})
     for name, ds in config.get("datasets", {}).items():
         if ds.get("attribute") not in attributes:
-            errs.append(f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "
-                        f"(defined: {sorted(attributes)})")
+            errs.append(
+                f"config key 'datasets.{name}.attribute': unknown attribute {ds.get('attribute')!r} "
+                f"(defined: {sorted(attributes)})"
+            )
         src = ds.get("adapters_from")
         if src is not None:
             other = config.get("datasets", {}).get(src)
             if other is None:
                 errs.append(f"config key 'datasets.{name}.adapters_from': unknown dataset {src!r}")
             elif other.get("attribute") != ds.get("attribute"):
-                errs.append(f"config key 'datasets.{name}.adapters_from': dataset {src!r} has attribute "
-                            f"{other.get('attribute')!r}, expected {ds.get('attribute')!r} (the steering tokens differ)")
+                errs.append(
+                    f"config key 'datasets.{name}.adapters_from': dataset {src!r} has attribute "
+                    f"{other.get('attribute')!r}, expected {ds.get('attribute')!r} (the steering tokens differ)"
+                )
             elif other.get("adapters_from") is not None:
-                errs.append(f"config key 'datasets.{name}.adapters_from': dataset {src!r} itself borrows adapters; "
-                            "name the dataset they are trained on")
+                errs.append(
+                    f"config key 'datasets.{name}.adapters_from': dataset {src!r} itself borrows adapters; "
+                    "name the dataset they are trained on"
+                )
         if ds.get("census") not in config.get("census", {}):
-            errs.append(f"config key 'datasets.{name}.census': unknown census {ds.get('census')!r} "
-                        f"(defined: {sorted(config.get('census', {}))})")
+            errs.append(
+                f"config key 'datasets.{name}.census': unknown census {ds.get('census')!r} "
+                f"(defined: {sorted(config.get('census', {}))})"
+            )
     return errs
 
 
@@ -184,9 +209,11 @@ def _target_errors(config: dict) -> list[str]:
         k = len(attr.get("classes", []))
         share = round(1.0 / k, int(digits))
         if share <= 0 or abs(k * share - 1.0) > 0.01 + 1e-9:
-            errs.append(f"config key 'targets.round_even': {digits} decimal(s) make the even target of dataset "
-                        f"{name!r} ({k} classes) {share:g} per class, summing to {k * share:g} instead of 1; use "
-                        f"null (exact 1/K) or at least {_even_digits_needed(k)} decimals")
+            errs.append(
+                f"config key 'targets.round_even': {digits} decimal(s) make the even target of dataset "
+                f"{name!r} ({k} classes) {share:g} per class, summing to {k * share:g} instead of 1; use "
+                f"null (exact 1/K) or at least {_even_digits_needed(k)} decimals"
+            )
     return errs
 
 
@@ -206,41 +233,60 @@ def _method_errors(config: dict) -> list[str]:
     run = config.get("run", {})
     for name, m in config.get("methods", {}).items():
         if m.get("kind") == "prompt" and m.get("token_set"):
-            errs.append(f"config key 'methods.{name}.token_set': only methods of kind 'ours' use steering tokens")
+            errs.append(
+                f"config key 'methods.{name}.token_set': only methods of kind 'ours' use steering tokens"
+            )
         if m.get("story_data"):
             if m.get("kind") not in ("ift", "ours"):
-                errs.append(f"config key 'methods.{name}.story_data': only methods of kind 'ift' or 'ours' train on "
-                            f"D_story, not {m.get('kind')!r}")
+                errs.append(
+                    f"config key 'methods.{name}.story_data': only methods of kind 'ift' or 'ours' train on "
+                    f"D_story, not {m.get('kind')!r}"
+                )
             elif m.get("kind") == "ours" and m.get("preference", "kto") != "nll":
-                errs.append(f"config key 'methods.{name}.story_data': D_story has no undesirable stories; use "
-                            f"preference 'nll', not {m.get('preference', 'kto')!r}")
+                errs.append(
+                    f"config key 'methods.{name}.story_data': D_story has no undesirable stories; use "
+                    f"preference 'nll', not {m.get('preference', 'kto')!r}"
+                )
             for aname, attr in attributes.items():
-                used = any(ds.get("attribute") == aname for dname, ds in config.get("datasets", {}).items()
-                           if dname in run.get("datasets", []))
+                used = any(
+                    ds.get("attribute") == aname
+                    for dname, ds in config.get("datasets", {}).items()
+                    if dname in run.get("datasets", [])
+                )
                 if not used or name not in run.get("methods", []) or not story_judged(attr):
                     continue
                 missing = [c.get("name") for c in attr.get("classes", []) if not c.get("story_hint")]
                 if missing:
-                    errs.append(f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
-                                f"which method {name!r} (story_data: true) needs to write D_story")
+                    errs.append(
+                        f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
+                        f"which method {name!r} (story_data: true) needs to write D_story"
+                    )
         corrected = m.get("validity_correction") or []
         if corrected and m.get("kind") != "ours":
-            errs.append(f"config key 'methods.{name}.validity_correction': only methods of kind 'ours' draw a "
-                        f"steering token to reweight, not {m.get('kind')!r}")
+            errs.append(
+                f"config key 'methods.{name}.validity_correction': only methods of kind 'ours' draw a "
+                f"steering token to reweight, not {m.get('kind')!r}"
+            )
         if guided_tasks(m.get("steering_guidance")) and m.get("kind") != "ours":
-            errs.append(f"config key 'methods.{name}.steering_guidance': only methods of kind 'ours' draw a "
-                        f"steering token to guide by, not {m.get('kind')!r}")
+            errs.append(
+                f"config key 'methods.{name}.steering_guidance': only methods of kind 'ours' draw a "
+                f"steering token to guide by, not {m.get('kind')!r}"
+            )
         overrides = m.get("train_overrides") or {}
         unknown = set(overrides) - set(config.get("training", {}))
         if unknown:
-            errs.append(f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}")
+            errs.append(
+                f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}"
+            )
         elif m.get("kind") == "ours" and m.get("preference", "kto") == "none":
             kl_weight = float(deep_merge(config.get("training", {}), overrides).get("kl_weight", 1.0))
             if not m.get("kl", True) or kl_weight == 0:
                 why = "kl: false" if not m.get("kl", True) else "training.kl_weight 0"
-                errs.append(f"config key 'methods.{name}': preference 'none' with {why} leaves the second stage "
-                            "with no loss (nothing to train after the SFT warm-up); turn the steering KL on or "
-                            "choose a preference loss (kto, dpo, nll)")
+                errs.append(
+                    f"config key 'methods.{name}': preference 'none' with {why} leaves the second stage "
+                    "with no loss (nothing to train after the SFT warm-up); turn the steering KL on or "
+                    "choose a preference loss (kto, dpo, nll)"
+                )
     return errs
 
 
@@ -255,10 +301,16 @@ def _run_errors(config: dict) -> list[str]:
 
 
 # Config keys that name methods or datasets (the report's rows and columns, the sweeps, table5).
-_NAME_REFERENCES = (("report.table1_methods", "methods"), ("report.ablation_methods", "methods"),
-                    ("report.token_methods", "methods"), ("report.transfer_methods", "methods"),
-                    ("report.transfer_datasets", "datasets"), ("sweeps.datasets", "datasets"),
-                    ("sweeps.methods", "methods"), ("capabilities.methods", "methods"))
+_NAME_REFERENCES = (
+    ("report.table1_methods", "methods"),
+    ("report.ablation_methods", "methods"),
+    ("report.token_methods", "methods"),
+    ("report.transfer_methods", "methods"),
+    ("report.transfer_datasets", "datasets"),
+    ("sweeps.datasets", "datasets"),
+    ("sweeps.methods", "methods"),
+    ("capabilities.methods", "methods"),
+)
 
 
 def share_class_of(report: Mapping, attribute: str, attr: Mapping) -> str | None:
@@ -278,28 +330,39 @@ def _report_errors(config: dict) -> list[str]:
         known = config.get(section, {})
         for item in (config.get(top) or {}).get(key) or []:
             if item not in known:
-                errs.append(f"config key '{dotted}': unknown {section[:-1]} {item!r} (defined: {sorted(known)})")
+                errs.append(
+                    f"config key '{dotted}': unknown {section[:-1]} {item!r} (defined: {sorted(known)})"
+                )
     datasets = config.get("datasets", {})
     attributes = config.get("attributes", {})
     cap_ds = (config.get("capabilities") or {}).get("dataset")
     if cap_ds is not None and cap_ds not in datasets:
-        errs.append(f"config key 'capabilities.dataset': unknown dataset {cap_ds!r} (defined: {sorted(datasets)})")
+        errs.append(
+            f"config key 'capabilities.dataset': unknown dataset {cap_ds!r} (defined: {sorted(datasets)})"
+        )
     report = config.get("report") or {}
     for item in report.get("transfer_datasets") or []:
         if item in datasets and not datasets[item].get("adapters_from"):
-            errs.append(f"config key 'report.transfer_datasets': dataset {item!r} has no adapters_from "
-                        "(a transfer dataset names the dataset its adapters are trained on)")
+            errs.append(
+                f"config key 'report.transfer_datasets': dataset {item!r} has no adapters_from "
+                "(a transfer dataset names the dataset its adapters are trained on)"
+            )
     share = report.get("share_class")
     if isinstance(share, Mapping):
         for aname, cname in share.items():
             if aname not in attributes:
-                errs.append(f"config key 'report.share_class.{aname}': unknown attribute {aname!r} "
-                            f"(defined: {sorted(attributes)})")
+                errs.append(
+                    f"config key 'report.share_class.{aname}': unknown attribute {aname!r} "
+                    f"(defined: {sorted(attributes)})"
+                )
             elif cname not in [c.get("name") for c in attributes[aname].get("classes", [])]:
-                errs.append(f"config key 'report.share_class.{aname}': attribute {aname!r} has no class {cname!r} "
-                            f"(classes: {[c.get('name') for c in attributes[aname].get('classes', [])]})")
-    elif share is not None and not any(share in [c.get("name") for c in a.get("classes", [])]
-                                       for a in attributes.values()):
+                errs.append(
+                    f"config key 'report.share_class.{aname}': attribute {aname!r} has no class {cname!r} "
+                    f"(classes: {[c.get('name') for c in attributes[aname].get('classes', [])]})"
+                )
+    elif share is not None and not any(
+        share in [c.get("name") for c in a.get("classes", [])] for a in attributes.values()
+    ):
         errs.append(f"config key 'report.share_class': no attribute has a class {share!r}")
     artefacts = report.get("artefacts") or []
     for fig in ("fig3", "fig11"):
@@ -321,9 +384,11 @@ def figure_dataset_errors(config: dict, fig: str) -> list[str]:
     aname = datasets[dataset].get("attribute")
     attr = config.get("attributes", {}).get(aname)
     if attr is not None and share_class_of(report, aname, attr) is None:
-        return [f"config key 'report.share_class': {fig} plots dataset {dataset!r} (report.{key}), whose "
-                f"attribute {aname!r} has no class {report.get('share_class')!r} "
-                f"(classes: {[c.get('name') for c in attr.get('classes', [])]})"]
+        return [
+            f"config key 'report.share_class': {fig} plots dataset {dataset!r} (report.{key}), whose "
+            f"attribute {aname!r} has no class {report.get('share_class')!r} "
+            f"(classes: {[c.get('name') for c in attr.get('classes', [])]})"
+        ]
     return []
 
 
@@ -332,14 +397,23 @@ def _endpoint_errors(config: dict) -> list[str]:
     judge = config.get("judge", {})
     if judge.get("story") in ("llm", "both") and not judge.get("llm", {}).get("model"):
         errs.append(f"config key 'judge.llm.model': required when judge.story is {judge.get('story')!r}")
-    if config.get("prompts", {}).get("paraphraser") == "openai" and not config["prompts"]["openai"].get("model"):
+    if config.get("prompts", {}).get("paraphraser") == "openai" and not config["prompts"]["openai"].get(
+        "model"
+    ):
         errs.append("config key 'prompts.openai.model': required when prompts.paraphraser is 'openai'")
     return errs
 
 
 # One checker per section; validate_config runs them all and reports every problem at once.
-_SECTION_CHECKS = (_attribute_errors, _dataset_errors, _target_errors, _method_errors, _run_errors, _report_errors,
-                   _endpoint_errors)
+_SECTION_CHECKS = (
+    _attribute_errors,
+    _dataset_errors,
+    _target_errors,
+    _method_errors,
+    _run_errors,
+    _report_errors,
+    _endpoint_errors,
+)
 
 
 def _cross_reference_errors(config: dict) -> list[str]:
@@ -392,7 +466,9 @@ def _coerce_scalar(value: str, schema: Mapping):
             number = float(value.strip())
         except ValueError:
             return value
-        return int(number) if number.is_integer() and "e" not in value.lower() and "." not in value else number
+        return (
+            int(number) if number.is_integer() and "e" not in value.lower() and "." not in value else number
+        )
     return value
 
 
@@ -495,7 +571,9 @@ def training_params(config: dict, method: str) -> dict:
     for stage in ("sft", "preference"):
         section = tr.get(stage)
         if isinstance(section, dict):
-            tr[stage] = {k: v for k, v in section.items() if not (k in _NULL_DEFAULT_STAGE_KEYS and v is None)}
+            tr[stage] = {
+                k: v for k, v in section.items() if not (k in _NULL_DEFAULT_STAGE_KEYS and v is None)
+            }
     return tr
 
 
@@ -536,22 +614,30 @@ def inapplicable_reason(config: dict, dataset: str, method: str, task: str = "at
     m = config["methods"][method]
     attr = config["attributes"][ds["attribute"]]
     if m.get("prompt_style") == "implicit" and ds["target"] != "real":
-        return (f"method {method!r} (prompt_style implicit) asks to follow real-world statistics, and dataset "
-                f"{dataset!r} has {ds['target']!r} targets (datasets.{dataset}.target)")
+        return (
+            f"method {method!r} (prompt_style implicit) asks to follow real-world statistics, and dataset "
+            f"{dataset!r} has {ds['target']!r} targets (datasets.{dataset}.target)"
+        )
     if m["kind"] == "ours":
         ts = m.get("token_set") or attr.get("default_token_set", "digits")
         missing = [c["name"] for c in attr["classes"] if ts not in c.get("tokens", {})]
         if missing:
-            return (f"method {method!r} uses token set {ts!r}, which attribute {ds['attribute']!r} of dataset "
-                    f"{dataset!r} does not define for class(es) {missing} (attributes.{ds['attribute']}.classes[].tokens)")
+            return (
+                f"method {method!r} uses token set {ts!r}, which attribute {ds['attribute']!r} of dataset "
+                f"{dataset!r} does not define for class(es) {missing} (attributes.{ds['attribute']}.classes[].tokens)"
+            )
     if story_judged(attr):
         return None
     if task == "story":
-        return (f"dataset {dataset!r}: attribute {ds['attribute']!r} has no story judge (a lexicon on every class, "
-                f"or story_judge: vader), so its stories cannot be labelled")
+        return (
+            f"dataset {dataset!r}: attribute {ds['attribute']!r} has no story judge (a lexicon on every class, "
+            f"or story_judge: vader), so its stories cannot be labelled"
+        )
     if m.get("story_data"):
-        return (f"method {method!r} trains on D_story (story_data: true), which needs a story judge; attribute "
-                f"{ds['attribute']!r} of dataset {dataset!r} has none")
+        return (
+            f"method {method!r} trains on D_story (story_data: true), which needs a story judge; attribute "
+            f"{ds['attribute']!r} of dataset {dataset!r} has none"
+        )
     return None
 
 
@@ -583,8 +669,10 @@ def schema_markdown(schema: dict | None = None) -> str:
                 sub = {**defs[sub["$ref"].rsplit("/", 1)[-1]], **sub}
             where = f"{path}.{key}" if path else key
             desc = " ".join(str(sub.get("description", "")).split())
-            lines.append(f"| `{where}` | {fmt_type(sub)} | {fmt_default(sub) if key not in required else '*(required)*'} "
-                         f"| {desc} |")
+            lines.append(
+                f"| `{where}` | {fmt_type(sub)} | {fmt_default(sub) if key not in required else '*(required)*'} "
+                f"| {desc} |"
+            )
             walk(sub, where, sub.get("required", ()))
             extra = sub.get("additionalProperties")
             if isinstance(extra, dict):
@@ -599,3 +687,67 @@ def schema_markdown(schema: dict | None = None) -> str:
     walk(schema, "", schema.get("required", ()))
     head = ["| key | type | default | description |", "|---|---|---|---|"]
     return "\n".join(head + lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared constants and typed specs for the library (the validation above stays the only checker)
+
+#: Method kinds that train an adapter (``methods.<m>.kind``); the rest (``prompt``) use the base model.
+#: One list: training, generation, the pre-flight checks and the rules all read this one.
+TRAINED_KINDS = ("ift", "dpo", "ours")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one train job reads besides its files: the method's spec, its resolved training
+    section, the attribute of its dataset and the run seed. ``distalign.train`` takes this instead of a
+    whole config, so the rule's params (which carry exactly these) decide when an adapter is rebuilt.
+
+    Built from a validated config by :meth:`from_config` (tests, bench) or from the train rule's params
+    by :meth:`from_params`. The fields are plain dicts (they are written into the adapter's
+    ``training_config.json``); treat them as read-only.
+    """
+
+    method: str
+    spec: dict
+    training: dict
+    attribute_name: str
+    attribute: dict
+    seed: int
+
+    @property
+    def kind(self) -> str:
+        return self.spec["kind"]
+
+    @property
+    def story_binding_weight(self) -> float:
+        """As :func:`story_binding_weight`: 0 without D_story (no row to bind)."""
+        if not self.spec.get("story_data"):
+            return 0.0
+        return float(self.training.get("story_binding_weight") or 0.0)
+
+    @classmethod
+    def from_config(cls, config: Mapping, dataset: str, method: str) -> TrainSpec:
+        name = config["datasets"][dataset]["attribute"]
+        return cls(
+            method=method,
+            spec=copy.deepcopy(config["methods"][method]),
+            training=method_training(config, method),
+            attribute_name=name,
+            attribute=copy.deepcopy(config["attributes"][name]),
+            seed=int(config["seed"]),
+        )
+
+    @classmethod
+    def from_params(cls, method: str, params_method: Mapping, attribute: Mapping, seed: int) -> TrainSpec:
+        """From the train rule's ``params.method`` (``{"spec", "training"}``), ``params.attribute``
+        (the attribute entry with its ``name``) and ``params.seed``."""
+        attr = copy.deepcopy(dict(attribute))
+        return cls(
+            method=method,
+            spec=copy.deepcopy(dict(params_method["spec"])),
+            training=copy.deepcopy(dict(params_method["training"])),
+            attribute_name=attr.pop("name"),
+            attribute=attr,
+            seed=int(seed),
+        )

@@ -34,7 +34,7 @@ def largest_remainder(probs: list[float], n: int) -> list[int]:
     remainders = [q - c for q, c in zip(quotas, counts, strict=True)]
     left = n - sum(counts)
     order = sorted(range(len(probs)), key=lambda i: (-remainders[i], i))
-    for i in order[:max(left, 0)]:
+    for i in order[: max(left, 0)]:
         counts[i] += 1
     return counts
 
@@ -56,8 +56,14 @@ def prompts_by_context(prompts: list[dict], split: str = "train") -> dict[int, l
     return by_ctx
 
 
-def build_base(train_prompts: list[dict], targets: list[dict], attribute: Attribute, bank: dict,
-               responses_per_context: int, seed: int) -> list[dict]:
+def build_base(
+    train_prompts: list[dict],
+    targets: list[dict],
+    attribute: Attribute,
+    bank: dict,
+    responses_per_context: int,
+    seed: int,
+) -> list[dict]:
     by_ctx = prompts_by_context(train_prompts)
     forms = answer_forms(bank, attribute.name)
     rows = []
@@ -72,22 +78,34 @@ def build_base(train_prompts: list[dict], targets: list[dict], attribute: Attrib
         for i, k in enumerate(classes):
             p = prompts[i % len(prompts)]
             form = rng.choice(forms)
-            rows.append({
-                "context_id": t["context_id"], "context": t["context"], "prompt_id": p["prompt_id"],
-                "prompt": p["prompt"], "target": t["target"], "class_index": k,
-                "class": attribute.classes[k].name, "answer_form": form,
-                "answer": render_answer(form, attribute.classes[k].label, t["context"]),
-            })
+            rows.append(
+                {
+                    "context_id": t["context_id"],
+                    "context": t["context"],
+                    "prompt_id": p["prompt_id"],
+                    "prompt": p["prompt"],
+                    "target": t["target"],
+                    "class_index": k,
+                    "class": attribute.classes[k].name,
+                    "answer_form": form,
+                    "answer": render_answer(form, attribute.classes[k].label, t["context"]),
+                }
+            )
     return rows
 
 
 def build_sft(base: list[dict]) -> list[dict]:
     """Conversational prompt/completion rows (trl format); the steering token is added by the trainer."""
-    return [{
-        "prompt": [{"role": "user", "content": r["prompt"]}],
-        "completion": [{"role": "assistant", "content": r["answer"]}],
-        "context": r["context"], "class_index": r["class_index"], "target": r["target"],
-    } for r in base]
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "completion": [{"role": "assistant", "content": r["answer"]}],
+            "context": r["context"],
+            "class_index": r["class_index"],
+            "target": r["target"],
+        }
+        for r in base
+    ]
 
 
 def build_pref(base: list[dict], attribute: Attribute, seed: int) -> list[dict]:
@@ -100,10 +118,24 @@ def build_pref(base: list[dict], attribute: Attribute, seed: int) -> list[dict]:
     for i, r in enumerate(base):
         rng = random.Random(derive_seed(seed, "pref", attribute.name, r["context"], r["prompt_id"], i))
         neg = sample_negative(len(attribute), r["class_index"], rng)
-        rows.append({
-            **{k: r[k] for k in ("context_id", "context", "prompt_id", "prompt", "target", "class_index",
-                                 "class", "answer")},
-            "neg_class_index": neg, "neg_class": attribute.classes[neg].name,
-            "neg_answer": render_answer(r["answer_form"], attribute.classes[neg].label, r["context"]),
-        })
+        rows.append(
+            {
+                **{
+                    k: r[k]
+                    for k in (
+                        "context_id",
+                        "context",
+                        "prompt_id",
+                        "prompt",
+                        "target",
+                        "class_index",
+                        "class",
+                        "answer",
+                    )
+                },
+                "neg_class_index": neg,
+                "neg_class": attribute.classes[neg].name,
+                "neg_answer": render_answer(r["answer_form"], attribute.classes[neg].label, r["context"]),
+            }
+        )
     return rows

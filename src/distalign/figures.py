@@ -7,11 +7,15 @@
   method, with 95% bootstrap error bars (the context's labels resampled, seeded).
 - ``sweep_figure`` (paper Figures 4, 6-10): MAE vs top-p, top-k and temperature, mean over the
   seeded runs with a shaded SD band, one line per method; :func:`sweep_points` is its table.
+
+:data:`FIGURES` maps each ``kind`` of rule ``fig*``/``calibration`` (its ``params.kind``) to the function
+that draws it, ``draw(records, config, options)``; ``options`` are the rule's params plus the
+``dataset`` wildcard. A figure kind with a table twin (sweep) is in :data:`FIGURE_TABLES`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,8 +58,11 @@ def share_class_for(share_class, config: dict, dataset: str, classes: Sequence[s
 def share_points(metrics: dict, class_name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     k = metrics["classes"].index(class_name)
     ctx = metrics["contexts"]
-    return ([c["context"] for c in ctx], np.array([c["target"][k] for c in ctx]),
-            np.array([c["p_hat"][k] if c["n_valid"] else np.nan for c in ctx]))
+    return (
+        [c["context"] for c in ctx],
+        np.array([c["target"][k] for c in ctx]),
+        np.array([c["p_hat"][k] if c["n_valid"] else np.nan for c in ctx]),
+    )
 
 
 def share_figure(records: Sequence[dict], config: dict, class_name: str, title: str):
@@ -67,12 +74,21 @@ def share_figure(records: Sequence[dict], config: dict, class_name: str, title: 
     order = np.argsort(target, kind="stable")
     fig, ax = plt.subplots(figsize=(max(6, 0.42 * len(names)), 4.2))
     x = np.arange(len(names))
-    ax.plot(x, target[order], "k-", lw=2.2, label="Target (census)" if base["contexts"] else "Target", zorder=5)
+    ax.plot(
+        x, target[order], "k-", lw=2.2, label="Target (census)" if base["contexts"] else "Target", zorder=5
+    )
     markers = "osD^v<>pP*"
     for i, rec in enumerate(records):
         _, _, share = share_points(rec["metrics"], class_name)
-        ax.plot(x, share[order], marker=markers[i % len(markers)], ls="--", lw=0.9, ms=4,
-                label=title_of(config, "methods", rec["method"]))
+        ax.plot(
+            x,
+            share[order],
+            marker=markers[i % len(markers)],
+            ls="--",
+            lw=0.9,
+            ms=4,
+            label=title_of(config, "methods", rec["method"]),
+        )
     ax.set_xticks(x)
     ax.set_xticklabels([names[i] for i in order], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel(f"share of {class_name}")
@@ -97,8 +113,12 @@ def steering_figure(records: Sequence[dict], config: dict, title: str):
         for c in st["contexts"]:
             xs += list(c["mean_steering_prob"])
             ys += list(c["generated_freq"])
-        label = (f"{title_of(config, 'methods', rec['method'])} ({rec['dataset']}; "
-                 f"consistency {st['consistency']:.2f})" if st.get("consistency") is not None else rec["method"])
+        label = (
+            f"{title_of(config, 'methods', rec['method'])} ({rec['dataset']}; "
+            f"consistency {st['consistency']:.2f})"
+            if st.get("consistency") is not None
+            else rec["method"]
+        )
         ax.scatter(xs, ys, s=14, marker=markers[i % len(markers)], alpha=0.75, label=label)
     ax.set_xlabel("steering-token probability (mean per context)")
     ax.set_ylabel("generated frequency")
@@ -110,8 +130,9 @@ def steering_figure(records: Sequence[dict], config: dict, title: str):
     return fig
 
 
-def bootstrap_share_ci(counts: Sequence[int], n_invalid: int, k: int, rng: np.random.Generator,
-                       resamples: int = 1000) -> tuple[float, float]:
+def bootstrap_share_ci(
+    counts: Sequence[int], n_invalid: int, k: int, rng: np.random.Generator, resamples: int = 1000
+) -> tuple[float, float]:
     """95% percentile CI of a class share in one context, resampling its labels (invalid included)."""
     labels = np.repeat(np.arange(len(counts) + 1), [*counts, n_invalid])
     if labels.size == 0:
@@ -150,8 +171,11 @@ def calibration_figure(records: Sequence[dict], config: dict, class_name: str, t
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         mae = m["summary"]["mae"]
-        ax.set_title(f"{title_of(config, 'methods', rec['method'])} · {title_of(config, 'datasets', rec['dataset'])}"
-                     f"\nMAE {mae:.3f}", fontsize=8)
+        ax.set_title(
+            f"{title_of(config, 'methods', rec['method'])} · {title_of(config, 'datasets', rec['dataset'])}"
+            f"\nMAE {mae:.3f}",
+            fontsize=8,
+        )
         ax.set_xlabel(f"target share of {cname}", fontsize=7)
         ax.set_ylabel("achieved share", fontsize=7)
         ax.tick_params(labelsize=7)
@@ -184,12 +208,24 @@ def sweep_points(records: Sequence[dict], config: dict):
     for (model, method, knob, value), recs in groups.items():
         maes = np.array([x["metrics"]["summary"]["mae"] for x in recs], dtype=float)
         floors = [x["metrics"]["summary"]["noise_floor"] for x in recs]
-        invalid = [x["metrics"]["summary"]["n_invalid"] / max(x["metrics"]["summary"]["n_total"], 1) for x in recs]
-        rows.append({"model": model, "method": title_of(config, "methods", method), "_m": method_rank[method],
-                     "knob": knob, "value": int(value) if knob == "top_k" else value,
-                     "value_label": "off" if knob == "top_k" and value == 0 else f"{value:g}",
-                     "runs": len(recs), "mae_mean": float(maes.mean()), "mae_sd": float(maes.std()),
-                     "invalid_rate": float(np.mean(invalid)), "noise_floor": float(np.mean(floors))})
+        invalid = [
+            x["metrics"]["summary"]["n_invalid"] / max(x["metrics"]["summary"]["n_total"], 1) for x in recs
+        ]
+        rows.append(
+            {
+                "model": model,
+                "method": title_of(config, "methods", method),
+                "_m": method_rank[method],
+                "knob": knob,
+                "value": int(value) if knob == "top_k" else value,
+                "value_label": "off" if knob == "top_k" and value == 0 else f"{value:g}",
+                "runs": len(recs),
+                "mae_mean": float(maes.mean()),
+                "mae_sd": float(maes.std()),
+                "invalid_rate": float(np.mean(invalid)),
+                "noise_floor": float(np.mean(floors)),
+            }
+        )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -212,7 +248,9 @@ def sweep_figure(records: Sequence[dict], config: dict, title: str):
         for (model, method), line in part.groupby(["model", "method"], sort=False):
             x = np.array([labels.index(v) for v in line["value_label"]])
             mean, sd = line["mae_mean"].to_numpy(), line["mae_sd"].to_numpy()
-            (h,) = ax.plot(x, mean, marker="o", ms=4, lw=1.3, label=f"{method} ({model})" if multi_model else method)
+            (h,) = ax.plot(
+                x, mean, marker="o", ms=4, lw=1.3, label=f"{method} ({model})" if multi_model else method
+            )
             ax.fill_between(x, mean - sd, mean + sd, color=h.get_color(), alpha=0.2, lw=0)
         ax.axhline(float(part["noise_floor"].mean()), color="0.4", ls=":", lw=1, label="noise floor")
         ax.set_xticks(range(len(labels)))
@@ -225,3 +263,28 @@ def sweep_figure(records: Sequence[dict], config: dict, title: str):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry the figure script dispatches on
+
+FIGURES: dict[str, Callable[[Sequence[dict], dict, Mapping], object]] = {
+    "share": lambda records, config, o: share_figure(records, config, o["share_class"], o["title"]),
+    "sweep": lambda records, config, o: sweep_figure(records, config, f"{o['title']}: {o['dataset']}"),
+    "steering": lambda records, config, o: steering_figure(records, config, o["title"]),
+    "calibration": lambda records, config, o: calibration_figure(
+        records, config, o["share_class"], o["title"], seed=o["seed"]
+    ),
+}
+# Figure kinds that also write a CSV of their points (``output.csv``).
+FIGURE_TABLES: dict[str, Callable[[Sequence[dict], dict], object]] = {"sweep": sweep_points}
+
+
+def figure_kind(kind: str) -> Callable[[Sequence[dict], dict, Mapping], object]:
+    """The drawing function of ``kind``; an unknown kind names the known ones."""
+    try:
+        return FIGURES[kind]
+    except KeyError:
+        raise ValueError(
+            f"figure kind {kind!r} is not one of {sorted(FIGURES)} (distalign.figures.FIGURES)"
+        ) from None

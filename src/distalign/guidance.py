@@ -98,8 +98,14 @@ class SteeringGuidance:
             self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
             mask = self.mask
             pos = mask.sum(-1, keepdim=True) - 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.cache = out.past_key_values
         lp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         return lp.view(-1, self.n_alt, lp.shape[-1])
@@ -111,5 +117,6 @@ class SteeringGuidance:
         if self.scale == 1.0:
             return cond
         others = self._other_log_probs(input_ids)
-        return guided_log_probs(cond, others[:, :, : cond.shape[-1]], self.weights.to(cond.device), self.scale,
-                                self.plausibility)
+        return guided_log_probs(
+            cond, others[:, :, : cond.shape[-1]], self.weights.to(cond.device), self.scale, self.plausibility
+        )

@@ -122,8 +122,10 @@ def read_utf8(path: str | os.PathLike, error: type[ValueError] = InputFileError)
     data = Path(path).read_bytes()
     for bom, name in _UTF16_BOMS.items():
         if data.startswith(bom):
-            raise error(f"{path}:1: the file is {name} (starts with a {name} byte-order mark); "
-                        f"save it as UTF-8 (in a spreadsheet: 'CSV UTF-8')")
+            raise error(
+                f"{path}:1: the file is {name} (starts with a {name} byte-order mark); "
+                f"save it as UTF-8 (in a spreadsheet: 'CSV UTF-8')"
+            )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -134,8 +136,10 @@ def read_utf8(path: str | os.PathLike, error: type[ValueError] = InputFileError)
             guess = f" (in Windows-1252 it would be {bytes([bad]).decode('cp1252')!r})"
         except UnicodeDecodeError:
             guess = ""
-        raise error(f"{path}:{line}: byte 0x{bad:02X} at column {column} is not UTF-8{guess}; save the file "
-                    f"as UTF-8 (in a spreadsheet: 'CSV UTF-8')") from None
+        raise error(
+            f"{path}:{line}: byte 0x{bad:02X} at column {column} is not UTF-8{guess}; save the file "
+            f"as UTF-8 (in a spreadsheet: 'CSV UTF-8')"
+        ) from None
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):
@@ -170,8 +174,10 @@ class StrictLoader(yaml.SafeLoader):
 
 def _yaml_error_message(path, text: str, err: yaml.YAMLError) -> str:
     if isinstance(err, _DuplicateKey):
-        return (f"{path}:{err.problem_mark.line + 1}: duplicate key {err.key!r} (first at line {err.first.line + 1}); "
-                f"a plain YAML reader keeps only the last one and drops the first: merge the two into one")
+        return (
+            f"{path}:{err.problem_mark.line + 1}: duplicate key {err.key!r} (first at line {err.first.line + 1}); "
+            f"a plain YAML reader keeps only the last one and drops the first: merge the two into one"
+        )
     if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
         msg = f"{path}:{err.problem_mark.line + 1}: YAML syntax error: {err.problem}"
         if err.context and err.context_mark is not None and err.context_mark.line != err.problem_mark.line:
@@ -181,7 +187,9 @@ def _yaml_error_message(path, text: str, err: yaml.YAMLError) -> str:
         return msg
     if isinstance(err, yaml.reader.ReaderError):
         line = text.count("\n", 0, err.position) + 1
-        return f"{path}:{line}: character {chr(err.character)!r} (U+{err.character:04X}) is not allowed in YAML"
+        return (
+            f"{path}:{line}: character {chr(err.character)!r} (U+{err.character:04X}) is not allowed in YAML"
+        )
     return f"{path}:1: {err}"
 
 
@@ -235,7 +243,9 @@ def check_yaml_files(paths: Iterable[str | os.PathLike]) -> None:
         raise YamlError("\n".join(problems))
 
 
-def snakemake_profile_files(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:
+def snakemake_profile_files(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[Path]:
     """The profile YAML files a Snakemake command line uses (``--profile``, ``$SNAKEMAKE_PROFILE``,
     ``--workflow-profile``), resolved as Snakemake resolves them.
 

@@ -85,6 +85,7 @@ def _is_blank(text) -> bool:
 # Attribute task: keyword parser
 # ----------------------------------------------------------------------------------------------
 
+
 class KeywordParser:
     """Label short answers by whole-word keywords (each class: its label plus config keywords).
 
@@ -119,9 +120,13 @@ class KeywordParser:
     def matches(self, text: str) -> list[tuple[int, int, int]]:
         """Surviving ``(start, end, class_index)`` matches, sorted by start."""
         found = {(m.start(), m.end(), ci) for ci, pat in self._patterns for m in pat.finditer(text)}
-        kept = [a for a in found
-                if not any(b != a and b[0] <= a[0] and a[1] <= b[1] and (b[1] - b[0]) > (a[1] - a[0])
-                           for b in found)]
+        kept = [
+            a
+            for a in found
+            if not any(
+                b != a and b[0] <= a[0] and a[1] <= b[1] and (b[1] - b[0]) > (a[1] - a[0]) for b in found
+            )
+        ]
         return sorted(kept)
 
     def parse(self, text: str | None) -> Judgement:
@@ -145,6 +150,7 @@ class KeywordParser:
 # Story task: offline judges
 # ----------------------------------------------------------------------------------------------
 
+
 class LexiconJudge:
     """Label a story by counting each class's lexicon words (whole words, case-insensitive).
 
@@ -158,13 +164,19 @@ class LexiconJudge:
     def __init__(self, attribute: Attribute):
         missing = [c.name for c in attribute.classes if not c.lexicon]
         if missing:
-            raise JudgeError(f"attribute {attribute.name!r}: the lexicon story judge needs a lexicon for every "
-                             f"class; class(es) {missing} have none (config key attributes.{attribute.name}"
-                             f".classes[].lexicon)")
+            raise JudgeError(
+                f"attribute {attribute.name!r}: the lexicon story judge needs a lexicon for every "
+                f"class; class(es) {missing} have none (config key attributes.{attribute.name}"
+                f".classes[].lexicon)"
+            )
         self.attribute = attribute
-        self._patterns = [re.compile("|".join(_phrase_pattern(w) for w in sorted(set(c.lexicon), key=len,
-                                                                                    reverse=True)), re.IGNORECASE)
-                          for c in attribute.classes]
+        self._patterns = [
+            re.compile(
+                "|".join(_phrase_pattern(w) for w in sorted(set(c.lexicon), key=len, reverse=True)),
+                re.IGNORECASE,
+            )
+            for c in attribute.classes
+        ]
 
     def counts(self, text: str) -> list[int]:
         return [len(p.findall(text)) for p in self._patterns]
@@ -198,8 +210,10 @@ class VaderJudge:
     def __init__(self, attribute: Attribute):
         needed = {"positive", "negative", "neutral"}
         if set(attribute.names) != needed:
-            raise JudgeError(f"attribute {attribute.name!r}: the vader judge needs exactly the classes "
-                             f"{sorted(needed)}, got {attribute.names}")
+            raise JudgeError(
+                f"attribute {attribute.name!r}: the vader judge needs exactly the classes "
+                f"{sorted(needed)}, got {attribute.names}"
+            )
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         self.attribute = attribute
@@ -250,8 +264,10 @@ JUDGE_PROMPT = (
     "Categories: {categories}\n"
     "Reply with exactly one category from the list, written as in the list, and nothing else."
 )
-REASK_PROMPT = ("Your reply {reply!r} is not one of the categories. Reply with exactly one of: {categories}. "
-                "Nothing else.")
+REASK_PROMPT = (
+    "Your reply {reply!r} is not one of the categories. Reply with exactly one of: {categories}. "
+    "Nothing else."
+)
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 
@@ -281,9 +297,20 @@ class LLMJudge:
 
     name = "llm"
 
-    def __init__(self, attribute: Attribute, *, model: str, base_url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 5, timeout: float = 60.0,
-                 backoff: float = 1.0, concurrency: int = 4, max_reasks: int = 2, max_tokens: int = 16):
+    def __init__(
+        self,
+        attribute: Attribute,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_retries: int = 5,
+        timeout: float = 60.0,
+        backoff: float = 1.0,
+        concurrency: int = 4,
+        max_reasks: int = 2,
+        max_tokens: int = 16,
+    ):
         if not model:
             raise JudgeError("the LLM judge needs a model name (config key judge.llm.model)")
         self.attribute = attribute
@@ -313,8 +340,10 @@ class LLMJudge:
         given = dict(llm_cfg or {})
         unknown = set(given) - set(JUDGE_DEFAULTS["llm"])
         if unknown:
-            raise JudgeError(f"config key 'judge.llm': unknown key(s) {sorted(unknown)} "
-                             f"(expected one of {sorted(JUDGE_DEFAULTS['llm'])})")
+            raise JudgeError(
+                f"config key 'judge.llm': unknown key(s) {sorted(unknown)} "
+                f"(expected one of {sorted(JUDGE_DEFAULTS['llm'])})"
+            )
         cfg = {k: given[k] if given.get(k) is not None else d for k, d in JUDGE_DEFAULTS["llm"].items()}
         return cls(attribute, **cfg)
 
@@ -328,11 +357,15 @@ class LLMJudge:
 
             key = os.environ.get(self.api_key_env, "")
             if not key.strip():
-                raise JudgeError(f"environment variable {self.api_key_env} is not set or empty: the LLM judge "
-                                 f"needs an API key (config key judge.llm.api_key_env; any non-empty value "
-                                 f"works for a local server)")
+                raise JudgeError(
+                    f"environment variable {self.api_key_env} is not set or empty: the LLM judge "
+                    f"needs an API key (config key judge.llm.api_key_env; any non-empty value "
+                    f"works for a local server)"
+                )
             # Retries are ours (counted, logged, exponential backoff), so the client's are off.
-            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+            self._client = openai.OpenAI(
+                api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+            )
         return self._client
 
     def prompt(self, story: str) -> str:
@@ -346,30 +379,44 @@ class LLMJudge:
         import openai
 
         client = self._get_client()
-        transient = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                     openai.InternalServerError)
+        transient = (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
         delay = self.backoff
         for attempt in range(self.max_retries + 1):
             try:
                 self._count("requests")
-                resp = client.chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                      max_tokens=self.max_tokens)
+                resp = client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
+                )
                 return resp.choices[0].message.content or ""
             except transient as err:
                 self._count("transient_errors")
                 if attempt >= self.max_retries:
-                    raise JudgeError(f"LLM judge endpoint {self.base_url or '<openai default>'} (model "
-                                     f"{self.model!r}) failed after {self.max_retries + 1} attempt(s): "
-                                     f"{type(err).__name__}: {err}") from None
-                log.warning("judge request failed (%s); retry %d/%d in %.1f s", type(err).__name__,
-                            attempt + 1, self.max_retries, delay)
+                    raise JudgeError(
+                        f"LLM judge endpoint {self.base_url or '<openai default>'} (model "
+                        f"{self.model!r}) failed after {self.max_retries + 1} attempt(s): "
+                        f"{type(err).__name__}: {err}"
+                    ) from None
+                log.warning(
+                    "judge request failed (%s); retry %d/%d in %.1f s",
+                    type(err).__name__,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 self._count("retries")
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except openai.APIStatusError as err:
-                raise JudgeError(f"LLM judge endpoint {self.base_url or '<openai default>'} rejected the request "
-                                 f"(HTTP {err.status_code}); check judge.llm.model/base_url and the key in "
-                                 f"${self.api_key_env}") from None
+                raise JudgeError(
+                    f"LLM judge endpoint {self.base_url or '<openai default>'} rejected the request "
+                    f"(HTTP {err.status_code}); check judge.llm.model/base_url and the key in "
+                    f"${self.api_key_env}"
+                ) from None
         raise AssertionError("unreachable")
 
     def parse(self, text: str | None) -> Judgement:
@@ -384,9 +431,13 @@ class LLMJudge:
             log.debug("judge reply %r is not a class (ask %d/%d)", reply[:80], ask + 1, self.max_reasks + 1)
             if ask < self.max_reasks:
                 self._count("reasks")
-                messages = messages + [{"role": "assistant", "content": reply},
-                                       {"role": "user", "content": REASK_PROMPT.format(reply=reply[:80],
-                                                                                        categories=self.categories)}]
+                messages = messages + [
+                    {"role": "assistant", "content": reply},
+                    {
+                        "role": "user",
+                        "content": REASK_PROMPT.format(reply=reply[:80], categories=self.categories),
+                    },
+                ]
         self._count("invalid_replies")
         return Judgement(None, "invalid_reply")
 
@@ -420,6 +471,7 @@ class LLMJudge:
 # Agreement between two judges
 # ----------------------------------------------------------------------------------------------
 
+
 def cohens_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> float | None:
     """Cohen's kappa of two label sequences; an invalid label (None) is a category of its own.
 
@@ -445,6 +497,7 @@ def cohens_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> float | No
 # Labelling rows
 # ----------------------------------------------------------------------------------------------
 
+
 def judge_config(config: Mapping | None) -> dict:
     """The `judge` config section with defaults filled (works before the schema has the section)."""
     cfg = dict((config or {}).get("judge") or {})
@@ -453,8 +506,9 @@ def judge_config(config: Mapping | None) -> dict:
     if out["story"] not in ("lexicon", "llm", "both"):
         raise JudgeError(f"config key 'judge.story': expected lexicon, llm or both, got {out['story']!r}")
     if out["multi_class_rule"] not in ("last", "invalid"):
-        raise JudgeError(f"config key 'judge.multi_class_rule': expected last or invalid, "
-                         f"got {out['multi_class_rule']!r}")
+        raise JudgeError(
+            f"config key 'judge.multi_class_rule': expected last or invalid, got {out['multi_class_rule']!r}"
+        )
     return out
 
 
@@ -485,8 +539,14 @@ def word_count(text: str | None) -> int:
     return len(str(text or "").split())
 
 
-def label_generations(rows: Iterable[dict], attribute: Attribute, task: str, judges: Mapping,
-                      primary: str | None = None, story_min_words: int = 0) -> list[dict]:
+def label_generations(
+    rows: Iterable[dict],
+    attribute: Attribute,
+    task: str,
+    judges: Mapping,
+    primary: str | None = None,
+    story_min_words: int = 0,
+) -> list[dict]:
     """Copy generation rows adding ``label`` (class name or None), ``label_source`` and ``label_reason``.
 
     ``judges`` maps a name to a judge; ``primary`` (default: the only/first judge) gives ``label``.

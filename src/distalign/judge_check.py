@@ -65,9 +65,11 @@ def read_labelled_stories(path: str | Path, attribute: Attribute) -> list[dict]:
                 raise JudgeCheckError(f"{path}, line {lineno}: key 'text' must be a non-empty string")
             if "label" not in row or (row["label"] is not None and row["label"] not in attribute.names):
                 found = f"is {row['label']!r}" if "label" in row else "is missing"
-                raise JudgeCheckError(f"{path}, line {lineno}: key 'label' {found}; expected one "
-                                      f"of the classes of attribute {attribute.name!r}: {attribute.names}, or null "
-                                      f"(the reader can tell no class)")
+                raise JudgeCheckError(
+                    f"{path}, line {lineno}: key 'label' {found}; expected one "
+                    f"of the classes of attribute {attribute.name!r}: {attribute.names}, or null "
+                    f"(the reader can tell no class)"
+                )
             rows.append(row)
     if not rows:
         raise JudgeCheckError(f"{path}: no labelled stories")
@@ -77,12 +79,15 @@ def read_labelled_stories(path: str | Path, attribute: Attribute) -> list[dict]:
 def judge_labels(texts: Sequence[str], judge, attribute: Attribute, min_words: int = 0) -> list[str | None]:
     """The judge's class name for each text (None: invalid), labelled as the evaluation labels stories
     (:func:`distalign.judge.label_generations`, with its not-a-story rule)."""
-    rows = label_generations([{"response": t} for t in texts], attribute, "story", {"judge": judge},
-                             story_min_words=min_words)
+    rows = label_generations(
+        [{"response": t} for t in texts], attribute, "story", {"judge": judge}, story_min_words=min_words
+    )
     return [r["label"] for r in rows]
 
 
-def _reading_counts(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+def _reading_counts(
+    reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]
+) -> np.ndarray:
     """(K + 1) x (K + 1) counts: row = reader's class (last: no class), column = judge's class (last: invalid)."""
     k = len(names)
     m = np.zeros((k + 1, k + 1))
@@ -91,7 +96,9 @@ def _reading_counts(reader: Sequence[str | None], judged: Sequence[str | None], 
     return m
 
 
-def confusion_matrix(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+def confusion_matrix(
+    reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]
+) -> np.ndarray:
     """K x (K + 1) counts: row = reader's class, column = judge's class, last column = invalid.
 
     Stories the reader gave no class (None) are not counted (:func:`unclassed_reading` counts them).
@@ -99,7 +106,9 @@ def confusion_matrix(reader: Sequence[str | None], judged: Sequence[str | None],
     return _reading_counts(reader, judged, names)[:-1]
 
 
-def unclassed_reading(reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+def unclassed_reading(
+    reader: Sequence[str | None], judged: Sequence[str | None], names: Sequence[str]
+) -> np.ndarray:
     """K + 1 counts: the judge's class (last: invalid) of the stories the reader gave no class."""
     return _reading_counts(reader, judged, names)[-1]
 
@@ -142,8 +151,16 @@ def judge_reach(confusion: np.ndarray, targets: Sequence[Sequence[float]]) -> tu
     return float(np.mean(maes)), mixes
 
 
-def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequence[dict], *,
-                min_words: int = 0, seed: int = 0, bootstrap: int = 1000) -> dict:
+def judge_check(
+    rows: Sequence[dict],
+    attribute: Attribute,
+    judge,
+    targets: Sequence[dict],
+    *,
+    min_words: int = 0,
+    seed: int = 0,
+    bootstrap: int = 1000,
+) -> dict:
     """The judge check of one dataset: agreement, confusion, faithful MAE (with 95% CI) and judge reach.
 
     ``targets`` are the dataset's target rows (``target``: a distribution over the attribute's
@@ -156,16 +173,18 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
     conf, unclassed = counts[:-1], counts[-1]
     target_vectors = [t["target"] for t in targets]
     if any(len(t) != len(names) for t in target_vectors):
-        raise JudgeCheckError(f"targets have {len(target_vectors[0])} classes, attribute {attribute.name!r} has "
-                              f"{len(names)}")
+        raise JudgeCheckError(
+            f"targets have {len(target_vectors[0])} classes, attribute {attribute.name!r} has {len(names)}"
+        )
     reach, mixes = judge_reach(conf, target_vectors)
     n = len(rows)
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(bootstrap):
         idx = rng.integers(0, n, n)
-        value = faithful_mae(confusion_matrix([reader[i] for i in idx], [judged[i] for i in idx], names),
-                             target_vectors)
+        value = faithful_mae(
+            confusion_matrix([reader[i] for i in idx], [judged[i] for i in idx], names), target_vectors
+        )
         if not np.isnan(value):
             draws.append(value)
     ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if draws else [None, None]
@@ -182,7 +201,9 @@ def judge_check(rows: Sequence[dict], attribute: Attribute, judge, targets: Sequ
         "kappa": cohens_kappa(reader, judged),
         "confusion": conf.astype(int).tolist(),
         "unclassed": unclassed.astype(int).tolist(),
-        "recall": {c: (float(valid[i, i] / conf[i].sum()) if conf[i].sum() else None) for i, c in enumerate(names)},
+        "recall": {
+            c: (float(valid[i, i] / conf[i].sum()) if conf[i].sum() else None) for i, c in enumerate(names)
+        },
         "reader_shares": {c: float(conf[i].sum() / n) for i, c in enumerate(names)},
         "judge_shares": {c: float(judged_valid[i] / max(judged_valid.sum(), 1)) for i, c in enumerate(names)},
         "faithful_mae": faithful_mae(conf, target_vectors),

@@ -48,12 +48,19 @@ TARGET_TOL = 1e-6
 # Per-distribution quantities
 # ----------------------------------------------------------------------------------------------
 
+
 def empirical(labels: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Counts over classes of integer labels (-1 = invalid) and p_hat (zeros if no valid label)."""
     lab = np.asarray(labels, dtype=int)
     counts = np.bincount(lab[lab >= 0], minlength=k)[:k].astype(float)
     total = counts.sum()
     return counts, (counts / total if total > 0 else np.zeros(k))
+
+
+def label_indices(rows: Sequence[Mapping], attribute: Attribute) -> list[int]:
+    """Class index of each labelled row, -1 where the judge gave no label (the invalid answers that
+    :func:`empirical` leaves out); a label that is not a class raises ``KeyError`` naming the classes."""
+    return [attribute.index(r["label"]) if r.get("label") is not None else -1 for r in rows]
 
 
 def mae(p_hat, target) -> float:
@@ -85,6 +92,7 @@ def js_divergence(p, q) -> float:
 # Noise floor of an ideal sampler
 # ----------------------------------------------------------------------------------------------
 
+
 def _compositions(n: int, k: int) -> np.ndarray:
     """All vectors of k non-negative integers summing to n, shape (C(n+k-1, k-1), k)."""
     parts = np.zeros((1, 0), dtype=np.int64)
@@ -98,8 +106,9 @@ def _compositions(n: int, k: int) -> np.ndarray:
     return np.column_stack([parts, remaining])
 
 
-def expected_mae_ideal(target: Sequence[float], n: int, *, draws: int = 20_000,
-                       rng: np.random.Generator | None = None) -> tuple[float, str]:
+def expected_mae_ideal(
+    target: Sequence[float], n: int, *, draws: int = 20_000, rng: np.random.Generator | None = None
+) -> tuple[float, str]:
     """E[(1/K) sum |X/n - p*|] for X ~ Multinomial(n, p*). Returns (value, "exact" | "monte-carlo")."""
     t = np.asarray(target, float)
     t = t / t.sum()
@@ -127,8 +136,9 @@ def _log_multinomial(x: np.ndarray, n: int, logt: np.ndarray) -> np.ndarray:
     return table[n] - table[x].sum(axis=1) + terms.sum(axis=1)
 
 
-def noise_floor(targets: Sequence[Sequence[float]], ns: Sequence[int] | int, *, seed: int = 0,
-                draws: int = 20_000) -> dict:
+def noise_floor(
+    targets: Sequence[Sequence[float]], ns: Sequence[int] | int, *, seed: int = 0, draws: int = 20_000
+) -> dict:
     """Mean over contexts of the ideal sampler's expected MAE (contexts with n = 0 are skipped)."""
     if isinstance(ns, int):
         ns = [ns] * len(targets)
@@ -142,13 +152,18 @@ def noise_floor(targets: Sequence[Sequence[float]], ns: Sequence[int] | int, *, 
         values.append(v)
         methods.add(how)
     used = [v for v in values if v is not None]
-    return {"mean": float(np.mean(used)) if used else None, "per_context": values,
-            "method": "+".join(sorted(methods)) or None, "draws": draws if "monte-carlo" in methods else None}
+    return {
+        "mean": float(np.mean(used)) if used else None,
+        "per_context": values,
+        "method": "+".join(sorted(methods)) or None,
+        "draws": draws if "monte-carlo" in methods else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Bootstrap
 # ----------------------------------------------------------------------------------------------
+
 
 def _resampled_mae(labels: np.ndarray, target: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """MAE of ``size`` independent with-replacement resamples of one context's labels."""
@@ -163,8 +178,15 @@ def _resampled_mae(labels: np.ndarray, target: np.ndarray, size: int, rng: np.ra
     return np.mean(np.abs(p - target), axis=1)
 
 
-def bootstrap_mae(label_lists: Sequence[Sequence[int]], targets: Sequence[Sequence[float]], *, seed: int,
-                  resamples: int = 1000, two_level: bool = False, level: float = 0.95) -> dict:
+def bootstrap_mae(
+    label_lists: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[float]],
+    *,
+    seed: int,
+    resamples: int = 1000,
+    two_level: bool = False,
+    level: float = 0.95,
+) -> dict:
     """Percentile bootstrap CI of the mean-over-contexts MAE (see module docstring)."""
     rng = np.random.default_rng(seed)
     labs = [np.asarray(x, dtype=int) for x in label_lists]
@@ -186,16 +208,26 @@ def bootstrap_mae(label_lists: Sequence[Sequence[int]], targets: Sequence[Sequen
     alpha = (1 - level) / 2 * 100
     lo, hi = np.percentile(stats, [alpha, 100 - alpha])
     point = float(np.mean([mae(empirical(labs[i], len(tgts[i]))[1], tgts[i]) for i in range(c)]))
-    return {"resamples": resamples, "seed": seed, "two_level": two_level, "level": level, "method": "percentile",
-            "estimate": point, "ci_low": float(lo), "ci_high": float(hi),
-            "se": float(np.std(stats, ddof=1)) if resamples > 1 else None,
-            "bias": float(np.mean(stats)) - point,
-            "basic_ci_low": max(0.0, 2 * point - float(hi)), "basic_ci_high": 2 * point - float(lo)}
+    return {
+        "resamples": resamples,
+        "seed": seed,
+        "two_level": two_level,
+        "level": level,
+        "method": "percentile",
+        "estimate": point,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "se": float(np.std(stats, ddof=1)) if resamples > 1 else None,
+        "bias": float(np.mean(stats)) - point,
+        "basic_ci_low": max(0.0, 2 * point - float(hi)),
+        "basic_ci_high": 2 * point - float(lo),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Steering analysis (Figure 5)
 # ----------------------------------------------------------------------------------------------
+
 
 def token_class_map(attribute: Attribute, token_set: str | None = None) -> dict[str, int]:
     """Steering token string (stripped) -> class index; all token sets unless one is named.
@@ -228,8 +260,12 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[int, dict], attribute: Attribute,
-                      token_set: str | None = None) -> dict | None:
+def steering_analysis(
+    rows_by_ctx: Mapping[int, list[dict]],
+    targets: Mapping[int, dict],
+    attribute: Attribute,
+    token_set: str | None = None,
+) -> dict | None:
     """Mean steering probability vs sampled-token frequency vs generated-class frequency per context.
 
     consistency = share of rows with a valid label and a recognised steering token whose label
@@ -259,7 +295,7 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
             if i is None:
                 unknown_tokens += 1
             tok_idx.append(-1 if i is None else i)
-        lab_idx = [names.index(r["label"]) if r.get("label") is not None else -1 for r in rows]
+        lab_idx = label_indices(rows, attribute)
         _, tok_freq = empirical(tok_idx, k)
         _, gen_freq = empirical(lab_idx, k)
         tok, lab = np.asarray(tok_idx), np.asarray(lab_idx)
@@ -272,30 +308,47 @@ def steering_analysis(rows_by_ctx: Mapping[int, list[dict]], targets: Mapping[in
         cons_n, cons_k = int(both.sum()), int((both & (tok == lab)).sum())
         checked += cons_n
         agree += cons_k
-        per.append({"context_id": cid, "context": targets[cid]["context"], "target": list(map(float, tgt)),
-                    "mean_steering_prob": probs.mean(axis=0).tolist(), "token_freq": tok_freq.tolist(),
-                    "generated_freq": gen_freq.tolist(), "n": len(rows),
-                    "consistency": cons_k / cons_n if cons_n else None,
-                    "valid_token_freq": valid_tok_freq.tolist() if valid_tok_counts.sum() else None})
+        per.append(
+            {
+                "context_id": cid,
+                "context": targets[cid]["context"],
+                "target": list(map(float, tgt)),
+                "mean_steering_prob": probs.mean(axis=0).tolist(),
+                "token_freq": tok_freq.tolist(),
+                "generated_freq": gen_freq.tolist(),
+                "n": len(rows),
+                "consistency": cons_k / cons_n if cons_n else None,
+                "valid_token_freq": valid_tok_freq.tolist() if valid_tok_counts.sum() else None,
+            }
+        )
     if not any_steering:
         return None
 
     def _avg_mae(key):
         return float(np.mean([mae(p[key], p["target"]) for p in per]))
 
-    return {"contexts": per, "consistency": agree / checked if checked else None, "n_checked": checked,
-            "unknown_tokens": unknown_tokens, "mae_prob_vs_target": _avg_mae("mean_steering_prob"),
-            "mae_token_vs_target": _avg_mae("token_freq"), "mae_generated_vs_target": _avg_mae("generated_freq"),
-            "mae_generated_vs_token": float(np.mean([mae(p["generated_freq"], p["token_freq"]) for p in per])),
-            "mae_valid_token_vs_token": _mean_or_none([mae(p["valid_token_freq"], p["token_freq"]) for p in per
-                                                       if p["valid_token_freq"] is not None]),
-            "invalid_by_token": {name: float(tok_invalid[i] / tok_rows[i]) if tok_rows[i] else None
-                                 for i, name in enumerate(names)}}
+    return {
+        "contexts": per,
+        "consistency": agree / checked if checked else None,
+        "n_checked": checked,
+        "unknown_tokens": unknown_tokens,
+        "mae_prob_vs_target": _avg_mae("mean_steering_prob"),
+        "mae_token_vs_target": _avg_mae("token_freq"),
+        "mae_generated_vs_target": _avg_mae("generated_freq"),
+        "mae_generated_vs_token": float(np.mean([mae(p["generated_freq"], p["token_freq"]) for p in per])),
+        "mae_valid_token_vs_token": _mean_or_none(
+            [mae(p["valid_token_freq"], p["token_freq"]) for p in per if p["valid_token_freq"] is not None]
+        ),
+        "invalid_by_token": {
+            name: float(tok_invalid[i] / tok_rows[i]) if tok_rows[i] else None for i, name in enumerate(names)
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Everything for one labels file
 # ----------------------------------------------------------------------------------------------
+
 
 def _agreement(rows: list[dict]) -> dict | None:
     """Cohen's kappa between label_lexicon and label_llm when both judges ran."""
@@ -303,14 +356,25 @@ def _agreement(rows: list[dict]) -> dict | None:
         return None
     a = [r["label_lexicon"] for r in rows]
     b = [r["label_llm"] for r in rows]
-    return {"judges": ["lexicon", "llm"], "kappa": cohens_kappa(a, b), "n": len(rows),
-            "raw_agreement": sum(x == y for x, y in zip(a, b, strict=True)) / len(rows),
-            "invalid_category": "None counts as its own category"}
+    return {
+        "judges": ["lexicon", "llm"],
+        "kappa": cohens_kappa(a, b),
+        "n": len(rows),
+        "raw_agreement": sum(x == y for x, y in zip(a, b, strict=True)) / len(rows),
+        "invalid_category": "None counts as its own category",
+    }
 
 
-def compute_metrics(labelled_rows: Sequence[dict], targets: Sequence[dict], attribute: Attribute, seed: int,
-                    bootstrap: int = 1000, two_level: bool = False, noise_floor_draws: int = 20_000,
-                    token_set: str | None = None) -> dict:
+def compute_metrics(
+    labelled_rows: Sequence[dict],
+    targets: Sequence[dict],
+    attribute: Attribute,
+    seed: int,
+    bootstrap: int = 1000,
+    two_level: bool = False,
+    noise_floor_draws: int = 20_000,
+    token_set: str | None = None,
+) -> dict:
     """All metrics of one labels file as a JSON-serialisable dict.
 
     ``targets``: rows ``{context_id, context, target}`` (``distalign.targets.read_targets_csv``),
@@ -328,8 +392,11 @@ def compute_metrics(labelled_rows: Sequence[dict], targets: Sequence[dict], attr
         lab = r.get("label")
         if lab is not None and lab not in names:
             raise ValueError(f"context {cid}: label {lab!r} is not a class of {attribute.name!r} ({names})")
-        if r.get("target") is not None and np.max(np.abs(np.asarray(r["target"], float)
-                                                          - np.asarray(tmap[cid]["target"], float))) > TARGET_TOL:
+        if (
+            r.get("target") is not None
+            and np.max(np.abs(np.asarray(r["target"], float) - np.asarray(tmap[cid]["target"], float)))
+            > TARGET_TOL
+        ):
             mismatched += 1
         by_ctx[cid].append(r)
 
@@ -338,16 +405,27 @@ def compute_metrics(labelled_rows: Sequence[dict], targets: Sequence[dict], attr
         rows = by_ctx[cid]
         tgt = np.asarray(tmap[cid]["target"], float)
         if len(tgt) != k:
-            raise ValueError(f"context {cid}: target has {len(tgt)} entries, attribute {attribute.name!r} has {k}")
-        labs = [names.index(r["label"]) if r.get("label") is not None else -1 for r in rows]
+            raise ValueError(
+                f"context {cid}: target has {len(tgt)} entries, attribute {attribute.name!r} has {k}"
+            )
+        labs = label_indices(rows, attribute)
         counts, p_hat = empirical(labs, k)
         n_valid = int(counts.sum())
-        contexts.append({
-            "context_id": cid, "context": tmap[cid]["context"], "target": tgt.tolist(), "p_hat": p_hat.tolist(),
-            "counts": dict(zip(names, map(int, counts), strict=True)), "n_total": len(rows), "n_valid": n_valid,
-            "n_invalid": len(rows) - n_valid, "mae": mae(p_hat, tgt), "kl": kl_divergence(tgt, p_hat),
-            "js": js_divergence(tgt, p_hat) if n_valid else None,
-        })
+        contexts.append(
+            {
+                "context_id": cid,
+                "context": tmap[cid]["context"],
+                "target": tgt.tolist(),
+                "p_hat": p_hat.tolist(),
+                "counts": dict(zip(names, map(int, counts), strict=True)),
+                "n_total": len(rows),
+                "n_valid": n_valid,
+                "n_invalid": len(rows) - n_valid,
+                "mae": mae(p_hat, tgt),
+                "kl": kl_divergence(tgt, p_hat),
+                "js": js_divergence(tgt, p_hat) if n_valid else None,
+            }
+        )
         label_lists.append(labs)
         tgt_list.append(tgt)
 
@@ -356,29 +434,44 @@ def compute_metrics(labelled_rows: Sequence[dict], targets: Sequence[dict], attr
     jss = [c["js"] for c in contexts if c["js"] is not None]
     n_total = sum(c["n_total"] for c in contexts)
     n_invalid = sum(c["n_invalid"] for c in contexts)
-    floor = noise_floor([c["target"] for c in contexts], [c["n_valid"] for c in contexts], seed=seed,
-                        draws=noise_floor_draws)
+    floor = noise_floor(
+        [c["target"] for c in contexts], [c["n_valid"] for c in contexts], seed=seed, draws=noise_floor_draws
+    )
     for c, v in zip(contexts, floor["per_context"], strict=True):
         c["noise_floor"] = v
-    boot = bootstrap_mae(label_lists, tgt_list, seed=seed, resamples=bootstrap, two_level=two_level) \
-        if bootstrap > 0 else None
-    reasons = Counter(r.get("label_reason", "ok" if r.get("label") is not None else "invalid") for r in labelled_rows)
+    boot = (
+        bootstrap_mae(label_lists, tgt_list, seed=seed, resamples=bootstrap, two_level=two_level)
+        if bootstrap > 0
+        else None
+    )
+    reasons = Counter(
+        r.get("label_reason", "ok" if r.get("label") is not None else "invalid") for r in labelled_rows
+    )
     summary = {
-        "n_contexts": len(contexts), "n_total": n_total, "n_valid": n_total - n_invalid, "n_invalid": n_invalid,
+        "n_contexts": len(contexts),
+        "n_total": n_total,
+        "n_valid": n_total - n_invalid,
+        "n_invalid": n_invalid,
         "invalid_rate": n_invalid / n_total if n_total else None,
         "contexts_without_valid": sum(1 for c in contexts if c["n_valid"] == 0),
         "mae": float(np.mean(maes)) if maes else None,
         "mae_sd": statistics.pstdev(maes) if maes else None,
-        "mae_ci_low": boot["ci_low"] if boot else None, "mae_ci_high": boot["ci_high"] if boot else None,
-        "kl_mean": float(np.mean(kls)) if kls else None, "kl_sum": float(np.sum(kls)) if kls else None,
+        "mae_ci_low": boot["ci_low"] if boot else None,
+        "mae_ci_high": boot["ci_high"] if boot else None,
+        "kl_mean": float(np.mean(kls)) if kls else None,
+        "kl_sum": float(np.sum(kls)) if kls else None,
         "kl_sd": statistics.pstdev(kls) if kls else None,
-        "js_mean": float(np.mean(jss)) if jss else None, "js_contexts": len(jss),
+        "js_mean": float(np.mean(jss)) if jss else None,
+        "js_contexts": len(jss),
         "noise_floor": floor["mean"],
         "target_mismatch_rows": mismatched,
     }
     return {
-        "attribute": attribute.name, "classes": names, "labels": [c.label for c in attribute.classes],
-        "summary": summary, "bootstrap": boot,
+        "attribute": attribute.name,
+        "classes": names,
+        "labels": [c.label for c in attribute.classes],
+        "summary": summary,
+        "bootstrap": boot,
         "noise_floor": {k_: v for k_, v in floor.items() if k_ != "per_context"},
         "label_reasons": dict(reasons),
         "label_sources": dict(Counter(r.get("label_source") for r in labelled_rows)),

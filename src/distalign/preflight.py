@@ -44,12 +44,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import dataset_applies, method_training
+from .attributes import method_token_set
+from .config import TRAINED_KINDS, dataset_applies, method_training
 from .judge import judge_config
 
 log = logging.getLogger(__name__)
 
-TRAINED_KINDS = ("ift", "dpo", "ours")
 # Consumer rules whose jobs load the model (their marker: rule preflight, with the model's checks);
 # sweep_generate inherits generate's input, so its jobs are named generate/... with the sweep wildcards.
 MODEL_JOBS = ("train", "generate", "validity_generate", "story_data", "capabilities")
@@ -102,8 +102,9 @@ def parse_job(job: str, skip: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
     """The rule and leading wildcards of a ``{job}`` name (:func:`job_name` read back)."""
     kind, *values = job.split("/")
     if kind not in JOB_FIELDS:
-        raise ValueError(f"pre-flight job name {job!r}: unknown consumer {kind!r} (expected one of "
-                         f"{sorted(JOB_FIELDS)})")
+        raise ValueError(
+            f"pre-flight job name {job!r}: unknown consumer {kind!r} (expected one of {sorted(JOB_FIELDS)})"
+        )
     fields = [f for f in JOB_FIELDS[kind] if f not in skip]
     if len(values) < len(fields):
         raise ValueError(f"pre-flight job name {job!r}: expected the values of {fields} after {kind!r}")
@@ -141,8 +142,13 @@ def paraphraser_endpoint(config: Mapping) -> Endpoint | None:
     if prompts.get("paraphraser") != "openai":
         return None
     o = prompts.get("openai") or {}
-    return Endpoint("paraphraser", "prompts.openai", o.get("base_url"), o.get("model"),
-                    o.get("api_key_env") or "OPENAI_API_KEY")
+    return Endpoint(
+        "paraphraser",
+        "prompts.openai",
+        o.get("base_url"),
+        o.get("model"),
+        o.get("api_key_env") or "OPENAI_API_KEY",
+    )
 
 
 def job_endpoints(config: Mapping, kind: str, wildcards: Mapping | None = None) -> list[Endpoint]:
@@ -160,7 +166,9 @@ def job_endpoints(config: Mapping, kind: str, wildcards: Mapping | None = None) 
     elif kind in MODEL_JOBS:
         found = [judge_endpoint(config)] if "story" in config["run"]["tasks"] else []
     else:
-        raise ValueError(f"unknown pre-flight consumer {kind!r} (expected one of {MODEL_JOBS + ENDPOINT_JOBS})")
+        raise ValueError(
+            f"unknown pre-flight consumer {kind!r} (expected one of {MODEL_JOBS + ENDPOINT_JOBS})"
+        )
     return [e for e in found if e is not None]
 
 
@@ -178,27 +186,37 @@ def check_endpoints(endpoints: Sequence[Endpoint], *, timeout: float = ENDPOINT_
         try:
             client = openai_client(ep.base_url, ep.api_key_env, timeout=timeout, max_retries=0)
         except APIKeyError as err:
-            problems.append(f"{ep.key}.api_key_env: {err}; the {ep.what} at {ep.base_url or '(openai default)'} "
-                            f"needs a non-empty key (any value works for a server that checks none)")
+            problems.append(
+                f"{ep.key}.api_key_env: {err}; the {ep.what} at {ep.base_url or '(openai default)'} "
+                f"needs a non-empty key (any value works for a server that checks none)"
+            )
             continue
         url = str(client.base_url).rstrip("/")
         try:
             served = sorted(m.id for m in client.models.list())
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            problems.append(f"{ep.key}.base_url: the {ep.what} at {url} cannot be reached "
-                            f"(GET {url}/models: {type(err).__name__}: {err})")
+            problems.append(
+                f"{ep.key}.base_url: the {ep.what} at {url} cannot be reached "
+                f"(GET {url}/models: {type(err).__name__}: {err})"
+            )
             continue
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-            problems.append(f"{ep.key}.api_key_env: the {ep.what} at {url} rejects the key in ${ep.api_key_env} "
-                            f"(GET {url}/models: HTTP {err.status_code})")
+            problems.append(
+                f"{ep.key}.api_key_env: the {ep.what} at {url} rejects the key in ${ep.api_key_env} "
+                f"(GET {url}/models: HTTP {err.status_code})"
+            )
             continue
         except openai.APIStatusError as err:
-            problems.append(f"{ep.key}.base_url: GET {url}/models answered HTTP {err.status_code}; is {url} the "
-                            f"base URL of an OpenAI-compatible server (usually ending in /v1)?")
+            problems.append(
+                f"{ep.key}.base_url: GET {url}/models answered HTTP {err.status_code}; is {url} the "
+                f"base URL of an OpenAI-compatible server (usually ending in /v1)?"
+            )
             continue
         if ep.model not in served:
-            problems.append(f"{ep.key}.model: {ep.model!r} is not served by the {ep.what} at {url} "
-                            f"(GET {url}/models lists {served})")
+            problems.append(
+                f"{ep.key}.model: {ep.model!r} is not served by the {ep.what} at {url} "
+                f"(GET {url}/models lists {served})"
+            )
     return problems
 
 
@@ -221,8 +239,11 @@ def check_endpoint_job(config: Mapping, job: str, *, timeout: float = ENDPOINT_T
     problems = check_endpoints(endpoints, timeout=timeout)
     warnings = []
     if problems and kind == "prompts" and (cached := _paraphrase_cache_size(config)):
-        warnings = [f"{p} (not an error: the paraphrase cache {config['prompts']['openai']['cache']} has "
-                    f"{cached} replies; the prompts job fails on the first request it lacks)" for p in problems]
+        warnings = [
+            f"{p} (not an error: the paraphrase cache {config['prompts']['openai']['cache']} has "
+            f"{cached} replies; the prompts job fails on the first request it lacks)"
+            for p in problems
+        ]
         problems = []
     for w in warnings:
         log.warning("%s", w)
@@ -260,10 +281,16 @@ def steering_token_sets(config: Mapping, datasets: Sequence[str], methods: Seque
         for d in _applied(config, datasets, m):
             aname = config["datasets"][d]["attribute"]
             attr = config["attributes"][aname]
-            ts = spec.get("token_set") or attr.get("default_token_set", "digits")
-            entry = found.setdefault((aname, ts), {
-                "attribute": aname, "token_set": ts, "methods": [],
-                "tokens": [[i, c["name"], c["tokens"][ts]] for i, c in enumerate(attr["classes"])]})
+            ts = method_token_set(spec, attr)
+            entry = found.setdefault(
+                (aname, ts),
+                {
+                    "attribute": aname,
+                    "token_set": ts,
+                    "methods": [],
+                    "tokens": [[i, c["name"], c["tokens"][ts]] for i, c in enumerate(attr["classes"])],
+                },
+            )
             if m not in entry["methods"]:
                 entry["methods"].append(m)
     return list(found.values())
@@ -280,7 +307,9 @@ def _training_key(config: Mapping, method: str, path: Sequence[str]) -> str:
 
 
 def _trained(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -> list[str]:
-    return [m for m in methods if config["methods"][m]["kind"] in TRAINED_KINDS and _applied(config, datasets, m)]
+    return [
+        m for m in methods if config["methods"][m]["kind"] in TRAINED_KINDS and _applied(config, datasets, m)
+    ]
 
 
 def lora_targets(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -> list[dict]:
@@ -333,15 +362,20 @@ def check_steering_tokens(tokenizer, token_sets: Sequence[dict], model: str) -> 
                 split = True
                 pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(token, add_special_tokens=False))
                 how = f"splits into {len(pieces)} tokens {pieces}" if pieces else "encodes to no token at all"
-                problems.append(f"{where}: steering token {token!r} of class {cls} (attributes.{aname}, token set "
-                                f"{ts}) {how} in the tokenizer of model {model}; a steering token must be one "
-                                f"token: change attributes.{aname}.classes[{index}].tokens.{ts} or the method's "
-                                f"token_set")
+                problems.append(
+                    f"{where}: steering token {token!r} of class {cls} (attributes.{aname}, token set "
+                    f"{ts}) {how} in the tokenizer of model {model}; a steering token must be one "
+                    f"token: change attributes.{aname}.classes[{index}].tokens.{ts} or the method's "
+                    f"token_set"
+                )
         if not split:
             try:
-                single_token_ids(tokenizer, [t for _, _, t in entry["tokens"]],
-                                 where=f"steering tokens of attributes.{aname} (token set {ts}) in the tokenizer "
-                                       f"of model {model}")
+                single_token_ids(
+                    tokenizer,
+                    [t for _, _, t in entry["tokens"]],
+                    where=f"steering tokens of attributes.{aname} (token set {ts}) in the tokenizer "
+                    f"of model {model}",
+                )
             except ValueError as err:
                 problems.append(f"{where}: {err}")
     return problems
@@ -386,13 +420,17 @@ def check_lora_targets(modules: Mapping[str, type], targets: Sequence[dict], mod
             hits = [n for n in modules if check_target_module_exists(cfg, n)]
             used = f"(used by {_methods_key(entry['methods'])})"
             if not hits:
-                problems.append(f"{entry['key']}: LoRA target module {target!r} matches no module of model {model} "
-                                f"{used}; its adaptable layers are named {adaptable}")
+                problems.append(
+                    f"{entry['key']}: LoRA target module {target!r} matches no module of model {model} "
+                    f"{used}; its adaptable layers are named {adaptable}"
+                )
             elif not any(issubclass(modules[n], supported) for n in hits):
                 kinds = sorted({modules[n].__name__ for n in hits})
-                problems.append(f"{entry['key']}: LoRA target module {target!r} names only {kinds} modules of model "
-                                f"{model} {used}, which LoRA cannot adapt; its adaptable layers are named "
-                                f"{adaptable}")
+                problems.append(
+                    f"{entry['key']}: LoRA target module {target!r} names only {kinds} modules of model "
+                    f"{model} {used}, which LoRA cannot adapt; its adaptable layers are named "
+                    f"{adaptable}"
+                )
     return problems
 
 
@@ -404,8 +442,11 @@ def check_cuda(requests: Mapping[str, list[str]]) -> list[str]:
 
     if torch.cuda.is_available():
         return []
-    return [f"{key}: 'cuda' but torch {torch.__version__} sees no CUDA device on this machine (used by "
-            f"{', '.join(users)}); use auto or cpu, or run where a GPU is" for key, users in requests.items()]
+    return [
+        f"{key}: 'cuda' but torch {torch.__version__} sees no CUDA device on this machine (used by "
+        f"{', '.join(users)}); use auto or cpu, or run where a GPU is"
+        for key, users in requests.items()
+    ]
 
 
 def _fingerprint(model_dir: str | os.PathLike) -> dict:
@@ -421,13 +462,22 @@ def _fingerprint(model_dir: str | os.PathLike) -> dict:
                 st = p.stat()
                 files[str(p)] = [st.st_size, st.st_mtime_ns]
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()
-    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("transformers", "tokenizers", "peft", "torch")}
+    versions = {
+        pkg: importlib.metadata.version(pkg) for pkg in ("transformers", "tokenizers", "peft", "torch")
+    }
     return {"pointer": read_pointer(model_dir), "files": files, "versions": versions, "code": code}
 
 
-def check_model_job(config: Mapping, model: str, model_dir: str | os.PathLike, job: str, *,
-                    cuda_here: bool = True, passed_dir: str | os.PathLike | None = None,
-                    timeout: float = ENDPOINT_TIMEOUT) -> dict:
+def check_model_job(
+    config: Mapping,
+    model: str,
+    model_dir: str | os.PathLike,
+    job: str,
+    *,
+    cuda_here: bool = True,
+    passed_dir: str | os.PathLike | None = None,
+    timeout: float = ENDPOINT_TIMEOUT,
+) -> dict:
     """The pre-flight check of a job that loads ``model``; raises PreflightError listing every problem.
 
     Steering tokens of the methods of kind ours, LoRA target modules of the trained methods (both
@@ -439,13 +489,25 @@ def check_model_job(config: Mapping, model: str, model_dir: str | os.PathLike, j
     datasets, methods = run_scope(config, wildcards.get("dataset"), wildcards.get("method"))
     token_sets = steering_token_sets(config, datasets, methods)
     targets = lora_targets(config, datasets, methods)
-    key = hashlib.sha256(json.dumps({"model": model, "tokens": token_sets, "targets": targets,
-                                     "fingerprint": _fingerprint(model_dir)}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "model": model,
+                "tokens": token_sets,
+                "targets": targets,
+                "fingerprint": _fingerprint(model_dir),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     remembered = Path(passed_dir) / f"{key}.json" if passed_dir else None
     problems: list[str] = []
     if remembered is not None and remembered.is_file():
-        log.info("tokenizer and module checks of model %s passed before with this config and these files (%s)",
-                 model, remembered)
+        log.info(
+            "tokenizer and module checks of model %s passed before with this config and these files (%s)",
+            model,
+            remembered,
+        )
     else:
         problems += _model_problems(model, model_dir, token_sets, targets)
         if not problems and remembered is not None:
@@ -457,8 +519,16 @@ def check_model_job(config: Mapping, model: str, model_dir: str | os.PathLike, j
     endpoints = job_endpoints(config, kind, wildcards)
     problems += check_endpoints(endpoints, timeout=timeout)
     _raise(problems, job, model)
-    return {"job": job, "model": model, "datasets": datasets, "methods": methods, "token_sets": token_sets,
-            "lora_targets": targets, "cuda_checked": cuda_here, "endpoints": [asdict(e) for e in endpoints]}
+    return {
+        "job": job,
+        "model": model,
+        "datasets": datasets,
+        "methods": methods,
+        "token_sets": token_sets,
+        "lora_targets": targets,
+        "cuda_checked": cuda_here,
+        "endpoints": [asdict(e) for e in endpoints],
+    }
 
 
 def _model_problems(model: str, model_dir, token_sets: Sequence[dict], targets: Sequence[dict]) -> list[str]:
@@ -475,8 +545,10 @@ def _model_problems(model: str, model_dir, token_sets: Sequence[dict], targets: 
         try:
             modules = model_modules(model_dir)
         except (OSError, ValueError, KeyError) as err:
-            problems.append(f"models.{model}: cannot build the model from its config to list its modules "
-                            f"({type(err).__name__}: {err})")
+            problems.append(
+                f"models.{model}: cannot build the model from its config to list its modules "
+                f"({type(err).__name__}: {err})"
+            )
         else:
             problems += check_lora_targets(modules, targets, model)
     return problems
@@ -485,8 +557,10 @@ def _model_problems(model: str, model_dir, token_sets: Sequence[dict], targets: 
 def _raise(problems: Sequence[str], job: str, model: str | None = None) -> None:
     if problems:
         of = f" (model {model})" if model else ""
-        raise PreflightError(f"pre-flight check before job {job}{of} found {len(problems)} problem(s):\n  - "
-                             + "\n  - ".join(problems))
+        raise PreflightError(
+            f"pre-flight check before job {job}{of} found {len(problems)} problem(s):\n  - "
+            + "\n  - ".join(problems)
+        )
 
 
 def passed_dir_of(marker: str | os.PathLike, job: str) -> Path:

@@ -62,7 +62,11 @@ def format_duration(seconds: float) -> str:
 def format_rate(per_second: float, unit: str) -> str:
     """``9.1 rows/s`` at one or more a second, ``2.5 s/step`` below."""
     if per_second >= 1:
-        return f"{per_second:.0f} {plural(unit)}/s" if per_second >= 100 else f"{per_second:.1f} {plural(unit)}/s"
+        return (
+            f"{per_second:.0f} {plural(unit)}/s"
+            if per_second >= 100
+            else f"{per_second:.1f} {plural(unit)}/s"
+        )
     return f"{1 / per_second:.1f} s/{unit}"
 
 
@@ -75,9 +79,18 @@ class Progress:
     measured over; ``clock`` (default ``time.monotonic``) is injectable.
     """
 
-    def __init__(self, total: int, what: str, logger: logging.Logger | None = None, *, unit: str = "row",
-                 every_s: float | None = None, initial: int = 0, window_s: float = WINDOW_S,
-                 clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        total: int,
+        what: str,
+        logger: logging.Logger | None = None,
+        *,
+        unit: str = "row",
+        every_s: float | None = None,
+        initial: int = 0,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] | None = None,
+    ):
         self.total = max(0, int(total))
         self.what = what
         self.log = logger or logging.getLogger("distalign")
@@ -136,8 +149,10 @@ class Progress:
             rate = (self.done - self.initial) / elapsed if elapsed > 0 else None
         else:
             rate = self.recent_rate()
-        parts = [f"{self.done}/{self.total} {plural(self.unit)}"
-                 + (f" ({math.floor(100 * self.done / self.total)}%)" if self.total else "")]
+        parts = [
+            f"{self.done}/{self.total} {plural(self.unit)}"
+            + (f" ({math.floor(100 * self.done / self.total)}%)" if self.total else "")
+        ]
         if final:
             parts.append(f"done in {format_duration(elapsed)}")
         if rate:

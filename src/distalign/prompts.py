@@ -72,8 +72,10 @@ def _placeholder_problem(text: str, kind: str) -> str | None:
     allowed, required = PLACEHOLDERS[kind]
     if allowed is None:
         if "{" in text or "}" in text:
-            return ("braces are not allowed here: this text is used as written, no placeholder is filled "
-                    f"in, so a '{{...}}' would reach the model verbatim; got {text!r}")
+            return (
+                "braces are not allowed here: this text is used as written, no placeholder is filled "
+                f"in, so a '{{...}}' would reach the model verbatim; got {text!r}"
+            )
         return None
     try:
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
@@ -92,12 +94,17 @@ def _placeholder_problem(text: str, kind: str) -> str | None:
 
 
 def _not_a_string(value) -> str:
-    hint = " (YAML reads an unquoted text that starts with '{' as a mapping: quote it)" if isinstance(value, dict) \
+    hint = (
+        " (YAML reads an unquoted text that starts with '{' as a mapping: quote it)"
+        if isinstance(value, dict)
         else ""
+    )
     return f"expected a string, got {value!r}{hint}"
 
 
-def _check_strings(items, kind: str, where: str, problems: list[str], *, allow_empty_list: bool = False) -> None:
+def _check_strings(
+    items, kind: str, where: str, problems: list[str], *, allow_empty_list: bool = False
+) -> None:
     if not isinstance(items, list) or (not items and not allow_empty_list):
         problems.append(f"{where}: expected a non-empty list of strings, got {items!r}")
         return
@@ -128,12 +135,17 @@ def load_templates(path: str | os.PathLike) -> dict:
     if bank is None:
         bank = {}
     if not isinstance(bank, dict):
-        raise TemplateError(f"{path}: expected a mapping with keys {list(_BANK_KEYS)}, got {type(bank).__name__}")
+        raise TemplateError(
+            f"{path}: expected a mapping with keys {list(_BANK_KEYS)}, got {type(bank).__name__}"
+        )
     for key in _BANK_KEYS:
         if key not in bank:
             raise TemplateError(f"{path}: missing top-level key {key!r}")
-    problems = [f"{key}: unknown top-level key (expected one of {list(_BANK_KEYS)})"
-                for key in bank if key not in _BANK_KEYS]
+    problems = [
+        f"{key}: unknown top-level key (expected one of {list(_BANK_KEYS)})"
+        for key in bank
+        if key not in _BANK_KEYS
+    ]
     templates = bank["templates"] or {}
     if not isinstance(templates, dict):
         problems.append(f"templates: expected a mapping task -> attribute -> list, got {templates!r}")
@@ -151,7 +163,9 @@ def load_templates(path: str | os.PathLike) -> dict:
                     _check_strings(items, "templates", f"templates.{task}.{attr}", problems)
     for key in ("openers", "closers"):
         section = bank[key] if isinstance(bank[key], dict) else {}
-        problems += [f"{key}.{task}: unknown task (expected one of {TASKS})" for task in section if task not in TASKS]
+        problems += [
+            f"{key}.{task}: unknown task (expected one of {TASKS})" for task in section if task not in TASKS
+        ]
         for task in TASKS:
             if not isinstance(section.get(task), list) or not section[task]:
                 problems.append(f"{key}.{task}: expected a non-empty list")
@@ -163,8 +177,11 @@ def load_templates(path: str | os.PathLike) -> dict:
     for name, forms in answers.items():
         _check_strings(forms, "answers", f"answers.{name}", problems)
     styles = bank["prompt_engineering"] if isinstance(bank["prompt_engineering"], dict) else {}
-    problems += [f"prompt_engineering.{k}: unknown style (expected explicit or implicit)"
-                 for k in styles if k not in ("explicit", "implicit")]
+    problems += [
+        f"prompt_engineering.{k}: unknown style (expected explicit or implicit)"
+        for k in styles
+        if k not in ("explicit", "implicit")
+    ]
     for style in ("explicit", "implicit"):
         text = styles.get(style)
         if not text:
@@ -182,8 +199,10 @@ def load_templates(path: str | os.PathLike) -> dict:
 def templates_for(bank: dict, task: str, attribute: str) -> list[str]:
     items = (bank["templates"].get(task) or {}).get(attribute)
     if not items:
-        raise TemplateError(f"{bank.get('_path', 'templates')}: templates.{task}.{attribute}: no templates "
-                            f"(empty template bank for this attribute and task)")
+        raise TemplateError(
+            f"{bank.get('_path', 'templates')}: templates.{task}.{attribute}: no templates "
+            f"(empty template bank for this attribute and task)"
+        )
     return list(items)
 
 
@@ -215,14 +234,16 @@ def split_pool(pool: list[str], per_split: dict[str, int], seed: int, where: str
     pool = list(dict.fromkeys(pool))
     need = sum(per_split.values())
     if len(pool) < need:
-        raise ParaphraseError(f"{where}: only {len(pool)} distinct prompts, need {need} "
-                              f"({per_split}); add templates, openers or closers")
+        raise ParaphraseError(
+            f"{where}: only {len(pool)} distinct prompts, need {need} "
+            f"({per_split}); add templates, openers or closers"
+        )
     rng = random.Random(seed)
     rng.shuffle(pool)
     out, start = {}, 0
     for split in ("train", "val", "test"):
         n = per_split[split]
-        out[split] = pool[start:start + n]
+        out[split] = pool[start : start + n]
         start += n
     return out
 
@@ -270,7 +291,7 @@ class ParaphraseCache:
 
 PARAPHRASE_INSTRUCTION = (
     "Rewrite the request below in {n} different ways. Keep its meaning and keep the quoted text "
-    "\"{context}\" exactly as it is in every version. Vary the wording and sentence structure. "
+    '"{context}" exactly as it is in every version. Vary the wording and sentence structure. '
     "Return one version per line, with no numbering and nothing else.\n\nRequest: {request}"
 )
 
@@ -297,9 +318,20 @@ def validate_paraphrases(reply: str, context: str, existing: set[str]) -> list[s
 class OpenAIParaphraser:
     """Paraphrases templates through an OpenAI-compatible chat endpoint, with a disk cache."""
 
-    def __init__(self, *, model: str, base_url: str | None, api_key_env: str, cache: str | os.PathLike,
-                 max_retries: int = 5, timeout: float = 60, temperature: float = 1.0,
-                 backoff: float = 1.0, max_attempts_per_template: int = 4, client=None):
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key_env: str,
+        cache: str | os.PathLike,
+        max_retries: int = 5,
+        timeout: float = 60,
+        temperature: float = 1.0,
+        backoff: float = 1.0,
+        max_attempts_per_template: int = 4,
+        client=None,
+    ):
         self.model = model
         self.base_url = base_url
         self.cache = ParaphraseCache(cache)
@@ -318,10 +350,16 @@ class OpenAIParaphraser:
             env = self._client_args["api_key_env"]
             key = os.environ.get(env)
             if not key:
-                raise ParaphraseError(f"environment variable {env} is not set: the OpenAI-compatible paraphraser "
-                                      f"needs an API key (config key prompts.openai.api_key_env)")
-            self._client = openai.OpenAI(api_key=key, base_url=self._client_args["base_url"],
-                                         timeout=self._client_args["timeout"], max_retries=0)
+                raise ParaphraseError(
+                    f"environment variable {env} is not set: the OpenAI-compatible paraphraser "
+                    f"needs an API key (config key prompts.openai.api_key_env)"
+                )
+            self._client = openai.OpenAI(
+                api_key=key,
+                base_url=self._client_args["base_url"],
+                timeout=self._client_args["timeout"],
+                max_retries=0,
+            )
         return self._client
 
     def _complete(self, request: dict) -> str:
@@ -339,18 +377,28 @@ class OpenAIParaphraser:
                 text = resp.choices[0].message.content or ""
                 self.cache.put(request, text)
                 return text
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                    openai.InternalServerError) as err:
+            except (
+                openai.APIConnectionError,
+                openai.APITimeoutError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as err:
                 last_err = err
                 if attempt < self.max_retries:
                     import logging  # a wait of up to a minute should not look like a hang
 
                     logging.getLogger("distalign.prompts").warning(
-                        "paraphraser request failed (%s); retry %d/%d in %.1f s", type(err).__name__, attempt + 1,
-                        self.max_retries, self.backoff * 2 ** attempt)
-                    time.sleep(self.backoff * 2 ** attempt)
-        raise ParaphraseError(f"paraphraser endpoint {self.base_url or '(default)'} failed after "
-                              f"{self.max_retries + 1} attempts: {last_err}")
+                        "paraphraser request failed (%s); retry %d/%d in %.1f s",
+                        type(err).__name__,
+                        attempt + 1,
+                        self.max_retries,
+                        self.backoff * 2**attempt,
+                    )
+                    time.sleep(self.backoff * 2**attempt)
+        raise ParaphraseError(
+            f"paraphraser endpoint {self.base_url or '(default)'} failed after "
+            f"{self.max_retries + 1} attempts: {last_err}"
+        )
 
     def paraphrase(self, request_text: str, context: str, n: int, seed: int) -> list[str]:
         """Up to ``n`` validated, distinct paraphrases of one filled-in template."""
@@ -360,8 +408,12 @@ class OpenAIParaphraser:
             if missing <= 0:
                 break
             msg = PARAPHRASE_INSTRUCTION.format(n=missing, context=context, request=request_text)
-            request = {"model": self.model, "temperature": self.temperature, "seed": seed + attempt,
-                       "messages": [{"role": "user", "content": msg}]}
+            request = {
+                "model": self.model,
+                "temperature": self.temperature,
+                "seed": seed + attempt,
+                "messages": [{"role": "user", "content": msg}],
+            }
             got += validate_paraphrases(self._complete(request), context, set(got))
         return got[:n]
 
@@ -380,9 +432,17 @@ class OpenAIParaphraser:
 # --------------------------------------------------------------------------------------------
 
 
-def build_prompts(contexts: list[dict], attribute: Attribute, task: str, bank: dict, per_split: dict[str, int],
-                  seed: int, census_name: str, pool_fn: Callable[[str, int], list[str]] | None = None,
-                  progress: bool = False) -> list[dict]:
+def build_prompts(
+    contexts: list[dict],
+    attribute: Attribute,
+    task: str,
+    bank: dict,
+    per_split: dict[str, int],
+    seed: int,
+    census_name: str,
+    pool_fn: Callable[[str, int], list[str]] | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Prompt rows for every context: ``{context_id, context, split, prompt_id, prompt}``.
 
     The seed of each context's shuffle depends on (seed, census, attribute, task, context), not on
@@ -404,8 +464,15 @@ def build_prompts(contexts: list[dict], attribute: Attribute, task: str, bank: d
         splits = split_pool(pool, per_split, s, where)
         for split, prompts in splits.items():
             for j, p in enumerate(prompts):
-                rows.append({"context_id": ctx["context_id"], "context": ctx["context"], "split": split,
-                             "prompt_id": f"{split}-{ctx['context_id']}-{j}", "prompt": p})
+                rows.append(
+                    {
+                        "context_id": ctx["context_id"],
+                        "context": ctx["context"],
+                        "split": split,
+                        "prompt_id": f"{split}-{ctx['context_id']}-{j}",
+                        "prompt": p,
+                    }
+                )
     return rows
 
 
@@ -424,7 +491,8 @@ def method_prompt(prompt: str, style: str, bank: dict, attribute: Attribute, tar
         return prompt
     if style == "explicit":
         extra = bank["prompt_engineering"]["explicit"].format(
-            distribution=format_distribution(attribute.labels, target))
+            distribution=format_distribution(attribute.labels, target)
+        )
         return _join(prompt, extra)
     if style == "implicit":
         return _join(prompt, bank["prompt_engineering"]["implicit"])

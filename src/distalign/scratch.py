@@ -70,8 +70,9 @@ def _take_lock(fd: int, wait: bool) -> bool:
         return False
 
 
-def remove_stale(folder: str | os.PathLike, prefix: str, suffix: str = "",
-                 older_than_s: float | None = None) -> list[Path]:
+def remove_stale(
+    folder: str | os.PathLike, prefix: str, suffix: str = "", older_than_s: float | None = None
+) -> list[Path]:
     """Remove entries of ``folder`` named ``{prefix}<random>{suffix}`` whose owner is gone; return them.
 
     ``older_than_s``: also require that the entry was last modified that long ago.
@@ -183,5 +184,6 @@ def scratch_dir() -> Iterator[Path]:
 def remove_stale_scratch() -> list[Path]:
     """Remove the ``$TMPDIR`` scratch folders of killed jobs (and those of earlier versions a day old)."""
     tmp = tempfile.gettempdir()
-    return remove_stale(tmp, SCRATCH_PREFIX) + [p for prefix in LEGACY_PREFIXES
-                                                for p in remove_stale(tmp, prefix, older_than_s=LEGACY_AGE_S)]
+    return remove_stale(tmp, SCRATCH_PREFIX) + [
+        p for prefix in LEGACY_PREFIXES for p in remove_stale(tmp, prefix, older_than_s=LEGACY_AGE_S)
+    ]

@@ -1,5 +1,30 @@
-"""Helpers for the thin Snakemake scripts: logging to the rule's log file and to the console.
+"""Helpers for the thin Snakemake scripts, and the contract every script in workflow/scripts keeps.
 
+The contract
+------------
+A script is the glue between one rule and one library function. It
+
+- **reads** only ``snakemake.input``, ``output``, ``params``, ``log``, ``threads``, ``resources`` and
+  ``wildcards`` -- never ``snakemake.config``. Everything that changes a result reaches the script as
+  a param (built in the rule from the config), so Snakemake's params trigger reruns exactly the jobs
+  a config change affects, and the library receives what it needs, not the whole config;
+- **does**: read its inputs, call *one* library function (``distalign.*``) that holds the logic (and
+  is unit-tested there), write its outputs atomically (``distalign.io``: ``write_json``,
+  ``write_jsonl``, ``atomic_path``, ``atomic_dir``), and log through :func:`setup_logging` (first
+  line of the script: the rule's log file, warnings and an uncaught exception's traceback);
+- **never** loops over rounds, branches on a table or figure kind, or computes a statistic itself:
+  a dispatch goes through a registry (``tables.TABLES``, ``figures.FIGURES``), a loop into the
+  library (``stories.collect_stories``).
+
+Where a script still reads ``snakemake.config``, it waits for a param from its rule (and uses the
+param when present). The open cases: ``table.py``/``figure.py`` (param ``report_config``),
+``train.py`` (``attribute``, ``seed``), ``generate.py`` and ``story_data.py`` (they pass a whole
+config to ``generate.generate``: the generation spec), ``capabilities.py`` (``capabilities``,
+``device``), ``label.py`` (the operational judge settings, deliberately not params: they do not
+change labels); ``preflight.py`` checks the whole config by design.
+
+Logging
+-------
 Every record goes to the rule's log file; records logged with ``extra=FILE_ONLY`` stay out of the
 console (stderr, which Snakemake shows). That is where a library's per-request chatter goes (the
 vLLM worker's own output): kept for debugging, not flooding the console of a run with many jobs.

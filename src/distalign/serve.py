@@ -106,11 +106,20 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
 
 
 @contextlib.contextmanager
-def openai_server(model: str, *, python: str | None = None, port: int | None = None, host: str = "127.0.0.1",
-                  served_model_name: str | None = None, extra_args: Sequence[str] = (),
-                  env: Mapping[str, str] | None = None, health_timeout: float = HEALTH_TIMEOUT,
-                  log_path: str | os.PathLike | None = None, stop_grace: float = STOP_GRACE,
-                  poll_interval: float = 1.0) -> Iterator[str]:
+def openai_server(
+    model: str,
+    *,
+    python: str | None = None,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    served_model_name: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    health_timeout: float = HEALTH_TIMEOUT,
+    log_path: str | os.PathLike | None = None,
+    stop_grace: float = STOP_GRACE,
+    poll_interval: float = 1.0,
+) -> Iterator[str]:
     """Run a vLLM OpenAI-compatible server for ``model`` while the block runs; yield its base URL.
 
     ``python``: interpreter of an environment with vLLM (default: this one). ``port``: default a free
@@ -123,8 +132,20 @@ def openai_server(model: str, *, python: str | None = None, port: int | None = N
     python = python or sys.executable
     port = int(port or free_port(host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"))
     connect = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", host,
-           "--port", str(port), "--served-model-name", served_model_name or str(model), *map(str, extra_args)]
+    cmd = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_model_name or str(model),
+        *map(str, extra_args),
+    ]
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="openai-server-", suffix=".log")
         os.close(fd)
@@ -135,8 +156,14 @@ def openai_server(model: str, *, python: str | None = None, port: int | None = N
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **dict(env or {})}, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **dict(env or {})},
+                start_new_session=True,
+            )
         except OSError as err:
             raise ServerError(f"cannot start the model server ({cmd[0]}): {err}") from err
     try:
@@ -146,11 +173,15 @@ def openai_server(model: str, *, python: str | None = None, port: int | None = N
                 break
             code = proc.poll()
             if code is not None:
-                raise ServerError(f"the model server for {model!r} exited with code {code} before it was "
-                                  f"healthy (log {log_path}):\n{log_tail(log_path)}")
+                raise ServerError(
+                    f"the model server for {model!r} exited with code {code} before it was "
+                    f"healthy (log {log_path}):\n{log_tail(log_path)}"
+                )
             if time.monotonic() > deadline:
-                raise ServerError(f"the model server for {model!r} was not healthy at {base}/health after "
-                                  f"{health_timeout:g} s (log {log_path}):\n{log_tail(log_path)}")
+                raise ServerError(
+                    f"the model server for {model!r} was not healthy at {base}/health after "
+                    f"{health_timeout:g} s (log {log_path}):\n{log_tail(log_path)}"
+                )
             time.sleep(poll_interval)
         yield f"{base}/v1"
     finally:
@@ -163,8 +194,9 @@ def judge_serve_defaults() -> dict:
 
 
 @contextlib.contextmanager
-def judge_endpoint(judge_cfg: Mapping, *, python: str | None = None,
-                   log_path: str | os.PathLike | None = None) -> Iterator[dict]:
+def judge_endpoint(
+    judge_cfg: Mapping, *, python: str | None = None, log_path: str | os.PathLike | None = None
+) -> Iterator[dict]:
     """The ``judge.llm`` settings with a usable ``base_url`` while the block runs.
 
     ``judge.llm.base_url`` set: yielded unchanged (external endpoint). Null, and the story judge
@@ -178,14 +210,22 @@ def judge_endpoint(judge_cfg: Mapping, *, python: str | None = None,
         yield llm
         return
     if not llm.get("model"):
-        raise ServerError("config key 'judge.llm.model': required to start a judge server "
-                          "(judge.llm.base_url is null)")
-    serve = {**judge_serve_defaults(), **{k: v for k, v in dict(judge_cfg.get("serve") or {}).items()
-                                          if v is not None}}
+        raise ServerError(
+            "config key 'judge.llm.model': required to start a judge server (judge.llm.base_url is null)"
+        )
+    serve = {
+        **judge_serve_defaults(),
+        **{k: v for k, v in dict(judge_cfg.get("serve") or {}).items() if v is not None},
+    }
     os.environ.setdefault(llm.get("api_key_env") or "OPENAI_API_KEY", "EMPTY")
-    with openai_server(llm["model"], python=serve["python"] or python, port=serve["port"],
-                       extra_args=serve["extra_args"], health_timeout=float(serve["health_timeout"]),
-                       log_path=serve["log"] or log_path) as url:
+    with openai_server(
+        llm["model"],
+        python=serve["python"] or python,
+        port=serve["port"],
+        extra_args=serve["extra_args"],
+        health_timeout=float(serve["health_timeout"]),
+        log_path=serve["log"] or log_path,
+    ) as url:
         yield {**llm, "base_url": url}
 
 
@@ -213,8 +253,13 @@ def hf_environment(hf_cfg: Mapping | None) -> dict[str, str]:
     return env
 
 
-def prefetch_hf_model(repo_id: str, *, revision: str | None = None, download: bool = True,
-                      marker: str | os.PathLike | None = None) -> dict:
+def prefetch_hf_model(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    download: bool = True,
+    marker: str | os.PathLike | None = None,
+) -> dict:
     """Make ``repo_id`` available in the local hub cache; write a JSON marker; return its content.
 
     ``download=False`` only checks the cache (air-gapped login nodes). Must run in a process where
@@ -226,14 +271,26 @@ def prefetch_hf_model(repo_id: str, *, revision: str | None = None, download: bo
     try:
         path = snapshot_download(repo_id, revision=revision, local_files_only=not download)
     except Exception as err:  # noqa: BLE001 - re-raised with what to do
-        how = ("set HF_TOKEN for gated models (e.g. meta-llama) and check the network of this node"
-               if download else "hf.prefetch is false: fill the cache another way or set hf.prefetch: true")
-        raise RuntimeError(f"cannot fetch Hugging Face model {repo_id!r} (revision {revision}) into "
-                           f"{constants.HF_HUB_CACHE}: {err}\n{how}") from err
+        how = (
+            "set HF_TOKEN for gated models (e.g. meta-llama) and check the network of this node"
+            if download
+            else "hf.prefetch is false: fill the cache another way or set hf.prefetch: true"
+        )
+        raise RuntimeError(
+            f"cannot fetch Hugging Face model {repo_id!r} (revision {revision}) into "
+            f"{constants.HF_HUB_CACHE}: {err}\n{how}"
+        ) from err
     files = [p for p in Path(path).rglob("*") if p.is_file()]
-    info = {"repo_id": repo_id, "revision": revision, "path": str(path), "hf_hub_cache": str(constants.HF_HUB_CACHE),
-            "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "downloaded": bool(download), "seconds": round(time.time() - t0, 1)}
+    info = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "path": str(path),
+        "hf_hub_cache": str(constants.HF_HUB_CACHE),
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "downloaded": bool(download),
+        "seconds": round(time.time() - t0, 1),
+    }
     if marker:
         marker = Path(marker)
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -247,8 +304,12 @@ def judge_starts_server(config: Mapping) -> bool:
     """Whether story labelling starts its own vLLM judge server (LLM story judge, judge.llm.base_url null)."""
     judge = config.get("judge") or {}
     llm = judge.get("llm") or {}
-    return ("story" in config["run"]["tasks"] and judge.get("story", "lexicon") in ("llm", "both")
-            and not llm.get("base_url") and bool(llm.get("model")))
+    return (
+        "story" in config["run"]["tasks"]
+        and judge.get("story", "lexicon") in ("llm", "both")
+        and not llm.get("base_url")
+        and bool(llm.get("model"))
+    )
 
 
 PREFETCH_JUDGE = "judge"
@@ -294,8 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-download", action="store_true", help="only check the local cache")
     p.add_argument("--marker", required=True)
     args = ap.parse_args(argv)
-    info = prefetch_hf_model(args.repo_id, revision=args.revision, download=not args.no_download,
-                             marker=args.marker)
+    info = prefetch_hf_model(
+        args.repo_id, revision=args.revision, download=not args.no_download, marker=args.marker
+    )
     print(json.dumps(info))
     return 0
 

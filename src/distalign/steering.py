@@ -48,17 +48,18 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import DPOTrainer, KTOTrainer, SFTTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from .chat import completion_ids, prompt_ids
+from .models import pad_id
 
 VOCABULARIES = ("restricted", "full")
 UNDESIRABLE = ("paper", "inconsistent")
@@ -71,14 +72,18 @@ UNDESIRABLE = ("paper", "inconsistent")
 class SteeringOutput:
     """Per-example steering statistics at the answer position (all float32, shape [B] or [B, K])."""
 
-    kl: torch.Tensor      # KL(P* || P_theta), the loss term before averaging
-    probs: torch.Tensor   # restricted softmax over the steering tokens (what inference samples from)
-    mass: torch.Tensor    # full-vocabulary probability mass on the steering tokens
-    mae: torch.Tensor     # mean over classes of |probs - target|
+    kl: torch.Tensor  # KL(P* || P_theta), the loss term before averaging
+    probs: torch.Tensor  # restricted softmax over the steering tokens (what inference samples from)
+    mass: torch.Tensor  # full-vocabulary probability mass on the steering tokens
+    mae: torch.Tensor  # mean over classes of |probs - target|
 
 
-def steering_kl(logits: torch.Tensor, steering_ids: list[int] | torch.Tensor, target: torch.Tensor,
-                vocabulary: str = "restricted") -> SteeringOutput:
+def steering_kl(
+    logits: torch.Tensor,
+    steering_ids: list[int] | torch.Tensor,
+    target: torch.Tensor,
+    vocabulary: str = "restricted",
+) -> SteeringOutput:
     """KL(P* || P_theta) per example from the logits ``[B, V]`` at the answer position.
 
     ``restricted`` renormalises over the K steering tokens; ``full`` uses full-vocabulary
@@ -97,15 +102,18 @@ def steering_kl(logits: torch.Tensor, steering_ids: list[int] | torch.Tensor, ta
     logq = restricted_logp if vocabulary == "restricted" else full_logp
     kl = (torch.xlogy(target, target) - target * logq).sum(-1)
     probs = restricted_logp.exp()
-    return SteeringOutput(kl=kl, probs=probs, mass=full_logp.exp().sum(-1),
-                          mae=(probs - target).abs().mean(-1))
+    return SteeringOutput(
+        kl=kl, probs=probs, mass=full_logp.exp().sum(-1), mae=(probs - target).abs().mean(-1)
+    )
 
 
 def answer_positions(completion_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last prompt token of each row (it predicts the first completion token)."""
     first = completion_mask.long().argmax(dim=1)
     if bool((first == 0).any()):
-        raise ValueError("a row has no completion tokens (prompt truncated by training.max_length?) or an empty prompt")
+        raise ValueError(
+            "a row has no completion tokens (prompt truncated by training.max_length?) or an empty prompt"
+        )
     return first - 1
 
 
@@ -127,16 +135,25 @@ def _backbone(model):
     return getattr(lm, lm.base_model_prefix)
 
 
-def prompt_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+def prompt_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """Logits at ``positions`` from a backbone forward on the prompt part only (right padding)."""
     width = int(positions.max()) + 1
-    out = _backbone(model)(input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], use_cache=False)
+    out = _backbone(model)(
+        input_ids=input_ids[:, :width], attention_mask=attention_mask[:, :width], use_cache=False
+    )
     return _lm_head_at(model, out.last_hidden_state, positions)
 
 
-def token_log_likelihoods(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                          token_positions: torch.Tensor, steering_ids: list[int]) -> torch.Tensor:
+def token_log_likelihoods(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    token_positions: torch.Tensor,
+    steering_ids: list[int],
+) -> torch.Tensor:
     """``[R, K]`` log-likelihood of each row's supervised labels with its steering token (at
     ``token_positions``) replaced by each of the K steering tokens in turn (one batched forward of
     K x R rows; column k uses ``steering_ids[k]``)."""
@@ -147,39 +164,13 @@ def token_log_likelihoods(model, input_ids: torch.Tensor, attention_mask: torch.
     ids[rows, cols] = torch.tensor(steering_ids, device=ids.device).repeat_interleave(r)
     logits = model(input_ids=ids, attention_mask=attention_mask.repeat(k, 1), use_cache=False).logits
     tgt = labels.repeat(k, 1)[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                          ignore_index=-100, reduction="none").view(k * r, -1)
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        tgt.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(k * r, -1)
     return -nll.sum(dim=1).view(k, r).T
-
-
-@torch.no_grad()
-def first_token_probs(model, tokenizer, user_texts: list[str], token_ids: list[int],
-                      batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Restricted softmax over ``token_ids`` at the first assistant position, and their full mass.
-
-    No sampling: this is the internal distribution the steering token is drawn from (for the
-    baselines, pass the first token of each class label). Returns ``([N, K], [N])`` float32.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids_t = torch.as_tensor(token_ids, dtype=torch.long, device=device)
-    probs, masses = [], []
-    for i in range(0, len(user_texts), batch_size):
-        seqs = [prompt_ids(tokenizer, t) for t in user_texts[i:i + batch_size]]
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(input_ids)
-        for b, s in enumerate(seqs):
-            input_ids[b, :len(s)] = torch.tensor(s, device=device)
-            mask[b, :len(s)] = 1
-        positions = torch.tensor([len(s) - 1 for s in seqs], device=device)
-        logits = prompt_logits(model, input_ids, mask, positions).float()
-        probs.append(torch.softmax(logits.index_select(-1, ids_t), -1).cpu())
-        masses.append(torch.softmax(logits, -1).index_select(-1, ids_t).sum(-1).cpu())
-    model.train(was_training)
-    return torch.cat(probs), torch.cat(masses)
 
 
 class _HiddenCapture:
@@ -198,8 +189,11 @@ class _HiddenCapture:
 
     def find(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """Hidden states of the last forward on exactly ``input_ids`` (grad-enabled preferred)."""
-        matches = [(h, g) for ids, h, g in self.records
-                   if ids is not None and ids.shape == input_ids.shape and torch.equal(ids, input_ids)]
+        matches = [
+            (h, g)
+            for ids, h, g in self.records
+            if ids is not None and ids.shape == input_ids.shape and torch.equal(ids, input_ids)
+        ]
         with_grad = [h for h, g in matches if g]
         if with_grad:
             return with_grad[-1]
@@ -253,8 +247,9 @@ def mismatched_companions(contexts: list[str], batch_size: int, seed: int) -> li
     return out
 
 
-def kto_rows(pref: list[dict], tokenizer, steering_ids: list[int], undesirable: str, batch_size: int,
-             seed: int) -> list[dict]:
+def kto_rows(
+    pref: list[dict], tokenizer, steering_ids: list[int], undesirable: str, batch_size: int, seed: int
+) -> list[dict]:
     """Pre-tokenized KTO rows from preference rows, in training order.
 
     desirable = [tau_a; r] (label True); undesirable = [tau_{a_neg}; r_neg] (``paper``) or
@@ -269,10 +264,20 @@ def kto_rows(pref: list[dict], tokenizer, steering_ids: list[int], undesirable: 
         a, neg = r["class_index"], r["neg_class_index"]
         tau_neg = steering_ids[neg] if undesirable == "paper" else steering_ids[a]
         common = {"prompt_ids": p, "target": [float(x) for x in r["target"]], "context": r["context"]}
-        rows.append({**common, "completion_ids": [steering_ids[a]] + completion_ids(tokenizer, r["answer"]),
-                     "label": True})
-        rows.append({**common, "completion_ids": [tau_neg] + completion_ids(tokenizer, r["neg_answer"]),
-                     "label": False})
+        rows.append(
+            {
+                **common,
+                "completion_ids": [steering_ids[a]] + completion_ids(tokenizer, r["answer"]),
+                "label": True,
+            }
+        )
+        rows.append(
+            {
+                **common,
+                "completion_ids": [tau_neg] + completion_ids(tokenizer, r["neg_answer"]),
+                "label": False,
+            }
+        )
     random.Random(seed).shuffle(rows)
     comp = mismatched_companions([r["context"] for r in rows], batch_size, seed)
     for r, j in zip(rows, comp, strict=True):
@@ -289,13 +294,26 @@ def dpo_rows(pref: list[dict], tokenizer, steering_ids: list[int] | None) -> lis
         rejected = completion_ids(tokenizer, r["neg_answer"])
         if steering_ids is not None:
             chosen, rejected = [steering_ids[a]] + chosen, [steering_ids[neg]] + rejected
-        rows.append({"prompt_ids": prompt_ids(tokenizer, r["prompt"]), "chosen_ids": chosen, "rejected_ids": rejected,
-                     "target": [float(x) for x in r["target"]], "context": r["context"]})
+        rows.append(
+            {
+                "prompt_ids": prompt_ids(tokenizer, r["prompt"]),
+                "chosen_ids": chosen,
+                "rejected_ids": rejected,
+                "target": [float(x) for x in r["target"]],
+                "context": r["context"],
+            }
+        )
     return rows
 
 
-def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: int | None = None,
-             truncate: bool = False, bind: bool | None = None) -> list[dict]:
+def nll_rows(
+    pref: list[dict],
+    tokenizer,
+    steering_ids: list[int],
+    max_length: int | None = None,
+    truncate: bool = False,
+    bind: bool | None = None,
+) -> list[dict]:
     """Pre-tokenized rows of the ``nll`` second stage: [prompt; tau_a; answer], loss on the answer only.
 
     ``labels`` is -100 on the prompt *and* on the steering token (its distribution is set by L_KL
@@ -313,8 +331,10 @@ def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: i
         if max_length is not None and len(ids) > max_length and truncate:
             ids, labels = ids[:max_length], labels[:max_length]
         if max_length is not None and len(ids) > max_length:
-            raise ValueError(f"nll row of context {r['context']!r} has {len(ids)} tokens > training.max_length "
-                             f"{max_length}: the answer would be cut")
+            raise ValueError(
+                f"nll row of context {r['context']!r} has {len(ids)} tokens > training.max_length "
+                f"{max_length}: the answer would be cut"
+            )
         row = {"input_ids": ids, "labels": labels, "target": [float(x) for x in r["target"]]}
         if bind is not None:
             row["bind"] = int(r["class_index"]) if bind else -1
@@ -322,7 +342,9 @@ def nll_rows(pref: list[dict], tokenizer, steering_ids: list[int], max_length: i
     return rows
 
 
-def sft_rows(sft: list[dict], tokenizer, steering_ids: list[int] | None, max_length: int | None = None) -> list[dict]:
+def sft_rows(
+    sft: list[dict], tokenizer, steering_ids: list[int] | None, max_length: int | None = None
+) -> list[dict]:
     """Pre-tokenized SFT rows (``input_ids``, ``labels`` = -100 on the prompt): completion-only loss.
 
     With steering ids the completion is [tau_a; answer] (stage 1 of ours), else the answer (IFT).
@@ -370,9 +392,71 @@ class SteeringLMCollator(_TargetCollatorMixin, DataCollatorForLanguageModeling):
     """trl's language-modelling collator plus a ``target`` tensor [B, K]."""
 
 
-def _pad_id(tokenizer) -> int:
-    """Padding id of the default collators (eos when the tokenizer has no pad token)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+# ------------------------------------------------------------------------------- trainer configs
+
+
+@dataclass(kw_only=True)
+class SteeringArguments:
+    """Hyperparameters of the terms distalign adds to a trl trainer, shared by :class:`SteeringKTOConfig`,
+    :class:`SteeringDPOConfig` and :class:`SteeringSFTConfig` (trl's configs plus these fields, as trl's
+    own trainers take their hyperparameters from ``KTOConfig`` and friends).
+
+    Logged metrics (the trainer's ``_metrics``, averaged into the log history at every logging step,
+    prefixed ``eval_`` in evaluation):
+
+    - ``steering_kl``: KL(P* || P_theta) at the position that predicts the steering token, mean over
+      rows; logged whether or not ``use_kl`` adds it to the loss (the ablation still reports it).
+    - ``steering_mass``: total probability of the K steering tokens there (full vocabulary).
+    - ``steering_mae``: MAE between the restricted steering distribution and the row's target.
+    - ``kto_loss`` (KTO), ``dpo_loss`` (DPO with steering ids), ``nll_loss`` (the ``nll`` stage):
+      trl's own loss of the batch, before the weighted KL term is added.
+    - ``binding_loss``, ``binding_accuracy`` (``nll`` stage with ``binding_weight`` > 0, batches with
+      D_story rows): the story binding cross-entropy and the share of story rows whose own token
+      explains the story best.
+
+    trl's own metrics (rewards, margins, KTO's kl) are logged as trl documents them.
+    """
+
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of L_KL (training.kl_weight)."})
+    kl_vocabulary: str = field(
+        default="restricted",
+        metadata={
+            "help": "restricted: softmax over the K steering logits; full: full-vocabulary log-probs at the "
+            "steering ids (training.kl_vocabulary)."
+        },
+    )
+    use_kl: bool = field(
+        default=True,
+        metadata={
+            "help": "Add L_KL to the loss (false: the ours-no-kl ablation; the steering metrics are still logged)."
+        },
+    )
+
+
+@dataclass(kw_only=True)
+class SteeringKTOConfig(SteeringArguments, KTOConfig):
+    """trl's KTOConfig plus :class:`SteeringArguments` and ``use_kto``."""
+
+    use_kto: bool = field(
+        default=True, metadata={"help": "Keep trl's KTO term (false: ours-no-kto, L_KL only)."}
+    )
+
+
+@dataclass(kw_only=True)
+class SteeringDPOConfig(SteeringArguments, DPOConfig):
+    """trl's DPOConfig plus :class:`SteeringArguments` (unused by plain DPO, ``steering_ids=None``)."""
+
+
+@dataclass(kw_only=True)
+class SteeringSFTConfig(SteeringArguments, SFTConfig):
+    """trl's SFTConfig plus :class:`SteeringArguments` and the story ``binding_weight``."""
+
+    binding_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the story binding term on rows with a bind class (training.story_binding_weight)."
+        },
+    )
 
 
 class _SteeringMixin:
@@ -380,19 +464,31 @@ class _SteeringMixin:
 
     _required: tuple[str, ...] = ()
 
-    def _init_steering(self, steering_ids, kl_weight, kl_vocabulary, use_kl) -> None:
-        if kl_vocabulary not in VOCABULARIES:
-            raise ValueError(f"training.kl_vocabulary: {kl_vocabulary!r} (expected one of {VOCABULARIES})")
+    def _init_steering(self, steering_ids, args) -> None:
+        if not isinstance(args, SteeringArguments):
+            if steering_ids is not None:
+                raise TypeError(
+                    f"{type(self).__name__}: args must be a Steering*Config (distalign.steering) to "
+                    f"carry the steering hyperparameters, got {type(args).__name__}"
+                )
+            args = SteeringArguments(use_kl=False)
+        if args.kl_vocabulary not in VOCABULARIES:
+            raise ValueError(
+                f"training.kl_vocabulary: {args.kl_vocabulary!r} (expected one of {VOCABULARIES})"
+            )
         self.steering_ids = list(steering_ids) if steering_ids is not None else None
-        self.kl_weight = float(kl_weight)
-        self.kl_vocabulary = kl_vocabulary
-        self.use_kl = bool(use_kl) and self.steering_ids is not None
+        self.kl_weight = float(args.kl_weight)
+        self.kl_vocabulary = args.kl_vocabulary
+        self.use_kl = bool(args.use_kl) and self.steering_ids is not None
 
+    # why: trl would tokenize text columns; our rows are token ids already (distalign.chat), so only check them.
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """The rows are already tokenized by distalign.chat: check and keep them as they are."""
         missing = [c for c in self._required if c not in dataset.column_names]
         if missing:
-            raise ValueError(f"{type(self).__name__}: {dataset_name} dataset lacks pre-tokenized column(s) {missing}")
+            raise ValueError(
+                f"{type(self).__name__}: {dataset_name} dataset lacks pre-tokenized column(s) {missing}"
+            )
         return dataset
 
     @staticmethod
@@ -400,8 +496,11 @@ class _SteeringMixin:
         """Fill ``kwargs["data_collator"]`` (unless given) with ``collator_cls`` padded like trl's default."""
         if kwargs.get("data_collator") is None:
             a = kwargs["args"]
-            kwargs["data_collator"] = collator_cls(pad_token_id=_pad_id(kwargs["processing_class"]),
-                                                   pad_to_multiple_of=a.pad_to_multiple_of, **extra)
+            kwargs["data_collator"] = collator_cls(
+                pad_token_id=pad_id(kwargs["processing_class"]),
+                pad_to_multiple_of=a.pad_to_multiple_of,
+                **extra,
+            )
 
     @staticmethod
     def _steering_logits(model, hidden, inputs: dict, positions: torch.Tensor, rows: int | None = None):
@@ -411,6 +510,8 @@ class _SteeringMixin:
             return _lm_head_at(model, hidden[:rows], positions)
         return prompt_logits(model, inputs["input_ids"][:rows], inputs["attention_mask"][:rows], positions)
 
+    # why: the Trainer drops dataset columns the model does not take; ``target`` and ``bind`` must reach
+    # compute_loss.
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         extra = [c for c in ("target", "bind") if c not in self._signature_columns]
@@ -433,17 +534,15 @@ class _SteeringMixin:
 class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
     """trl KTOTrainer + ``kl_weight * L_KL`` on pre-tokenized rows (:func:`kto_rows`).
 
-    ``use_kto=False`` drops the KTO term (``ours-no-kto``); ``use_kl=False`` drops L_KL
-    (``ours-no-kl``; the steering metrics are still logged). Logged: ``kto_loss``,
-    ``steering_kl``, ``steering_mass``, ``steering_mae`` and trl's own rewards/margins and kl (z0).
+    ``args``: a :class:`SteeringKTOConfig`; its ``use_kto=False`` drops the KTO term (``ours-no-kto``),
+    ``use_kl=False`` drops L_KL (``ours-no-kl``). Logged: see :class:`SteeringArguments`.
     """
 
     _required = ("prompt_ids", "completion_ids", "KL_completion_ids", "label", "target")
 
-    def __init__(self, *args, steering_ids: list[int], kl_weight: float = 1.0, kl_vocabulary: str = "restricted",
-                 use_kto: bool = True, use_kl: bool = True, **kwargs):
-        self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
-        self.use_kto = bool(use_kto)
+    def __init__(self, *args, steering_ids: list[int], **kwargs):
+        self._init_steering(steering_ids, kwargs["args"])
+        self.use_kto = bool(kwargs["args"].use_kto)
         if not (self.use_kto or self.use_kl):
             raise ValueError("SteeringKTOTrainer: both the KTO and the KL term are switched off")
         self._default_collator(kwargs, SteeringUnpairedCollator, max_length=kwargs["args"].max_length)
@@ -474,18 +573,23 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
 class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
     """trl DPOTrainer on pre-tokenized rows (:func:`dpo_rows`) + ``kl_weight * L_KL`` (ours-dpo).
 
-    With ``steering_ids=None`` it is plain DPO on our token-level sequences (the DPO baseline).
+    ``args``: a :class:`SteeringDPOConfig`. With ``steering_ids=None`` it is plain DPO on our token-level
+    sequences (the DPO baseline; a plain ``DPOConfig`` will do). Logged: see :class:`SteeringArguments`.
     """
 
     _required = ("prompt_ids", "chosen_ids", "rejected_ids")
 
-    def __init__(self, *args, steering_ids: list[int] | None = None, kl_weight: float = 1.0,
-                 kl_vocabulary: str = "restricted", use_kl: bool = True, **kwargs):
-        self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
-        self._default_collator(kwargs, SteeringPreferenceCollator, max_length=kwargs["args"].max_length,
-                               truncation_mode=kwargs["args"].truncation_mode)
+    def __init__(self, *args, steering_ids: list[int] | None = None, **kwargs):
+        self._init_steering(steering_ids, kwargs["args"])
+        self._default_collator(
+            kwargs,
+            SteeringPreferenceCollator,
+            max_length=kwargs["args"].max_length,
+            truncation_mode=kwargs["args"].truncation_mode,
+        )
         super().__init__(*args, **kwargs)
 
+    # why: trl passes every batch column to the reference forward; ``target`` is not a model input.
     def compute_ref_log_probs(self, model, inputs):
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "target"})
 
@@ -523,21 +627,22 @@ def steering_positions_from_labels(labels: torch.Tensor) -> torch.Tensor:
 class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
     """trl SFTTrainer (answer NLL given the steering token) + ``kl_weight * L_KL``: the ``nll`` stage.
 
-    Rows come from :func:`nll_rows`. Logged: ``nll_loss`` and the steering metrics. ``use_kl=False``
-    leaves plain answer SFT (for tests of the term switch). ``binding_weight`` > 0 adds
-    ``binding_weight * binding_loss`` on the rows whose ``bind`` column holds a class index
-    (module docstring, "Story binding").
+    Rows come from :func:`nll_rows`; ``args``: a :class:`SteeringSFTConfig`. Its ``use_kl=False`` leaves
+    plain answer SFT (for tests of the term switch); ``binding_weight`` > 0 adds ``binding_weight *
+    binding_loss`` on the rows whose ``bind`` column holds a class index (module docstring, "Story
+    binding"). Logged: see :class:`SteeringArguments`.
     """
 
     _required = ("input_ids", "labels", "target")
-    _prepare_dataset = SFTTrainer._prepare_dataset  # trl's own: it keeps pre-tokenized rows as they are
+    # why: undo the mixin's override: trl's SFT version already keeps pre-tokenized rows as they are.
+    _prepare_dataset = SFTTrainer._prepare_dataset
 
-    def __init__(self, *args, steering_ids: list[int], kl_weight: float = 1.0, kl_vocabulary: str = "restricted",
-                 use_kl: bool = True, binding_weight: float = 0.0, **kwargs):
+    def __init__(self, *args, steering_ids: list[int], **kwargs):
+        binding_weight = float(getattr(kwargs["args"], "binding_weight", 0.0))
         if binding_weight < 0:
             raise ValueError(f"training.story_binding_weight must be >= 0, got {binding_weight}")
-        self._init_steering(steering_ids, kl_weight, kl_vocabulary, use_kl)
-        self.binding_weight = float(binding_weight)
+        self._init_steering(steering_ids, kwargs["args"])
+        self.binding_weight = binding_weight
         self._default_collator(kwargs, SteeringLMCollator)
         super().__init__(*args, **kwargs)
 
@@ -566,8 +671,9 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
         if rows.numel() == 0:
             return torch.zeros((), device=bind.device)
         ids, labels = inputs["input_ids"][rows], inputs["labels"][rows]
-        scores = token_log_likelihoods(model, ids, inputs["attention_mask"][rows], labels, positions[rows] + 1,
-                                       self.steering_ids)
+        scores = token_log_likelihoods(
+            model, ids, inputs["attention_mask"][rows], labels, positions[rows] + 1, self.steering_ids
+        )
         classes = bind[rows].to(scores.device)
         loss = F.cross_entropy(scores, classes)
         m = self._metrics["train" if self.model.training else "eval"]

@@ -37,9 +37,10 @@ does not write on request; a method that binds tokens to its stories starts from
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,12 +49,16 @@ from .datasets import largest_remainder, prompts_by_context
 from .judge import word_count
 from .prompts import derive_seed
 
+log = logging.getLogger("distalign.stories")
+
 
 class StoryDataError(ValueError):
     pass
 
 
-def reachable_mae(distributions: Sequence[Sequence[float]], target: Sequence[float]) -> tuple[float, list[float]]:
+def reachable_mae(
+    distributions: Sequence[Sequence[float]], target: Sequence[float]
+) -> tuple[float, list[float]]:
     """The lowest MAE to ``target`` of a mixture of the rows of ``distributions``, and its weights.
 
     ``distributions`` is H x K (one class distribution per source, e.g. per hinted prompt); the
@@ -102,9 +107,17 @@ def story_quotas(targets: Sequence[dict], attribute: Attribute, per_context: int
     return quotas
 
 
-def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: Attribute, hints: Sequence[str],
-                   per_context: int, oversample: float, seed: int, needed: dict[tuple, int] | None = None,
-                   round_index: int = 0) -> list[dict]:
+def story_requests(
+    prompts: Sequence[dict],
+    targets: Sequence[dict],
+    attribute: Attribute,
+    hints: Sequence[str],
+    per_context: int,
+    oversample: float,
+    seed: int,
+    needed: dict[tuple, int] | None = None,
+    round_index: int = 0,
+) -> list[dict]:
     """Generation requests for D_story candidates, from the *train* split of the story prompts.
 
     Every request has the generation fields (``context_id``, ``context``, ``prompt_id``, ``prompt``
@@ -117,10 +130,14 @@ def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: 
     get none).
     """
     if len(hints) != len(attribute):
-        raise StoryDataError(f"attribute {attribute.name!r}: {len(hints)} story hints for {len(attribute)} classes")
+        raise StoryDataError(
+            f"attribute {attribute.name!r}: {len(hints)} story hints for {len(attribute)} classes"
+        )
     if per_context < 1 or oversample < 1:
-        raise StoryDataError(f"story_data.per_context must be >= 1 and story_data.oversample >= 1, got "
-                             f"{per_context} and {oversample}")
+        raise StoryDataError(
+            f"story_data.per_context must be >= 1 and story_data.oversample >= 1, got "
+            f"{per_context} and {oversample}"
+        )
     by_ctx = prompts_by_context(list(prompts))
     quotas = story_quotas(targets, attribute, per_context)
     out = []
@@ -128,7 +145,9 @@ def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: 
         pool = by_ctx.get(t["context_id"])
         if not pool:
             raise StoryDataError(f"no training story prompts for context {t['context']!r}")
-        parts = ("story_data", attribute.name, t["context"]) + ((f"round{round_index}",) if round_index else ())
+        parts = ("story_data", attribute.name, t["context"]) + (
+            (f"round{round_index}",) if round_index else ()
+        )
         rng = random.Random(derive_seed(seed, *parts))
         order = list(range(len(pool)))
         rng.shuffle(order)
@@ -140,10 +159,19 @@ def story_requests(prompts: Sequence[dict], targets: Sequence[dict], attribute: 
             for c in range(n):
                 p = pool[order[j % len(pool)]]
                 j += 1
-                out.append({"context_id": t["context_id"], "context": t["context"],
-                            "prompt_id": f"{p['prompt_id']}/{tag}/{c}", "source_prompt_id": p["prompt_id"],
-                            "prompt": hint_text(p["prompt"], hints[k]), "plain_prompt": p["prompt"],
-                            "target": t["target"], "class_index": k, "wanted": count})
+                out.append(
+                    {
+                        "context_id": t["context_id"],
+                        "context": t["context"],
+                        "prompt_id": f"{p['prompt_id']}/{tag}/{c}",
+                        "source_prompt_id": p["prompt_id"],
+                        "prompt": hint_text(p["prompt"], hints[k]),
+                        "plain_prompt": p["prompt"],
+                        "target": t["target"],
+                        "class_index": k,
+                        "wanted": count,
+                    }
+                )
     return out
 
 
@@ -159,8 +187,14 @@ class StoryCollector:
     candidates in the same order give the same rows.
     """
 
-    def __init__(self, targets: Sequence[dict], attribute: Attribute, per_context: int, min_words: int = 0,
-                 keep_unhinted: bool = False):
+    def __init__(
+        self,
+        targets: Sequence[dict],
+        attribute: Attribute,
+        per_context: int,
+        min_words: int = 0,
+        keep_unhinted: bool = False,
+    ):
         self.attribute = attribute
         self.quotas = story_quotas(targets, attribute, per_context)
         self.contexts = {t["context_id"]: t["context"] for t in targets}
@@ -169,8 +203,10 @@ class StoryCollector:
         self.rows: list[dict] = []
         self.kept: dict[tuple, int] = {}
         names = [c.name for c in attribute.classes]
-        self.per_class = {n: {"wanted": 0, "generated": 0, "consistent": 0, "kept": 0, "kept_unhinted": 0,
-                              "judged": 0} for n in names}
+        self.per_class = {
+            n: {"wanted": 0, "generated": 0, "consistent": 0, "kept": 0, "kept_unhinted": 0, "judged": 0}
+            for n in names
+        }
         for (_, k), count in self.quotas.items():
             self.per_class[names[k]]["wanted"] += count
         self.targets = {t["context_id"]: [float(x) for x in t["target"]] for t in targets}
@@ -189,15 +225,28 @@ class StoryCollector:
         self.per_class[name]["kept"] += 1
         if k != req["class_index"]:
             self.per_class[name]["kept_unhinted"] += 1
-        self.rows.append({"context_id": req["context_id"], "context": req["context"],
-                          "prompt_id": req["source_prompt_id"], "prompt": req["plain_prompt"],
-                          "target": req["target"], "class_index": k, "class": name,
-                          "hinted_class": self.attribute.classes[req["class_index"]].name, "answer": story})
+        self.rows.append(
+            {
+                "context_id": req["context_id"],
+                "context": req["context"],
+                "prompt_id": req["source_prompt_id"],
+                "prompt": req["plain_prompt"],
+                "target": req["target"],
+                "class_index": k,
+                "class": name,
+                "hinted_class": self.attribute.classes[req["class_index"]].name,
+                "answer": story,
+            }
+        )
 
-    def add(self, requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None]) -> None:
+    def add(
+        self, requests: Sequence[dict], stories: Sequence[str | None], judged: Sequence[str | None]
+    ) -> None:
         """One round: ``stories[i]`` and ``judged[i]`` (a class name or None) belong to ``requests[i]``."""
         if not (len(requests) == len(stories) == len(judged)):
-            raise StoryDataError(f"{len(requests)} requests, {len(stories)} stories and {len(judged)} judgements")
+            raise StoryDataError(
+                f"{len(requests)} requests, {len(stories)} stories and {len(judged)} judgements"
+            )
         names = [c.name for c in self.attribute.classes]
         self.rounds += 1
         unhinted = []
@@ -235,8 +284,10 @@ class StoryCollector:
     def needed(self, oversample: float, min_yield: float = 0.05) -> dict[tuple, int]:
         """Candidates to write next round: ``ceil(shortfall * oversample / yield)`` per open (context,
         class), the class's yield so far floored at ``min_yield`` (at most 20 x oversample a story)."""
-        return {key: math.ceil(short * oversample / max(self.class_yield(key[1]), min_yield))
-                for key, short in self.shortfall().items()}
+        return {
+            key: math.ceil(short * oversample / max(self.class_yield(key[1]), min_yield))
+            for key, short in self.shortfall().items()
+        }
 
     def hint_reach(self) -> dict | None:
         """How close the hinted prompts of the base model can get to the targets (None without a
@@ -254,8 +305,13 @@ class StoryCollector:
             return None
         dists = [[self.hinted_as[n][m] / valid[n] for m in names] for n in hints]
         by_context = {self.contexts[cid]: reachable_mae(dists, t)[0] for cid, t in self.targets.items()}
-        return {"mae": float(np.mean(list(by_context.values()))), "by_context": by_context,
-                "hint_distributions": {n: dict(zip(names, d, strict=True)) for n, d in zip(hints, dists, strict=True)}}
+        return {
+            "mae": float(np.mean(list(by_context.values()))),
+            "by_context": by_context,
+            "hint_distributions": {
+                n: dict(zip(names, d, strict=True)) for n, d in zip(hints, dists, strict=True)
+            },
+        }
 
     def summary(self) -> dict:
         """Per class wanted / generated / consistent / judged / kept (and kept_unhinted), the contexts
@@ -263,11 +319,81 @@ class StoryCollector:
         overall consistency of the hinted stories, per hint the judged classes of its candidates
         (``hinted_as``) and the lowest MAE a mixture of the hints reaches (``hint_reach``)."""
         names = [c.name for c in self.attribute.classes]
-        missing = sorted((self.contexts[cid], names[k]) for (cid, k), q in self.quotas.items()
-                         if q > 0 and self.kept.get((cid, k), 0) == 0)
+        missing = sorted(
+            (self.contexts[cid], names[k])
+            for (cid, k), q in self.quotas.items()
+            if q > 0 and self.kept.get((cid, k), 0) == 0
+        )
         generated = sum(v["generated"] for v in self.per_class.values())
         consistent = sum(v["consistent"] for v in self.per_class.values())
-        return {"rows": len(self.rows), "rounds": self.rounds, "per_class": self.per_class,
-                "too_short": self.too_short, "hint_consistency": consistent / generated if generated else None,
-                "missing": [list(m) for m in missing], "hinted_as": self.hinted_as, "hint_reach": self.hint_reach()}
+        return {
+            "rows": len(self.rows),
+            "rounds": self.rounds,
+            "per_class": self.per_class,
+            "too_short": self.too_short,
+            "hint_consistency": consistent / generated if generated else None,
+            "missing": [list(m) for m in missing],
+            "hinted_as": self.hinted_as,
+            "hint_reach": self.hint_reach(),
+        }
 
+
+def collect_stories(
+    prompts: Sequence[dict],
+    targets: Sequence[dict],
+    attribute: Attribute,
+    *,
+    story_data: Mapping,
+    hints: Sequence[str],
+    seed: int,
+    min_words: int,
+    write: Callable[[list[dict]], Sequence[str | None]],
+    judge: Callable[[Sequence[str | None]], Sequence[str | None]],
+    label: str = "D_story",
+) -> StoryCollector:
+    """The rounds of D_story (steps 1-3 above): write candidates, judge them, keep what fills a quota.
+
+    ``story_data`` is the config section (``per_context``, ``oversample``, ``rounds``,
+    ``keep_unhinted``). ``write(requests)`` returns one story per request (the base model through
+    ``generate.generate`` in the workflow), ``judge(stories)`` one class name or None per story (the
+    attribute's offline story judge): both are passed in so that the loop runs, and is tested,
+    without a model. Round 0 writes for every (context, class); each later round only for the pairs
+    still short, and the loop stops early once none is. ``label`` prefixes the progress lines.
+    """
+    per_context, oversample = int(story_data["per_context"]), float(story_data["oversample"])
+    rounds = int(story_data["rounds"])
+    collector = StoryCollector(
+        targets, attribute, per_context, min_words=min_words, keep_unhinted=story_data["keep_unhinted"]
+    )
+    for round_index in range(rounds):
+        needed = None if round_index == 0 else collector.needed(oversample)
+        if needed == {}:
+            break
+        requests = story_requests(
+            prompts,
+            targets,
+            attribute,
+            hints,
+            per_context,
+            oversample,
+            seed,
+            needed=needed,
+            round_index=round_index,
+        )
+        log.info(
+            "%s round %d (of at most %d): %d candidate stories", label, round_index + 1, rounds, len(requests)
+        )
+        stories = list(write(requests))
+        if len(stories) != len(requests):
+            raise StoryDataError(
+                f"{label} round {round_index + 1}: {len(requests)} candidate requests got "
+                f"{len(stories)} stories"
+            )
+        collector.add(requests, stories, list(judge(stories)))
+        log.info(
+            "round %d: %d stories kept, %d still wanted",
+            round_index + 1,
+            len(collector.rows),
+            sum(collector.shortfall().values()),
+        )
+    return collector

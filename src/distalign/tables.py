@@ -9,13 +9,18 @@ A cell whose metrics file is missing is empty (NaN), never zero.
 
 Inputs are *records*: ``{"dataset", "model", "method", "task", "metrics": <metrics JSON>}`` (or
 ``"probe": <probe JSON>`` for table4). Titles come from config (``datasets.<d>.title``,
-``methods.<m>.title``).
+``methods.<m>.title``); :func:`report_config` is the part of the config tables and figures read.
+
+:data:`TABLES` maps each ``kind`` of rule ``table*`` (its ``params.kind``) to a :class:`TableKind`:
+which input list it reads, under which record field, and the function that builds it. A new table
+is one entry there, not a branch in the script.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -39,8 +44,16 @@ def _floor(metrics: dict) -> float:
     return noise_floor([c["target"] for c in ctx], [c["n_total"] for c in ctx], seed=0)["mean"]
 
 
-def mae_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str], models: Sequence[str],
-              methods: Sequence[str], task: str = "attribute", stat: str = "mae") -> pd.DataFrame:
+def mae_table(
+    records: Sequence[dict],
+    config: dict,
+    *,
+    datasets: Sequence[str],
+    models: Sequence[str],
+    methods: Sequence[str],
+    task: str = "attribute",
+    stat: str = "mae",
+) -> pd.DataFrame:
     """MAE table. ``stat``: "mae" (table1/2/3/6), "sd" (table10: mean and SD), "ci" (table11: mean and CI)."""
     idx = _index(records)
     titles = [title_of(config, "datasets", d) for d in datasets]
@@ -71,7 +84,9 @@ def mae_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str],
         for d, t in zip(datasets, titles, strict=True):
             floor_row[t] = floors.get(d, math.nan)
             fvals.append(floor_row[t])
-        floor_row[AVG] = sum(fvals) / len(fvals) if fvals and not any(math.isnan(v) for v in fvals) else math.nan
+        floor_row[AVG] = (
+            sum(fvals) / len(fvals) if fvals and not any(math.isnan(v) for v in fvals) else math.nan
+        )
         rows.append(floor_row)
     cols = ["Model", "Method"]
     for t in titles:
@@ -85,8 +100,14 @@ def mae_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str],
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
-def probe_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str], models: Sequence[str],
-                methods: Sequence[str]) -> pd.DataFrame:
+def probe_table(
+    records: Sequence[dict],
+    config: dict,
+    *,
+    datasets: Sequence[str],
+    models: Sequence[str],
+    methods: Sequence[str],
+) -> pd.DataFrame:
     """table4: MAE of the class-token probabilities at the first answer position (no sampling)."""
     idx = {(r["dataset"], r["model"], r["method"]): r for r in records}
     titles = [title_of(config, "datasets", d) for d in datasets]
@@ -104,8 +125,9 @@ def probe_table(records: Sequence[dict], config: dict, *, datasets: Sequence[str
     return pd.DataFrame(rows).reindex(columns=["Model", "Method", *titles, AVG])
 
 
-def capabilities_table(records: Sequence[dict], config: dict, *, models: Sequence[str],
-                       methods: Sequence[str]) -> pd.DataFrame:
+def capabilities_table(
+    records: Sequence[dict], config: dict, *, models: Sequence[str], methods: Sequence[str]
+) -> pd.DataFrame:
     """table5: general capabilities per (model, method) and the change from the model's zero-shot row.
 
     ``records``: ``{"model", "method", "capabilities": <capabilities JSON>}``. Local backend columns:
@@ -127,8 +149,12 @@ def capabilities_table(records: Sequence[dict], config: dict, *, models: Sequenc
                 row["MC accuracy"] = 100 * cap["multiple_choice"]["accuracy"]
             else:
                 for task, metrics in sorted(cap["tasks"].items()):
-                    keys = [k for k in metrics if k.split(",")[0] in ("acc", "exact_match", "prompt_level_strict_acc",
-                                                                        "acc_norm", "mc2")]
+                    keys = [
+                        k
+                        for k in metrics
+                        if k.split(",")[0]
+                        in ("acc", "exact_match", "prompt_level_strict_acc", "acc_norm", "mc2")
+                    ]
                     if keys:
                         row[task] = 100 * metrics[keys[0]]
             values = {k: v for k, v in row.items() if k not in ("Model", "Method")}
@@ -143,8 +169,9 @@ def capabilities_table(records: Sequence[dict], config: dict, *, models: Sequenc
     return df.reindex(columns=["Model", "Method", *metric_cols, *[f"Δ {c}" for c in metric_cols]])
 
 
-def steering_diagnosis_table(records: Sequence[dict], config: dict,
-                             hint_reach: dict[tuple, dict | None] | None = None) -> pd.DataFrame:
+def steering_diagnosis_table(
+    records: Sequence[dict], config: dict, hint_reach: dict[tuple, dict | None] | None = None
+) -> pd.DataFrame:
     """What limits a steering method, per (dataset, model, method) record (not in the paper).
 
     The answer MAE of a steering method decomposes into three causes: the token distribution
@@ -168,18 +195,43 @@ def steering_diagnosis_table(records: Sequence[dict], config: dict,
         reach = None
         if r.get("task", "attribute") == "story" and config["methods"].get(r["method"], {}).get("story_data"):
             reach = (hint_reach.get((r["dataset"], r["model"])) or {}).get("mae")
-        rows.append({
-            "Dataset": title_of(config, "datasets", r["dataset"]), "Task": r.get("task", "attribute"), "Model": r["model"],
-            "Method": title_of(config, "methods", r["method"]), "MAE": s["mae"], "Noise floor": floor,
-            "MAE / floor": s["mae"] / floor if floor else math.nan,
-            "Calibration": st.get("mae_prob_vs_target", math.nan), "Token MAE": st.get("mae_token_vs_target", math.nan),
-            "Consistency": _nan_if_none(st.get("consistency")), "Answer vs token": st.get("mae_generated_vs_token", math.nan),
-            "Invalid": s.get("invalid_rate", math.nan),
-            "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")), "Hint reach": _nan_if_none(reach),
-        })
-    return pd.DataFrame(rows, columns=["Dataset", "Task", "Model", "Method", "MAE", "Noise floor", "MAE / floor",
-                                       "Calibration", "Token MAE", "Consistency", "Answer vs token", "Invalid",
-                                       "Invalid skew", "Hint reach"])
+        rows.append(
+            {
+                "Dataset": title_of(config, "datasets", r["dataset"]),
+                "Task": r.get("task", "attribute"),
+                "Model": r["model"],
+                "Method": title_of(config, "methods", r["method"]),
+                "MAE": s["mae"],
+                "Noise floor": floor,
+                "MAE / floor": s["mae"] / floor if floor else math.nan,
+                "Calibration": st.get("mae_prob_vs_target", math.nan),
+                "Token MAE": st.get("mae_token_vs_target", math.nan),
+                "Consistency": _nan_if_none(st.get("consistency")),
+                "Answer vs token": st.get("mae_generated_vs_token", math.nan),
+                "Invalid": s.get("invalid_rate", math.nan),
+                "Invalid skew": _nan_if_none(st.get("mae_valid_token_vs_token")),
+                "Hint reach": _nan_if_none(reach),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "Dataset",
+            "Task",
+            "Model",
+            "Method",
+            "MAE",
+            "Noise floor",
+            "MAE / floor",
+            "Calibration",
+            "Token MAE",
+            "Consistency",
+            "Answer vs token",
+            "Invalid",
+            "Invalid skew",
+            "Hint reach",
+        ],
+    )
 
 
 def judge_check_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
@@ -202,19 +254,47 @@ def judge_check_table(records: Sequence[dict], config: dict) -> pd.DataFrame:
         mix = per_class(dict(zip(names, mixes[0], strict=True))) if same else "per context"
         low, high = c["faithful_mae_ci"]
         unclassed = c.get("unclassed") or [0]
-        rows.append({
-            "Dataset": title_of(config, "datasets", r["dataset"]), "Judge": c["judge"], "Classes": " / ".join(names),
-            "Stories": c["n_stories"], "No class": int(sum(unclassed)),
-            "No class, judged a class": int(sum(unclassed[:-1])), "Reader's shares": per_class(c["reader_shares"]),
-            "Judge's shares": per_class(c["judge_shares"]), "Agreement": c["agreement"],
-            "Kappa": _nan_if_none(c["kappa"]), "Recall": per_class(c["recall"]),
-            "Faithful MAE": c["faithful_mae"], "Faithful MAE CI low": _nan_if_none(low),
-            "Faithful MAE CI high": _nan_if_none(high), "Judge reach": c["judge_reach"], "Reach mix": mix,
-        })
-    return pd.DataFrame(rows, columns=["Dataset", "Judge", "Classes", "Stories", "No class", "No class, judged a class",
-                                       "Reader's shares", "Judge's shares",
-                                       "Agreement", "Kappa", "Recall", "Faithful MAE", "Faithful MAE CI low",
-                                       "Faithful MAE CI high", "Judge reach", "Reach mix"])
+        rows.append(
+            {
+                "Dataset": title_of(config, "datasets", r["dataset"]),
+                "Judge": c["judge"],
+                "Classes": " / ".join(names),
+                "Stories": c["n_stories"],
+                "No class": int(sum(unclassed)),
+                "No class, judged a class": int(sum(unclassed[:-1])),
+                "Reader's shares": per_class(c["reader_shares"]),
+                "Judge's shares": per_class(c["judge_shares"]),
+                "Agreement": c["agreement"],
+                "Kappa": _nan_if_none(c["kappa"]),
+                "Recall": per_class(c["recall"]),
+                "Faithful MAE": c["faithful_mae"],
+                "Faithful MAE CI low": _nan_if_none(low),
+                "Faithful MAE CI high": _nan_if_none(high),
+                "Judge reach": c["judge_reach"],
+                "Reach mix": mix,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "Dataset",
+            "Judge",
+            "Classes",
+            "Stories",
+            "No class",
+            "No class, judged a class",
+            "Reader's shares",
+            "Judge's shares",
+            "Agreement",
+            "Kappa",
+            "Recall",
+            "Faithful MAE",
+            "Faithful MAE CI low",
+            "Faithful MAE CI high",
+            "Judge reach",
+            "Reach mix",
+        ],
+    )
 
 
 def _nan_if_none(value) -> float:
@@ -235,9 +315,10 @@ def _fmt(v, digits=3) -> str:
 def to_markdown(df: pd.DataFrame) -> str:
     """A readable twin: MAE cells as .093, with ± SD, [CI] and (invalid %) folded into the cell."""
     lead = [c for c in ("Model", "Method") if c in df.columns]
-    value_cols = [c for c in df.columns if c not in lead and not c.endswith((" SD", " CI low", " CI high", " invalid"))]
-    lines = ["| " + " | ".join([*lead, *value_cols]) + " |",
-             "|" + "---|" * (len(value_cols) + len(lead))]
+    value_cols = [
+        c for c in df.columns if c not in lead and not c.endswith((" SD", " CI low", " CI high", " invalid"))
+    ]
+    lines = ["| " + " | ".join([*lead, *value_cols]) + " |", "|" + "---|" * (len(value_cols) + len(lead))]
     for _, r in df.iterrows():
         cells = [str(r[c]) for c in lead]
         for c in value_cols:
@@ -265,3 +346,94 @@ def write_table(df: pd.DataFrame, csv_path, md_path, title: str = "") -> None:
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(md_path) as tmp:
         tmp.write_text((f"# {title}\n\n" if title else "") + to_markdown(df), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry rule table* dispatches on
+
+
+def report_config(config: Mapping) -> dict:
+    """The part of the config the tables and figures read (titles, story_data flags, attributes for
+    share classes, the run's models as a fallback row order): what a report rule passes as a param
+    instead of the whole config, so a change elsewhere in the config does not rerun the report."""
+    return {
+        "datasets": dict(config["datasets"]),
+        "methods": dict(config["methods"]),
+        "attributes": dict(config["attributes"]),
+        "run": {"models": list(config["run"]["models"])},
+    }
+
+
+@dataclass(frozen=True)
+class TableKind:
+    """One kind of table: the rule's input list (``snakemake.input[inputs]``), the record field its
+    files go under, and ``build(records, config, options)``. ``options`` are the rule's params
+    (``datasets``, ``models``, ``methods``, ``task``) plus what the script read besides the records
+    (``hint_reach`` of steering_diagnosis)."""
+
+    inputs: str
+    field: str
+    build: Callable[[Sequence[dict], dict, Mapping], pd.DataFrame]
+
+
+def _mae_kind(stat: str) -> TableKind:
+    return TableKind(
+        "metrics",
+        "metrics",
+        lambda records, config, o: mae_table(
+            records,
+            config,
+            datasets=o["datasets"],
+            models=o["models"],
+            methods=o["methods"],
+            task=o.get("task", "attribute"),
+            stat=stat,
+        ),
+    )
+
+
+TABLES: dict[str, TableKind] = {
+    "mae": _mae_kind("mae"),
+    "sd": _mae_kind("sd"),
+    "ci": _mae_kind("ci"),
+    "probe": TableKind(
+        "probes",
+        "probe",
+        lambda records, config, o: probe_table(
+            records, config, datasets=o["datasets"], models=o["models"], methods=o["methods"]
+        ),
+    ),
+    "capabilities": TableKind(
+        "capabilities",
+        "capabilities",
+        lambda records, config, o: capabilities_table(
+            records, config, models=o["models"], methods=o["methods"]
+        ),
+    ),
+    "steering_diagnosis": TableKind(
+        "metrics",
+        "metrics",
+        lambda records, config, o: steering_diagnosis_table(records, config, hint_reach=o.get("hint_reach")),
+    ),
+    "judge_check": TableKind(
+        "checks", "check", lambda records, config, o: judge_check_table(records, config)
+    ),
+}
+
+
+def table_kind(kind: str) -> TableKind:
+    """The registry entry of ``kind``; an unknown kind names the known ones."""
+    try:
+        return TABLES[kind]
+    except KeyError:
+        raise ValueError(
+            f"table kind {kind!r} is not one of {sorted(TABLES)} (distalign.tables.TABLES)"
+        ) from None
+
+
+def table_models(record_keys: Sequence[Mapping], config: Mapping) -> list[str]:
+    """Row order of the models: as the records name them, else the run's models (tables without a model
+    key, e.g. judge_check)."""
+    return list(dict.fromkeys(k["model"] for k in record_keys if "model" in k)) or list(
+        config["run"]["models"]
+    )

@@ -101,16 +101,19 @@ def load_census(path: str | os.PathLike) -> list[CensusRow]:
     header = [h.strip() for h in raw_header]
     if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
         sep = ";" if ";" in header[0] else "\t"
-        raise CensusError(f"{path}, row {header_line}: the columns are separated by {sep!r}; expected commas "
-                          f"(save as 'CSV UTF-8 (comma delimited)')")
+        raise CensusError(
+            f"{path}, row {header_line}: the columns are separated by {sep!r}; expected commas "
+            f"(save as 'CSV UTF-8 (comma delimited)')"
+        )
     named = [h for h in header if h]
     twice = sorted({h for h in named if named.count(h) > 1})
     if twice:
         raise CensusError(f"{path}, row {header_line}: column(s) {twice} appear more than once in the header")
     missing = [c for c in META_COLUMNS if c not in header]
     if missing:
-        raise CensusError(f"{path}: missing column(s) {missing}; expected columns {CENSUS_COLUMNS} "
-                          f"(got {header})")
+        raise CensusError(
+            f"{path}: missing column(s) {missing}; expected columns {CENSUS_COLUMNS} (got {header})"
+        )
     count_cols = [c for c in named if c not in META_COLUMNS]
     if not count_cols:
         raise CensusError(f"{path}: no count columns (e.g. male, female) besides {list(META_COLUMNS)}")
@@ -118,29 +121,40 @@ def load_census(path: str | os.PathLike) -> list[CensusRow]:
     seen: dict[str, tuple[int, str]] = {}
     for lineno, fields in records:
         if len(fields) != len(header):
-            hint = (" (a trailing comma?)" if len(fields) > len(header) and not any(f.strip() for f in
-                                                                                     fields[len(header):]) else "")
+            hint = (
+                " (a trailing comma?)"
+                if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :])
+                else ""
+            )
             raise CensusError(f"{path}, row {lineno}: expected {len(header)} fields, got {len(fields)}{hint}")
         for i, (name, value) in enumerate(zip(header, fields, strict=True)):
             if not name and value.strip():
-                raise CensusError(f"{path}, row {lineno}: column {i + 1} has no name in the header "
-                                  f"(row {header_line}) but holds {value!r}")
+                raise CensusError(
+                    f"{path}, row {lineno}: column {i + 1} has no name in the header "
+                    f"(row {header_line}) but holds {value!r}"
+                )
         rec = {name: value for name, value in zip(header, fields, strict=True) if name}
         occ = rec["occupation"].strip()
         if not occ:
             raise CensusError(f"{path}, row {lineno}: empty occupation")
         if any(unicodedata.category(ch) == "Cc" for ch in occ):
-            raise CensusError(f"{path}, row {lineno}: occupation {occ!r} contains a control character "
-                              f"(a line break or tab in the cell?)")
+            raise CensusError(
+                f"{path}, row {lineno}: occupation {occ!r} contains a control character "
+                f"(a line break or tab in the cell?)"
+            )
         key = occupation_key(occ)
         if key in seen:
             first_line, first = seen[key]
             # two spellings that print alike (NFC "Café" and NFD "Cafe\u0301") are shown escaped
-            show = ascii if first != occ and unicodedata.normalize("NFC", first) == unicodedata.normalize(
-                "NFC", occ) else repr
+            show = (
+                ascii
+                if first != occ and unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", occ)
+                else repr
+            )
             same = "" if first == occ else f" as {show(first)}; case, spacing and Unicode form do not count"
-            raise CensusError(f"{path}, row {lineno}: duplicate occupation {show(occ)} "
-                              f"(first at row {first_line}{same})")
+            raise CensusError(
+                f"{path}, row {lineno}: duplicate occupation {show(occ)} (first at row {first_line}{same})"
+            )
         seen[key] = (lineno, occ)
         counts = {}
         for col in count_cols:
@@ -148,16 +162,27 @@ def load_census(path: str | os.PathLike) -> list[CensusRow]:
             try:
                 val = float(raw)
             except ValueError:
-                raise CensusError(f"{path}, row {lineno}, column {col!r}: expected a non-negative number, "
-                                  f"got {raw!r}") from None
+                raise CensusError(
+                    f"{path}, row {lineno}, column {col!r}: expected a non-negative number, got {raw!r}"
+                ) from None
             if not math.isfinite(val) or val < 0:
-                raise CensusError(f"{path}, row {lineno}, column {col!r}: expected a non-negative number, "
-                                  f"got {raw!r}")
+                raise CensusError(
+                    f"{path}, row {lineno}, column {col!r}: expected a non-negative number, got {raw!r}"
+                )
             counts[col] = val
         if sum(counts.values()) <= 0:
             raise CensusError(f"{path}, row {lineno}: all counts are zero for {occ!r}")
-        rows.append(CensusRow(occ, rec["group"].strip(), counts, rec["year"].strip(), rec["source"].strip(),
-                              file=str(path), line=lineno))
+        rows.append(
+            CensusRow(
+                occ,
+                rec["group"].strip(),
+                counts,
+                rec["year"].strip(),
+                rec["source"].strip(),
+                file=str(path),
+                line=lineno,
+            )
+        )
     if not rows:
         raise CensusError(f"{path}: no data rows")
     return rows
@@ -182,8 +207,14 @@ def check_distribution(probs, where: str, tol: float = 1e-6) -> None:
         raise TargetError(f"{where}: shares must sum to 1, got {s:.6f} ({list(probs)})")
 
 
-def build_targets(census: list[CensusRow], attribute: Attribute, target: str, *,
-                  round_even: int | None = None, census_name: str = "census") -> list[dict]:
+def build_targets(
+    census: list[CensusRow],
+    attribute: Attribute,
+    target: str,
+    *,
+    round_even: int | None = None,
+    census_name: str = "census",
+) -> list[dict]:
     """One row per context: ``{context_id, context, group, target: [p_1..p_K]}`` in class order."""
     k = len(attribute)
     tol = 1e-6 if round_even is None else k * 0.5 * 10 ** (-round_even) + 1e-12
@@ -195,17 +226,22 @@ def build_targets(census: list[CensusRow], attribute: Attribute, target: str, *,
         elif target == "real":
             missing = [n for n in attribute.names if n not in r.counts]
             if missing:
-                raise TargetError(f"{where}: a real target for attribute {attribute.name!r} needs count "
-                                  f"columns {attribute.names}; missing {missing}")
+                raise TargetError(
+                    f"{where}: a real target for attribute {attribute.name!r} needs count "
+                    f"columns {attribute.names}; missing {missing}"
+                )
             extra = [c for c in r.counts if c not in attribute.names]
             if extra:
-                raise TargetError(f"{where}: column {extra[0]!r} is not a class of attribute {attribute.name!r} "
-                                  f"(classes {attribute.names}); a real target uses exactly the class columns, so "
-                                  f"remove {extra} or keep one census table per attribute")
+                raise TargetError(
+                    f"{where}: column {extra[0]!r} is not a class of attribute {attribute.name!r} "
+                    f"(classes {attribute.names}); a real target uses exactly the class columns, so "
+                    f"remove {extra} or keep one census table per attribute"
+                )
             total = sum(r.counts[n] for n in attribute.names)
             if total <= 0:
-                raise TargetError(f"{where}, row {r.line}, {r.occupation!r}: the counts of {attribute.names} "
-                                  f"sum to 0")
+                raise TargetError(
+                    f"{where}, row {r.line}, {r.occupation!r}: the counts of {attribute.names} sum to 0"
+                )
             probs = [r.counts[n] / total for n in attribute.names]
         else:
             raise TargetError(f"unknown target kind {target!r} (expected 'real' or 'even')")
@@ -236,10 +272,18 @@ def read_targets_csv(path, attribute: Attribute | None = None) -> list[dict]:
             try:
                 probs = [float(rec[c]) for c in classes]
             except (TypeError, ValueError):
-                raise TargetError(f"{path}, row {lineno}: non-numeric share in {[rec[c] for c in classes]}") from None
+                raise TargetError(
+                    f"{path}, row {lineno}: non-numeric share in {[rec[c] for c in classes]}"
+                ) from None
             check_distribution(probs, f"{path}, row {lineno}", tol=len(classes) * 5e-3)
-            rows.append({"context_id": int(rec["context_id"]), "context": rec["context"], "group": rec["group"],
-                         "target": probs})
+            rows.append(
+                {
+                    "context_id": int(rec["context_id"]),
+                    "context": rec["context"],
+                    "group": rec["group"],
+                    "target": probs,
+                }
+            )
     return rows
 
 
@@ -274,8 +318,13 @@ def check_run_inputs(config: dict) -> None:
         if censuses[path] is None:
             continue
         try:
-            build_targets(censuses[path], attribute_of_dataset(config, name), ds["target"],
-                          round_even=config["targets"]["round_even"], census_name=path)
+            build_targets(
+                censuses[path],
+                attribute_of_dataset(config, name),
+                ds["target"],
+                round_even=config["targets"]["round_even"],
+                census_name=path,
+            )
         except TargetError as err:
             problems.append(f"{err} (dataset {name!r})")
     try:

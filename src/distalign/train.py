@@ -50,8 +50,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .attributes import attribute_of_dataset
-from .config import method_training, stage_epochs, story_binding_weight
+from .attributes import Attribute, method_token_set
+from .config import TRAINED_KINDS, TrainSpec, stage_epochs
 from .io import atomic_dir, read_jsonl, write_json
 from .progress import Progress
 from .prompts import derive_seed
@@ -60,8 +60,14 @@ from .scripting import FILE_ONLY
 log_ = logging.getLogger("distalign.train")
 
 LR_SCHEDULER = "linear"  # a stage's lr_scheduler_type when unset (transformers' default, the paper's)
-FIXED = {"optim": "adamw_torch", "lr_scheduler_type": LR_SCHEDULER, "warmup_steps": 0.05, "max_grad_norm": 1.0,
-         "weight_decay": 0.0, "save_total_limit": 2}
+FIXED = {
+    "optim": "adamw_torch",
+    "lr_scheduler_type": LR_SCHEDULER,
+    "warmup_steps": 0.05,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+    "save_total_limit": 2,
+}
 WORK_SUFFIX = ".work"
 SPEC_FILE = "spec.json"
 
@@ -112,7 +118,9 @@ def _valid_checkpoint(ckpt: Path) -> bool:
         with safe_open(str(ckpt / "adapter_model.safetensors"), framework="pt") as fh:
             if not list(fh.keys()):
                 return False
-        return all((ckpt / f).is_file() and (ckpt / f).stat().st_size > 0 for f in ("optimizer.pt", "scheduler.pt"))
+        return all(
+            (ckpt / f).is_file() and (ckpt / f).stat().st_size > 0 for f in ("optimizer.pt", "scheduler.pt")
+        )
     except Exception:  # noqa: BLE001 - any failure to read means "not resumable"
         return False
 
@@ -121,8 +129,11 @@ def last_valid_checkpoint(stage_dir: Path) -> str | None:
     """Newest valid ``checkpoint-N`` in ``stage_dir``; invalid ones are deleted."""
     if not stage_dir.is_dir():
         return None
-    ckpts = sorted((p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    ckpts = sorted(
+        (p for p in stage_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
     for c in ckpts:
         if _valid_checkpoint(c):
             return str(c)
@@ -131,13 +142,15 @@ def last_valid_checkpoint(stage_dir: Path) -> str | None:
     return None
 
 
-def _steering(config: dict, dataset: str, method: str, tokenizer) -> tuple[list[str], list[int]]:
+def _steering(job: TrainSpec, tokenizer) -> tuple[list[str], list[int]]:
     from .models import single_token_ids
 
-    attr = attribute_of_dataset(config, dataset)
-    ts = config["methods"][method].get("token_set") or attr.default_token_set
+    attr = Attribute.from_config(job.attribute_name, job.attribute)
+    ts = method_token_set(job.spec, attr)
     tokens = attr.steering_tokens(ts)
-    ids = single_token_ids(tokenizer, tokens, where=f"method {method!r}, token set {ts!r} of attribute {attr.name!r}")
+    ids = single_token_ids(
+        tokenizer, tokens, where=f"method {job.method!r}, token set {ts!r} of attribute {attr.name!r}"
+    )
     return tokens, ids
 
 
@@ -151,12 +164,24 @@ def _hf_args(tr: dict, stage_cfg: dict, stage_dir: Path, seed: int, device: str)
     """Arguments shared by SFTConfig, KTOConfig and DPOConfig."""
     cpu = device == "cpu"
     return dict(
-        output_dir=str(stage_dir), num_train_epochs=float(stage_cfg["epochs"]),
-        per_device_train_batch_size=int(stage_cfg["batch_size"]), learning_rate=float(stage_cfg["learning_rate"]),
-        max_length=int(tr["max_length"]), logging_steps=int(tr["logging_steps"]), logging_first_step=True,
-        save_strategy="steps", save_steps=int(tr["save_steps"]), seed=seed, data_seed=seed,
-        use_cpu=cpu, bf16=not cpu, gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
-        disable_tqdm=True, **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
+        output_dir=str(stage_dir),
+        num_train_epochs=float(stage_cfg["epochs"]),
+        per_device_train_batch_size=int(stage_cfg["batch_size"]),
+        learning_rate=float(stage_cfg["learning_rate"]),
+        max_length=int(tr["max_length"]),
+        logging_steps=int(tr["logging_steps"]),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=int(tr["save_steps"]),
+        seed=seed,
+        data_seed=seed,
+        use_cpu=cpu,
+        bf16=not cpu,
+        gradient_checkpointing=False,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
     )
 
 
@@ -184,8 +209,14 @@ class _LogCallback:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in logs.items()}
-                    log_.info("[%s] step %d/%d %s", stage, state.global_step, state.max_steps, shown,
-                              extra=FILE_ONLY)
+                    log_.info(
+                        "[%s] step %d/%d %s",
+                        stage,
+                        state.global_step,
+                        state.max_steps,
+                        shown,
+                        extra=FILE_ONLY,
+                    )
                     if self.progress is not None and isinstance(logs.get("loss"), int | float):
                         self.progress.detail = f"loss {logs['loss']:.4g}"
 
@@ -218,15 +249,22 @@ def _lora(tr: dict):
 
     lo = tr["lora"]
     tm = lo["target_modules"]
-    return LoraConfig(r=int(lo["r"]), lora_alpha=float(lo["alpha"]), lora_dropout=float(lo["dropout"]),
-                      target_modules=tm[0] if tm == ["all-linear"] else list(tm), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=int(lo["r"]),
+        lora_alpha=float(lo["alpha"]),
+        lora_dropout=float(lo["dropout"]),
+        target_modules=tm[0] if tm == ["all-linear"] else list(tm),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 # ----------------------------------------------------------------------------------- stages
 
 
-def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callbacks: list,
-               label: str = "") -> tuple[Path, list[dict]]:
+def _run_stage(
+    name: str, work: Path, build: Callable[[Path, list], Any], callbacks: list, label: str = ""
+) -> tuple[Path, list[dict]]:
     """Train one stage (resuming if possible) and freeze it as ``{name}.done/``; return it and its log
     (``label``: the run's name in progress lines)."""
     done = work / f"{name}.done"
@@ -247,9 +285,17 @@ def _run_stage(name: str, work: Path, build: Callable[[Path, list], Any], callba
     seconds = time.perf_counter() - t0
     history = [{"stage": name, **row} for row in trainer.state.log_history]
     steps = trainer.state.global_step
-    history.append({"stage": name, "event": "end", "step": steps, "epoch": trainer.state.epoch,
-                    "wall_seconds": seconds, "resumed_from": resume,
-                    "seconds_per_step": seconds / max(steps - (int(resume.split("-")[-1]) if resume else 0), 1)})
+    history.append(
+        {
+            "stage": name,
+            "event": "end",
+            "step": steps,
+            "epoch": trainer.state.epoch,
+            "wall_seconds": seconds,
+            "resumed_from": resume,
+            "seconds_per_step": seconds / max(steps - (int(resume.split("-")[-1]) if resume else 0), 1),
+        }
+    )
     with atomic_dir(done) as tmp:
         trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
         (tmp / "history.json").write_text(json.dumps(history, indent=1, default=str))
@@ -262,8 +308,14 @@ def _stage_config(name: str, stage: dict, n_rows: int) -> dict:
     """The stage section with ``min_steps`` resolved into epochs for ``n_rows`` rows (logged when raised)."""
     epochs = stage_epochs(stage, n_rows)
     if epochs != float(stage["epochs"]):
-        log_.info("[%s] %d rows: epochs raised from %s to %s to reach min_steps %d", name, n_rows,
-                  stage["epochs"], epochs, stage["min_steps"])
+        log_.info(
+            "[%s] %d rows: epochs raised from %s to %s to reach min_steps %d",
+            name,
+            n_rows,
+            stage["epochs"],
+            epochs,
+            stage["min_steps"],
+        )
     return {**stage, "epochs": epochs}
 
 
@@ -275,42 +327,93 @@ def _sft_stage(name, work, model_dir, rows, tr, seed, device, callbacks, label="
 
     def build(stage_dir: Path, cbs: list):
         tok, model = _load_base(model_dir, device)
-        args = SFTConfig(**_hf_args(tr, stage, stage_dir, seed, device), completion_only_loss=True,
-                         dataset_num_proc=None)
-        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          peft_config=_lora(tr), callbacks=cbs)
+        args = SFTConfig(
+            **_hf_args(tr, stage, stage_dir, seed, device), completion_only_loss=True, dataset_num_proc=None
+        )
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=_lora(tr),
+            callbacks=cbs,
+        )
 
     return _run_stage(name, work, build, callbacks, label)
 
 
-def _pref_stage(name, work, model_dir, start_adapter, rows, tr, seed, device, callbacks, *, preference: str,
-                steering_ids, use_kl: bool, binding_weight: float = 0.0, label: str = ""):
+def _pref_stage(
+    name,
+    work,
+    model_dir,
+    start_adapter,
+    rows,
+    tr,
+    seed,
+    device,
+    callbacks,
+    *,
+    preference: str,
+    steering_ids,
+    use_kl: bool,
+    binding_weight: float = 0.0,
+    label: str = "",
+):
     from datasets import Dataset
-    from trl import DPOConfig, KTOConfig, SFTConfig
 
-    from .steering import SteeringDPOTrainer, SteeringKTOTrainer, SteeringSFTTrainer
+    from .steering import (
+        SteeringDPOConfig,
+        SteeringDPOTrainer,
+        SteeringKTOConfig,
+        SteeringKTOTrainer,
+        SteeringSFTConfig,
+        SteeringSFTTrainer,
+    )
 
     pc = _stage_config(name, tr["preference"], len(rows))
 
     def build(stage_dir: Path, cbs: list):
         tok, model = _load_adapter(model_dir, start_adapter, device)
         common = _hf_args(tr, pc, stage_dir, seed, device)
-        kl = dict(kl_weight=tr["kl_weight"], kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
+        common.update(kl_weight=float(tr["kl_weight"]), kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
         if preference == "nll":
-            args = SFTConfig(**common, dataset_num_proc=None)
-            return SteeringSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids,
-                                      binding_weight=binding_weight, **kl)
+            args = SteeringSFTConfig(**common, dataset_num_proc=None, binding_weight=float(binding_weight))
+            return SteeringSFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tok,
+                callbacks=cbs,
+                steering_ids=steering_ids,
+            )
         if preference == "dpo":
-            args = DPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
-            return SteeringDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                      processing_class=tok, callbacks=cbs, steering_ids=steering_ids, **kl)
+            args = SteeringDPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
+            return SteeringDPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tok,
+                callbacks=cbs,
+                steering_ids=steering_ids,
+            )
         use_kto = preference == "kto"
-        args = KTOConfig(**common, beta=float(pc["beta"]), desirable_weight=float(pc["lambda_desirable"]),
-                         undesirable_weight=float(pc["lambda_undesirable"]), precompute_ref_log_probs=use_kto,
-                         train_sampling_strategy="sequential")
-        return SteeringKTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                                  callbacks=cbs, steering_ids=steering_ids, use_kto=use_kto, **kl)
+        args = SteeringKTOConfig(
+            **common,
+            beta=float(pc["beta"]),
+            desirable_weight=float(pc["lambda_desirable"]),
+            undesirable_weight=float(pc["lambda_undesirable"]),
+            precompute_ref_log_probs=use_kto,
+            train_sampling_strategy="sequential",
+            use_kto=use_kto,
+        )
+        return SteeringKTOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            callbacks=cbs,
+            steering_ids=steering_ids,
+        )
 
     return _run_stage(name, work, build, callbacks, label)
 
@@ -325,10 +428,23 @@ def first_method_of_kind(config: dict, kind: str) -> str:
     raise TrainError(f"config key 'methods': no method of kind {kind!r} (needed to initialise DPO)")
 
 
-def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, pref_path, out_dir,
-                  log: str | os.PathLike | None = None, init_adapter=None, callbacks: list | None = None,
-                  story_path=None) -> Path:
+def train_adapter(
+    config: dict | TrainSpec,
+    dataset: str,
+    method: str,
+    model_dir,
+    sft_path,
+    pref_path,
+    out_dir,
+    log: str | os.PathLike | None = None,
+    init_adapter=None,
+    callbacks: list | None = None,
+    story_path=None,
+) -> Path:
     """Train the LoRA adapter of (dataset, model, method) into ``out_dir`` (atomically, resumably).
+
+    ``config``: a :class:`~distalign.config.TrainSpec` (the workflow builds it from the rule's params)
+    or a whole validated config (tests, bench: ``TrainSpec.from_config``).
 
     ``log``: optional file that receives the distalign/transformers log lines (appended).
     ``init_adapter``: the IFT adapter that the ``dpo`` kind continues. ``callbacks``: extra HF
@@ -345,8 +461,12 @@ def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, 
             logging.getLogger(name).addHandler(handler)
         logging.getLogger("distalign").setLevel(logging.INFO)
     try:
-        return _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks,
-                      story_path)
+        job = config if isinstance(config, TrainSpec) else TrainSpec.from_config(config, dataset, method)
+        if job.method != method:
+            raise TrainError(f"train_adapter: the spec is of method {job.method!r}, not {method!r}")
+        return _train(
+            job, dataset, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks, story_path
+        )
     finally:
         if handler is not None:
             for name in ("distalign", "transformers", "trl"):
@@ -354,16 +474,15 @@ def train_adapter(config: dict, dataset: str, method: str, model_dir, sft_path, 
             handler.close()
 
 
-def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks,
-           story_path=None) -> Path:
-
-    spec = config["methods"][method]
-    kind = spec["kind"]
-    if kind not in ("ift", "dpo", "ours"):
+def _train(
+    job: TrainSpec, dataset, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks, story_path=None
+) -> Path:
+    method, spec, kind = job.method, job.spec, job.kind
+    if kind not in TRAINED_KINDS:
         raise TrainError(f"method {method!r} has kind {kind!r}; only ift, dpo and ours are trained")
     if kind == "dpo" and init_adapter is None:
         raise TrainError(f"method {method!r} (kind dpo) needs init_adapter (the IFT adapter)")
-    tr = method_training(config, method)
+    tr = job.training
     device = _device(tr)
     out_dir, work = Path(out_dir), work_dir_of(out_dir)
     callbacks = list(callbacks or [])
@@ -372,7 +491,7 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     from .models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    steering_tokens, steering_ids = _steering(config, dataset, method, tok) if kind == "ours" else (None, None)
+    steering_tokens, steering_ids = _steering(job, tok) if kind == "ours" else (None, None)
     preference = spec.get("preference", "kto") if kind == "ours" else ("dpo" if kind == "dpo" else None)
     use_kl = bool(spec.get("kl", True)) if kind == "ours" else False
     if kind == "ours" and preference == "none" and not use_kl:
@@ -382,22 +501,39 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
     if use_stories and story_path is None:
         raise TrainError(f"method {method!r} has story_data: true but no D_story file was given (story_path)")
     if use_stories and kind == "ours" and preference != "nll":
-        raise TrainError(f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
-                         f"stories), got {preference!r}")
-    binding_weight = story_binding_weight(config, method)
-    base_seed = int(config["seed"])
-    seeds = {s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")}
+        raise TrainError(
+            f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
+            f"stories), got {preference!r}"
+        )
+    binding_weight = job.story_binding_weight
+    base_seed = job.seed
+    seeds = {
+        s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")
+    }
 
     record = {
-        "dataset": dataset, "method": method, "method_spec": spec, "kind": kind, "training": tr,
-        "fixed": FIXED, "device": device, "preference": preference, "kl": use_kl,
+        "dataset": dataset,
+        "method": method,
+        "method_spec": spec,
+        "kind": kind,
+        "training": tr,
+        "fixed": FIXED,
+        "device": device,
+        "preference": preference,
+        "kl": use_kl,
         "undesirable": undesirable if preference == "kto" else None,
-        "steering_tokens": steering_tokens, "steering_ids": steering_ids,
+        "steering_tokens": steering_tokens,
+        "steering_ids": steering_ids,
         "reference_model": "the adapter the preference stage starts from (frozen copy 'ref', precomputed log-probs)",
-        "seed": base_seed, "stage_seeds": seeds, "model_dir": str(model_dir),
-        "inputs": {"sft": _sha256(sft_path), "pref": _sha256(pref_path),
-                   "init_adapter": _sha256(init_adapter) if init_adapter else None,
-                   **({"stories": _sha256(story_path)} if use_stories else {})},
+        "seed": base_seed,
+        "stage_seeds": seeds,
+        "model_dir": str(model_dir),
+        "inputs": {
+            "sft": _sha256(sft_path),
+            "pref": _sha256(pref_path),
+            "init_adapter": _sha256(init_adapter) if init_adapter else None,
+            **({"stories": _sha256(story_path)} if use_stories else {}),
+        },
         "versions": library_versions(),
     }
     fingerprint = json.dumps({k: v for k, v in record.items() if k != "device"}, sort_keys=True, default=str)
@@ -434,16 +570,37 @@ def _train(config, dataset, method, model_dir, sft_path, pref_path, out_dir, ini
             binding = binding_weight > 0  # rows get a bind column only when the term is on
             rows = nll_rows(pref, tok, steering_ids, max_len, bind=False if binding else None)
             if use_stories:
-                rows += nll_rows(read_jsonl(story_path), tok, steering_ids, max_len, truncate=True,
-                                 bind=True if binding else None)
+                rows += nll_rows(
+                    read_jsonl(story_path),
+                    tok,
+                    steering_ids,
+                    max_len,
+                    truncate=True,
+                    bind=True if binding else None,
+                )
         elif preference == "dpo":
             rows = dpo_rows(pref, tok, steering_ids)
         else:
-            rows = kto_rows(pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"])
+            rows = kto_rows(
+                pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"]
+            )
         log_.info("stage pref (%s, kl=%s): %d rows", preference, use_kl, len(rows))
-        last, h = _pref_stage("pref", work, model_dir, last, rows, tr, seeds["pref"], device, callbacks,
-                              preference=preference, steering_ids=steering_ids, use_kl=use_kl,
-                              binding_weight=binding_weight, label=label)
+        last, h = _pref_stage(
+            "pref",
+            work,
+            model_dir,
+            last,
+            rows,
+            tr,
+            seeds["pref"],
+            device,
+            callbacks,
+            preference=preference,
+            steering_ids=steering_ids,
+            use_kl=use_kl,
+            binding_weight=binding_weight,
+            label=label,
+        )
         history += h
 
     with atomic_dir(out_dir) as tmp:

@@ -31,8 +31,12 @@ class ValidityError(ValueError):
     pass
 
 
-def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str | None = None,
-                     source: str = "validation labels") -> dict:
+def validity_weights(
+    rows: Sequence[dict],
+    attribute: Attribute,
+    token_set: str | None = None,
+    source: str = "validation labels",
+) -> dict:
     """Per token class: rows, valid rows, valid share and the draw weight, from labelled rows.
 
     ``rows`` are label rows of a steering method (``steering_token``, ``label``: None if invalid).
@@ -48,21 +52,32 @@ def validity_weights(rows: Sequence[dict], attribute: Attribute, token_set: str 
     for i, r in enumerate(rows):
         k = row_token_class(r, tmap)
         if k is None:
-            raise ValidityError(f"{source}: row {i} (prompt {r.get('prompt_id')!r}) has steering token "
-                                f"{r.get('steering_token')!r}, "
-                                f"not one of {sorted(tmap)}: the validity correction needs a steering method's rows")
+            raise ValidityError(
+                f"{source}: row {i} (prompt {r.get('prompt_id')!r}) has steering token "
+                f"{r.get('steering_token')!r}, "
+                f"not one of {sorted(tmap)}: the validity correction needs a steering method's rows"
+            )
         n[k] += 1
         n_valid[k] += r.get("label") is not None
     rates = [v / c if c else None for v, c in zip(n_valid, n, strict=True)]
     raw = [1.0 / max(r, MIN_VALID_RATE) if r is not None else 1.0 for r in rates]
     mean = sum(raw) / len(raw)
-    return {"classes": list(names), "tokens": list(attribute.steering_tokens(token_set)),
-            "n": n, "n_valid": n_valid, "valid_rate": rates, "weights": [w / mean for w in raw], "n_rows": len(rows),
-            "min_valid_rate": MIN_VALID_RATE}
+    return {
+        "classes": list(names),
+        "tokens": list(attribute.steering_tokens(token_set)),
+        "n": n,
+        "n_valid": n_valid,
+        "valid_rate": rates,
+        "weights": [w / mean for w in raw],
+        "n_rows": len(rows),
+        "min_valid_rate": MIN_VALID_RATE,
+    }
 
 
 def read_weights(data: dict, attribute: Attribute, source: str) -> list[float]:
     """The draw weights of a validity file, checked against the attribute's classes."""
     if data.get("classes") != list(attribute.names) or len(data.get("weights", [])) != len(attribute.names):
-        raise ValidityError(f"{source}: weights for classes {data.get('classes')}, expected {list(attribute.names)}")
+        raise ValidityError(
+            f"{source}: weights for classes {data.get('classes')}, expected {list(attribute.names)}"
+        )
     return [float(w) for w in data["weights"]]

@@ -34,7 +34,9 @@ def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Th
             if os.getppid() != parent:
                 # the pipe to the dead parent is usually broken: saying so must not stop the exit
                 with contextlib.suppress(Exception):
-                    print(f"vllm_worker: parent process {parent} is gone; exiting", file=sys.stderr, flush=True)
+                    print(
+                        f"vllm_worker: parent process {parent} is gone; exiting", file=sys.stderr, flush=True
+                    )
                 os._exit(3)
             time.sleep(poll_s)
 

@@ -13,13 +13,29 @@ caps = snakemake.config["capabilities"]
 adapter = snakemake.input.get("adapter")
 device = resolve_device(snakemake.config["training"]["device"])
 if caps["backend"] == "local":
-    out = evaluate_local(snakemake.input.model, adapter, snakemake.input.heldout, snakemake.input.multiple_choice,
-                         device=device)
+    out = evaluate_local(
+        snakemake.input.model,
+        adapter,
+        snakemake.input.heldout,
+        snakemake.input.multiple_choice,
+        device=device,
+    )
 else:
     dtype = read_pointer(snakemake.input.model).get("dtype", "bfloat16")
-    out = evaluate_lm_eval(snakemake.input.model, adapter, caps["lm_eval_tasks"], limit=caps["lm_eval_limit"],
-                           batch_size=caps["lm_eval_batch_size"], device=device, dtype=dtype)
+    out = evaluate_lm_eval(
+        snakemake.input.model,
+        adapter,
+        caps["lm_eval_tasks"],
+        limit=caps["lm_eval_limit"],
+        batch_size=caps["lm_eval_batch_size"],
+        device=device,
+        dtype=dtype,
+    )
 out["run"] = dict(snakemake.wildcards.items())
 out["adapter"] = adapter
 write_json(snakemake.output.capabilities, out)
-log.info("%s: %s", snakemake.output.capabilities, {k: v for k, v in out.items() if k in ("perplexity", "multiple_choice", "tasks")})
+log.info(
+    "%s: %s",
+    snakemake.output.capabilities,
+    {k: v for k, v in out.items() if k in ("perplexity", "multiple_choice", "tasks")},
+)

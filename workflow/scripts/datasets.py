@@ -21,5 +21,10 @@ write_jsonl(snakemake.output.base, base)
 write_jsonl(snakemake.output.sft, build_sft(base))
 write_jsonl(snakemake.output.pref, build_pref(base, attribute, seed))
 counts = Counter(r["class"] for r in base)
-log.info("%s: %d base rows over %d contexts; class counts %s", snakemake.wildcards.dataset, len(base),
-         len(targets), dict(counts))
+log.info(
+    "%s: %d base rows over %d contexts; class counts %s",
+    snakemake.wildcards.dataset,
+    len(base),
+    len(targets),
+    dict(counts),
+)

@@ -1,33 +1,37 @@
-"""Rules fig*/calibration: one figure (PNG + PDF) from metrics files."""
+"""Rules fig*/calibration: one figure (PNG + PDF) from metrics files.
 
-from distalign.figures import (
-    calibration_figure,
-    save,
-    share_figure,
-    steering_figure,
-    sweep_figure,
-    sweep_points,
-)
+``params.kind`` picks the entry of ``distalign.figures.FIGURES``; ``params.report_config`` (from
+``distalign.tables.report_config(config)``) is the config part the figures read (until the rules pass
+it, the script builds it from the workflow config).
+"""
+
+from distalign.figures import FIGURE_TABLES, figure_kind, save
 from distalign.io import atomic_path, read_json
 from distalign.scripting import setup_logging
+from distalign.tables import report_config
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
+draw = figure_kind(p.kind)
+config = p.get("report_config") or report_config(snakemake.config)
 if p.kind == "sweep":  # a sweep's default point is shared by its three knobs: each record names its file
     records = [{**key, "metrics": read_json(key["path"])} for key in p.records]
 else:
-    records = [{**key, "metrics": read_json(path)} for key, path in zip(p.records, snakemake.input.metrics, strict=True)]
+    records = [
+        {**key, "metrics": read_json(path)}
+        for key, path in zip(p.records, snakemake.input.metrics, strict=True)
+    ]
 if not records:
     raise ValueError(f"{snakemake.rule}: no metrics to plot (check run.datasets / run.methods / report.*)")
-if p.kind == "share":
-    fig = share_figure(records, snakemake.config, p.share_class, p.title)
-elif p.kind == "sweep":
-    fig = sweep_figure(records, snakemake.config, f"{p.title}: {snakemake.wildcards.dataset}")
+options = {
+    "title": p.title,
+    "share_class": p.get("share_class"),
+    "seed": p.get("seed"),
+    "dataset": snakemake.wildcards.get("dataset"),
+}
+fig = draw(records, config, options)
+if p.kind in FIGURE_TABLES:
     with atomic_path(snakemake.output.csv) as tmp:
-        sweep_points(records, snakemake.config).to_csv(tmp, index=False)
-elif p.kind == "steering":
-    fig = steering_figure(records, snakemake.config, p.title)
-else:
-    fig = calibration_figure(records, snakemake.config, p.share_class, p.title, seed=p.seed)
+        FIGURE_TABLES[p.kind](records, config).to_csv(tmp, index=False)
 save(fig, snakemake.output.png, snakemake.output.pdf)
 log.info("%s from %d metrics files", snakemake.output.png, len(records))

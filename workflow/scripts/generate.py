@@ -22,17 +22,44 @@ attr_spec = dict(snakemake.params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 
 split = snakemake.params.get("split", "test")  # validity_generate answers the validation prompts
-requests = load_requests(snakemake.input.prompts, snakemake.input.targets, load_templates(snakemake.input.templates),
-                         attribute, config["methods"][w.method], split=split)
+requests = load_requests(
+    snakemake.input.prompts,
+    snakemake.input.targets,
+    load_templates(snakemake.input.templates),
+    attribute,
+    config["methods"][w.method],
+    split=split,
+)
 weights = None
 if snakemake.input.get("validity"):
     weights = read_weights(read_json(snakemake.input.validity), attribute, snakemake.input.validity)
-    log.info("validity correction: steering draw weights %s (%s)", [round(x, 3) for x in weights],
-             snakemake.input.validity)
-log.info("%s/%s/%s/%s: %d %s prompts x %d samples, backend %s", w.dataset, w.model, w.method, w.task,
-         len(requests), split, config["generation"]["samples_per_prompt"], config["generation"]["backend"])
-rows = generate(requests, config=config, dataset=w.dataset, model=w.model, method=w.method, task=w.task,
-                model_dir=snakemake.input.model, adapter=snakemake.input.get("adapter"), threads=snakemake.threads,
-                token_weights=weights)
+    log.info(
+        "validity correction: steering draw weights %s (%s)",
+        [round(x, 3) for x in weights],
+        snakemake.input.validity,
+    )
+log.info(
+    "%s/%s/%s/%s: %d %s prompts x %d samples, backend %s",
+    w.dataset,
+    w.model,
+    w.method,
+    w.task,
+    len(requests),
+    split,
+    config["generation"]["samples_per_prompt"],
+    config["generation"]["backend"],
+)
+rows = generate(
+    requests,
+    config=config,
+    dataset=w.dataset,
+    model=w.model,
+    method=w.method,
+    task=w.task,
+    model_dir=snakemake.input.model,
+    adapter=snakemake.input.get("adapter"),
+    threads=snakemake.threads,
+    token_weights=weights,
+)
 write_jsonl(snakemake.output.generations, rows)
 log.info("wrote %d rows to %s", len(rows), snakemake.output.generations)

@@ -38,11 +38,24 @@ t0 = time.perf_counter()
 # duration of the job (distalign.serve.judge_endpoint); otherwise the configured endpoint is used.
 with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python(snakemake.config)) as llm:
     judges, primary = judges_for(attribute, task, {**jcfg, "llm": llm} if llm else jcfg)
-    labelled = label_generations(rows, attribute, task, judges, primary,
-                                 story_min_words=int(snakemake.params.judge.get("story_min_words", 0)))
+    labelled = label_generations(
+        rows,
+        attribute,
+        task,
+        judges,
+        primary,
+        story_min_words=int(snakemake.params.judge.get("story_min_words", 0)),
+    )
 write_jsonl(snakemake.output.labels, labelled)
 reasons = Counter(r["label_reason"] for r in labelled)
-log.info("%s: %d rows, judges %s (primary %s), %.1f s; reasons %s", snakemake.input.generations, len(labelled),
-         list(judges), primary, time.perf_counter() - t0, dict(reasons))
+log.info(
+    "%s: %d rows, judges %s (primary %s), %.1f s; reasons %s",
+    snakemake.input.generations,
+    len(labelled),
+    list(judges),
+    primary,
+    time.perf_counter() - t0,
+    dict(reasons),
+)
 if "llm" in judges:
     log.info("LLM judge requests: %s", dict(judges["llm"].stats))

@@ -13,9 +13,14 @@ for noisy in ("httpx", "openai"):  # one INFO line per HTTP request otherwise
 job = snakemake.wildcards.job
 if snakemake.rule == "preflight":  # the model checks; preflight_endpoints: endpoints only
     model = snakemake.wildcards.model
-    report = check_model_job(snakemake.config, model, snakemake.input.model, job,
-                             cuda_here=bool(int(snakemake.resources.get("cuda_here", 1))),
-                             passed_dir=passed_dir_of(snakemake.output.marker, job))
+    report = check_model_job(
+        snakemake.config,
+        model,
+        snakemake.input.model,
+        job,
+        cuda_here=bool(int(snakemake.resources.get("cuda_here", 1))),
+        passed_dir=passed_dir_of(snakemake.output.marker, job),
+    )
 else:
     report = check_endpoint_job(snakemake.config, job)
 write_json(snakemake.output.marker, report)

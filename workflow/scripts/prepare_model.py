@@ -8,4 +8,6 @@ from distalign.scripting import setup_logging
 log = setup_logging(snakemake.log[0])
 t0 = time.perf_counter()
 meta = prepare_model(snakemake.wildcards.model, dict(snakemake.params.spec), snakemake.output.model)
-log.info("prepared model %s (%s) in %.1f s", snakemake.wildcards.model, meta["source"], time.perf_counter() - t0)
+log.info(
+    "prepared model %s (%s) in %.1f s", snakemake.wildcards.model, meta["source"], time.perf_counter() - t0
+)

@@ -18,5 +18,13 @@ attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 tokens = attribute.steering_tokens(method.get("token_set")) if method["kind"] == "ours" else attribute.labels
 result = probe_from_generations(read_jsonl(snakemake.input.generations), attribute, tokens)
 write_json(snakemake.output.probe, result)
-log.info("%s/%s/%s: probe MAE %.4f over %d contexts (%s tokens %s)", w.dataset, w.model, w.method, result["mae"],
-         len(result["contexts"]), result["token_kind"], result["class_tokens"])
+log.info(
+    "%s/%s/%s: probe MAE %.4f over %d contexts (%s tokens %s)",
+    w.dataset,
+    w.model,
+    w.method,
+    result["mae"],
+    len(result["contexts"]),
+    result["token_kind"],
+    result["class_tokens"],
+)

@@ -1,4 +1,5 @@
-"""Rule story_data: D_story, hinted stories of the base model labelled by the story judge, in rounds."""
+"""Rule story_data: D_story, hinted stories of the base model labelled by the story judge, in rounds
+(the loop: ``distalign.stories.collect_stories``)."""
 
 import json
 
@@ -7,7 +8,7 @@ from distalign.generate import generate
 from distalign.io import read_jsonl, write_json, write_jsonl
 from distalign.judge import offline_story_judge
 from distalign.scripting import setup_logging
-from distalign.stories import StoryCollector, story_requests
+from distalign.stories import collect_stories
 from distalign.targets import read_targets_csv
 
 log = setup_logging(snakemake.log[0])
@@ -16,11 +17,8 @@ params = snakemake.params
 attr_spec = dict(params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 story_cfg = dict(params.story_data)
-per_context, oversample = int(story_cfg["per_context"]), float(story_cfg["oversample"])
 prompts = read_jsonl(snakemake.input.prompts)
 targets = read_targets_csv(snakemake.input.targets, attribute)
-collector = StoryCollector(targets, attribute, per_context, min_words=params.min_words,
-                           keep_unhinted=story_cfg["keep_unhinted"])
 # The candidates are written by the base model as a prompting method of its own name (its seeds
 # differ from every evaluated method's).
 config = json.loads(json.dumps(snakemake.config))
@@ -28,33 +26,67 @@ config["seed"] = params.seed
 config["generation"].update(dict(params.generation))
 config["methods"]["story-data"] = {"kind": "prompt", "prompt_style": "plain"}
 judge = offline_story_judge(attribute)
-for round_index in range(int(story_cfg["rounds"])):
-    needed = None if round_index == 0 else collector.needed(oversample)
-    if needed == {}:
-        break
-    requests = story_requests(prompts, targets, attribute, params.hints, per_context, oversample, params.seed,
-                              needed=needed, round_index=round_index)
-    log.info("%s/%s round %d (of at most %d): %d candidate stories", w.dataset, w.model, round_index + 1,
-             int(story_cfg["rounds"]), len(requests))
-    generations = generate(requests, config=config, dataset=w.dataset, model=w.model, method="story-data",
-                           task="story", model_dir=snakemake.input.model, threads=snakemake.threads)
-    stories = [g["response"] for g in generations]
-    collector.add(requests, stories, [j.label for j in judge.judge(stories)])
-    log.info("round %d: %d stories kept, %d still wanted", round_index + 1, len(collector.rows),
-             sum(collector.shortfall().values()))
+
+
+def write(requests):
+    generations = generate(
+        requests,
+        config=config,
+        dataset=w.dataset,
+        model=w.model,
+        method="story-data",
+        task="story",
+        model_dir=snakemake.input.model,
+        threads=snakemake.threads,
+    )
+    return [g["response"] for g in generations]
+
+
+collector = collect_stories(
+    prompts,
+    targets,
+    attribute,
+    story_data=story_cfg,
+    hints=params.hints,
+    seed=params.seed,
+    min_words=params.min_words,
+    write=write,
+    judge=lambda stories: [j.label for j in judge.judge(stories)],
+    label=f"{w.dataset}/{w.model}",
+)
 summary = collector.summary()
-summary.update({"dataset": w.dataset, "model": w.model, "judge": judge.name, "story_data": story_cfg,
-                "min_words": params.min_words})
+summary.update(
+    {
+        "dataset": w.dataset,
+        "model": w.model,
+        "judge": judge.name,
+        "story_data": story_cfg,
+        "min_words": params.min_words,
+    }
+)
 for name, c in summary["per_class"].items():
-    log.info("class %s: wanted %d, hinted %d, judged as hinted %d, kept %d (%d written under another hint)", name,
-             c["wanted"], c["generated"], c["consistent"], c["kept"], c["kept_unhinted"])
+    log.info(
+        "class %s: wanted %d, hinted %d, judged as hinted %d, kept %d (%d written under another hint)",
+        name,
+        c["wanted"],
+        c["generated"],
+        c["consistent"],
+        c["kept"],
+        c["kept_unhinted"],
+    )
 reach = summary["hint_reach"]
 if reach is not None:
-    log.info("the hinted prompts reach MAE %.3f at best (per hint, classes of the valid stories: %s)", reach["mae"],
-             {h: {c: round(v, 3) for c, v in d.items()} for h, d in reach["hint_distributions"].items()})
+    log.info(
+        "the hinted prompts reach MAE %.3f at best (per hint, classes of the valid stories: %s)",
+        reach["mae"],
+        {h: {c: round(v, 3) for c, v in d.items()} for h, d in reach["hint_distributions"].items()},
+    )
 if summary["missing"]:
-    log.warning("no story kept for %d (context, class) pairs that need one: %s", len(summary["missing"]),
-                summary["missing"][:10])
+    log.warning(
+        "no story kept for %d (context, class) pairs that need one: %s",
+        len(summary["missing"]),
+        summary["missing"][:10],
+    )
 write_json(snakemake.output.summary, summary)
 write_jsonl(snakemake.output.stories, collector.rows)
 log.info("wrote %d stories to %s", len(collector.rows), snakemake.output.stories)

@@ -8,7 +8,12 @@ log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 census = load_census(snakemake.input.census)
-rows = build_targets(census, attribute, snakemake.params.dataset["target"], round_even=snakemake.params.round_even,
-                     census_name=str(snakemake.input.census))
+rows = build_targets(
+    census,
+    attribute,
+    snakemake.params.dataset["target"],
+    round_even=snakemake.params.round_even,
+    census_name=str(snakemake.input.census),
+)
 write_targets_csv(snakemake.output.targets, rows, attribute)
 log.info("%s: %d contexts, classes %s", snakemake.wildcards.dataset, len(rows), attribute.names)

@@ -1,18 +1,32 @@
-"""Snakemake script of rule `train`: one LoRA adapter per (dataset, model, method)."""
+"""Snakemake script of rule `train`: one LoRA adapter per (dataset, model, method).
+
+The job's spec comes from its params: ``method`` (``{"spec", "training"}``, already there),
+``attribute`` (the dataset's attribute entry, ``attribute_spec``) and ``seed`` (``config["seed"]``);
+until the rule passes the last two, they are read from the workflow config.
+"""
 
 import torch
 
+from distalign.config import TrainSpec
 from distalign.scripting import setup_logging
 from distalign.train import train_adapter
 
 # log file and console: the console shows progress lines, the per-step metrics stay in the log file
 setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))
+w, p = snakemake.wildcards, snakemake.params
+attribute = p.get("attribute")
+if attribute is None:  # the rule predates params.attribute
+    name = snakemake.config["datasets"][w.dataset]["attribute"]
+    attribute = {"name": name, **snakemake.config["attributes"][name]}
+seed = p.get("seed")
+seed = snakemake.config["seed"] if seed is None else seed
+job = TrainSpec.from_params(w.method, p.method, attribute, seed)
 
 train_adapter(
-    config=snakemake.config,
-    dataset=snakemake.wildcards.dataset,
-    method=snakemake.wildcards.method,
+    job,
+    dataset=w.dataset,
+    method=w.method,
     model_dir=snakemake.input.model,
     sft_path=snakemake.input.sft,
     pref_path=snakemake.input.pref,
