@@ -40,8 +40,11 @@ $(VLLM_VENV)/.installed: requirements/vllm.txt pyproject.toml
 	$(VLLM_VENV)/bin/python -c "import vllm, distalign; print('vllm', vllm.__version__)"
 	touch $@
 
+# Style and workflow checks; none of them changes a file (`ruff format .` and `snakefmt Snakefile workflow/` fix).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow/
 	$(SNAKEMAKE) --lint
 
 dryrun: install

@@ -66,9 +66,13 @@ LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
 
+# One file per stage; each includes its helpers (workflow/rules/helpers/<stage>.smk) at its top, apart from
+# its rules because `snakemake --lint` asks for that. A file may use at parse time (in a rule's directives)
+# what an earlier one defines: common.smk comes first, then preflight.smk, whose marker inputs the data,
+# train, generate, evaluate and sweep rules read.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
 include: "workflow/rules/preflight.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
@@ -79,7 +83,7 @@ include: "workflow/rules/cluster.smk"
 
 # Default target: every artefact of the configured run.
 rule all:
+    default_target: True
     input:
         all_targets(),
         artefact_targets(),
-    default_target: True

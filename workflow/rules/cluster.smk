@@ -1,19 +1,29 @@
 # Cluster support: the Hugging Face cache/offline environment of every job, login-node prefetch of
-# Helpers and settings for these rules live in common.smk.
+# model weights, and the rules that run on the submit host instead of going through SLURM.
+#
+# On a cluster whose compute nodes have no internet, run once on the login node:
+#     snakemake prefetch_models --cores 1 --configfile config/paper.yaml
+# It downloads every Hugging Face model of run.models (and the story judge's model when the label
+# job starts its own server) into the hub cache (hf.home, or HF_HOME, or ~/.cache/huggingface) and
+# writes results/models/.prefetched/{name}.json. Jobs then read the cache with HF_HUB_OFFLINE=1.
+# The helpers live in distalign.serve (prefetch_specs, prefetch_markers, run_prefetch, hf_environment).
+
+
+include: "helpers/cluster.smk"
 
 
 # Download (hf.prefetch true) or only check (false) one model on the submit host.
 rule prefetch_model:
     output:
         marker=PREFETCHED,
-    params:
-        repo_id=prefetch_repo_id,
-        revision=prefetch_revision,
-        download=HF["prefetch"],
     log:
         f"{LOGS}/prefetch_model/{{name}}.log",
     wildcard_constraints:
         name="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    params:
+        repo_id=prefetch_repo_id,
+        revision=prefetch_revision,
+        download=HF["prefetch"],
     run:
         run_prefetch(params.repo_id, params.revision, params.download, output.marker, log[0])
 

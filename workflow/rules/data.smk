@@ -1,12 +1,21 @@
 # Data stage: model preparation, census targets, prompts and training datasets.
 
 
+include: "helpers/data.smk"
+
+
+# API keys come only from the environment; declaring them makes Snakemake check they are set
+# before any job runs and pass them to cluster jobs.
+if config["prompts"]["paraphraser"] == "openai":
+
+    envvars:
+        config["prompts"]["openai"]["api_key_env"],
+
+
 # Convert/resolve each model once so every later rule loads one folder quickly.
 rule prepare_model:
     output:
         model=directory(MODEL),
-    params:
-        spec=model_spec,
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:
@@ -17,6 +26,8 @@ rule prepare_model:
     resources:
         mem_mb=scaled(4000),
         runtime=scaled(30),
+    params:
+        spec=model_spec,
     script:
         "../scripts/prepare_model.py"
 
@@ -27,10 +38,6 @@ rule targets:
         census=census_path,
     output:
         targets=TARGETS,
-    params:
-        dataset=dataset_spec,
-        attribute=attribute_spec,
-        round_even=config["targets"]["round_even"],
     log:
         f"{LOGS}/targets/{{dataset}}.log",
     conda:
@@ -38,6 +45,10 @@ rule targets:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        dataset=dataset_spec,
+        attribute=attribute_spec,
+        round_even=config["targets"]["round_even"],
     script:
         "../scripts/targets.py"
 
@@ -50,11 +61,6 @@ rule prompts:
         preflight=preflight_endpoints_marker("prompts"),
     output:
         prompts=PROMPTS,
-    params:
-        attribute=attribute_spec,
-        census=census_name,
-        prompts=config["prompts"],
-        seed=config["seed"],
     log:
         f"{LOGS}/prompts/{{dataset}}/{{task}}.log",
     conda:
@@ -62,6 +68,11 @@ rule prompts:
     resources:
         mem_mb=1000,
         runtime=60,
+    params:
+        attribute=attribute_spec,
+        census=census_name,
+        prompts=config["prompts"],
+        seed=config["seed"],
     script:
         "../scripts/prompts.py"
 
@@ -76,10 +87,6 @@ rule datasets:
         base=BASE,
         sft=SFT,
         pref=PREF,
-    params:
-        attribute=attribute_spec,
-        data=config["data"],
-        seed=config["seed"],
     log:
         f"{LOGS}/datasets/{{dataset}}.log",
     conda:
@@ -87,6 +94,10 @@ rule datasets:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        attribute=attribute_spec,
+        data=config["data"],
+        seed=config["seed"],
     script:
         "../scripts/datasets.py"
 
@@ -101,13 +112,6 @@ rule story_data:
     output:
         stories=STORY_DATA,
         summary=STORY_SUMMARY,
-    params:
-        attribute=attribute_spec,
-        hints=story_hints,
-        story_data=config["story_data"],
-        min_words=JUDGE["story_min_words"],
-        generation=generation_settings,
-        seed=config["seed"],
     log:
         f"{LOGS}/story_data/{{dataset}}/{{model}}.log",
     benchmark:
@@ -119,5 +123,12 @@ rule story_data:
         mem_mb=scaled(6000),
         runtime=scaled(120),
         gpu=GENERATION_GPUS,
+    params:
+        attribute=attribute_spec,
+        hints=story_hints,
+        story_data=config["story_data"],
+        min_words=JUDGE["story_min_words"],
+        generation=generation_settings,
+        seed=config["seed"],
     script:
         "../scripts/story_data.py"

@@ -1,5 +1,23 @@
-# Evaluation stage: label every generation, then score the labels against the targets.
-# Helpers and settings for these rules live in common.smk.
+# Evaluation stage: label every generation, then score the labels against the targets; general
+# capabilities (Table 5) and the judge check.
+
+
+include: "helpers/evaluate.smk"
+
+
+from distalign.serve import judge_starts_server
+
+# The LLM judge reads its API key from an environment variable; declare it so Snakemake checks it is
+# set and passes it to cluster jobs. Only when a story LLM judge will actually run.
+# A judge server started inside the job needs no key (EMPTY is used).
+if (
+    "story" in config["run"]["tasks"]
+    and JUDGE["story"] in ("llm", "both")
+    and not judge_starts_server(config)
+):
+
+    envvars:
+        JUDGE["llm"]["api_key_env"],
 
 
 # Label each generation: keyword parser (attribute task) or story judge(s); invalid answers are kept as null.
@@ -9,9 +27,6 @@ rule label:
         preflight=preflight_endpoints_marker("label"),
     output:
         labels=LABELS,
-    params:
-        attribute=attribute_spec,
-        judge=judge_params,
     log:
         f"{LOGS}/evaluate/label/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
     benchmark:
@@ -22,6 +37,9 @@ rule label:
     resources:
         mem_mb=1000,
         runtime=scaled(60),
+    params:
+        attribute=attribute_spec,
+        judge=judge_params,
     script:
         "../scripts/label.py"
 
@@ -33,11 +51,6 @@ rule metrics:
         targets=TARGETS,
     output:
         metrics=METRICS,
-    params:
-        attribute=attribute_spec,
-        seed=config["seed"],
-        metrics=METRICS_CFG,
-        token_set=method_token_set,
     log:
         f"{LOGS}/evaluate/metrics/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
     conda:
@@ -46,6 +59,11 @@ rule metrics:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        attribute=attribute_spec,
+        seed=config["seed"],
+        metrics=METRICS_CFG,
+        token_set=method_token_set,
     script:
         "../scripts/metrics.py"
 
@@ -69,9 +87,6 @@ rule validity:
         labels=VALIDITY_LABELS,
     output:
         weights=VALIDITY_WEIGHTS,
-    params:
-        attribute=attribute_spec,
-        token_set=method_token_set,
     log:
         f"{LOGS}/validity/weights/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
     conda:
@@ -79,6 +94,9 @@ rule validity:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        attribute=attribute_spec,
+        token_set=method_token_set,
     script:
         "../scripts/validity.py"
 
@@ -90,8 +108,6 @@ rule capabilities:
         preflight=preflight_marker("capabilities"),
     output:
         capabilities=CAPABILITIES,
-    params:
-        settings=capabilities_settings,
     log:
         f"{LOGS}/evaluate/capabilities/{{dataset}}/{{model}}/{{method}}.log",
     benchmark:
@@ -103,6 +119,8 @@ rule capabilities:
         mem_mb=scaled(8000),
         runtime=scaled(240),
         gpu=GENERATION_GPUS,
+    params:
+        settings=capabilities_settings,
     script:
         "../scripts/capabilities.py"
 
@@ -114,11 +132,6 @@ rule judge_check:
         targets=TARGETS,
     output:
         check=JUDGE_CHECK,
-    params:
-        attribute=attribute_spec,
-        min_words=JUDGE["story_min_words"],
-        seed=config["seed"],
-        bootstrap=METRICS_CFG["bootstrap"],
     log:
         f"{LOGS}/evaluate/judge_check/{{dataset}}.log",
     conda:
@@ -126,5 +139,10 @@ rule judge_check:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        attribute=attribute_spec,
+        min_words=JUDGE["story_min_words"],
+        seed=config["seed"],
+        bootstrap=METRICS_CFG["bootstrap"],
     script:
         "../scripts/judge_check.py"

@@ -1,5 +1,7 @@
 # Generation stage: test-set sampling of every method and the internal probe (paper Table 4/12).
-# Helpers and settings for these rules live in common.smk.
+
+
+include: "helpers/generate.smk"
 
 
 # One job per (dataset, model, method, task): samples_per_prompt answers to every test prompt.
@@ -9,12 +11,6 @@ rule generate:
         preflight=preflight_marker("generate"),
     output:
         generations=GENERATIONS,
-    params:
-        method=generation_method_spec,
-        attribute=attribute_spec,
-        generation=generation_settings,
-        placement=steering_placement,
-        seed=config["seed"],
     log:
         f"{LOGS}/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
     benchmark:
@@ -26,6 +22,12 @@ rule generate:
         mem_mb=scaled(6000),
         runtime=scaled(120),
         gpu=GENERATION_GPUS,
+    params:
+        method=generation_method_spec,
+        attribute=attribute_spec,
+        generation=generation_settings,
+        placement=steering_placement,
+        seed=config["seed"],
     script:
         "../scripts/generate.py"
 
@@ -36,9 +38,6 @@ rule probe:
         generations=PROBE_GENERATIONS,
     output:
         probe=PROBE,
-    params:
-        method=adapter_method_spec,
-        attribute=attribute_spec,
     log:
         f"{LOGS}/generate/probe/{{dataset}}/{{model}}/{{method}}.log",
     conda:
@@ -46,6 +45,9 @@ rule probe:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        method=adapter_method_spec,
+        attribute=attribute_spec,
     script:
         "../scripts/probe.py"
 
@@ -57,6 +59,10 @@ use rule generate as validity_generate with:
         preflight=preflight_marker("validity_generate"),
     output:
         generations=VALIDITY_GENERATIONS,
+    log:
+        f"{LOGS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"
     params:
         method=generation_method_spec,
         attribute=attribute_spec,
@@ -64,7 +70,3 @@ use rule generate as validity_generate with:
         placement=steering_placement,
         seed=config["seed"],
         split="val",
-    log:
-        f"{LOGS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
-    benchmark:
-        f"{BENCHMARKS}/validity/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"

@@ -1,6 +1,6 @@
 # Pre-flight checks: bad input that only the model or an endpoint can reveal fails here, in seconds,
 # before the expensive job that would trip over it (distalign.preflight; config/README.md "Pre-flight checks").
-# Helpers (the input functions of the consumers) live at the end of common.smk.
+# Its input functions (helpers/preflight.smk) give each consumer its own marker.
 #
 # Every expensive job (train, generate, validity_generate, sweep_generate, story_data, capabilities)
 # reads its own marker results/preflight/models/{model}/{job}.json; label jobs that call the story LLM
@@ -13,6 +13,9 @@
 # deleted marker, and a params or input change here would rerun every job that reads a marker.
 # The checks read the config inside the job instead. (With --sdm conda, an edit of their env file
 # reruns every job that reads a marker once, for the same reason.)
+
+
+include: "helpers/preflight.smk"
 
 
 # The model checks of one consumer job: steering tokens, LoRA target modules and device of the run's

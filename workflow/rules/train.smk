@@ -1,5 +1,7 @@
 # Rule `train`: LoRA fine-tuning (IFT, DPO, ours and its ablations) with trl; see distalign.train.
-# Helpers and settings for these rules live in common.smk.
+
+
+include: "helpers/train.smk"
 
 
 # One LoRA adapter per (dataset, model, method); resumes from {output}.work/ checkpoints when restarted.
@@ -13,8 +15,6 @@ rule train:
         preflight=preflight_marker("train"),
     output:
         adapter=directory(ADAPTER),
-    params:
-        method=train_params,
     log:
         f"{LOGS}/train/{{dataset}}/{{model}}/{{method}}.log",
     benchmark:
@@ -26,5 +26,7 @@ rule train:
         mem_mb=scaled(8000),
         runtime=scaled(240),
         gpu=train_uses_gpu,
+    params:
+        method=train_params,
     script:
         "../scripts/train.py"

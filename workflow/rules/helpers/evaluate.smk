@@ -1,0 +1,58 @@
+# Helpers of evaluate.smk, included at its top (functions and settings only):
+# the judge params, and the inputs and settings of the capability check and the judge check.
+def judge_params(wildcards):
+    """Judge settings that change labels (endpoint, retries and concurrency do not: they are read in the script)."""
+    if wildcards.task == "attribute":
+        return {"multi_class_rule": JUDGE["multi_class_rule"]}
+    out = {"story": JUDGE["story"], "story_min_words": JUDGE["story_min_words"]}
+    if JUDGE["story"] in ("llm", "both"):
+        llm = JUDGE["llm"]
+        out["llm"] = {"model": llm["model"], "max_reasks": llm["max_reasks"], "max_tokens": llm["max_tokens"]}
+    return out
+
+
+def method_token_set(wildcards):
+    """Steering token set of a method (None: the attribute's default; only used by the steering analysis)."""
+    return config["methods"][wildcards.method].get("token_set")
+
+
+CAPS = config["capabilities"]
+
+
+def capabilities_inputs(wildcards):
+    """Model, the adapter of trained methods, and the local task files (backend local)."""
+    require_applicable(wildcards, "attribute", "the capability check")
+    inputs = {"model": MODEL.format(model=wildcards.model)}
+    if method_kind(wildcards.method) in TRAINED_KINDS:
+        inputs["adapter"] = method_adapter(wildcards)
+    if CAPS["backend"] == "local":
+        inputs["heldout"] = CAPS["heldout_text"]
+        inputs["multiple_choice"] = CAPS["multiple_choice"]
+    return inputs
+
+
+def capabilities_settings(wildcards):
+    """What changes the scores: the backend and, for lm-eval, its tasks and limit."""
+    if CAPS["backend"] == "local":
+        return {"backend": "local"}
+    return {k: CAPS[k] for k in ("backend", "lm_eval_tasks", "lm_eval_limit")}
+
+
+def capabilities_keys():
+    return [
+        dict(dataset=CAPS["dataset"], model=model, method=method)
+        for model in config["run"]["models"]
+        for method in CAPS["methods"]
+    ]
+
+
+def judge_check_stories(wildcards):
+    """The person-labelled stories of a dataset's attribute (attributes.<a>.judge_check)."""
+    attribute = config["datasets"][wildcards.dataset]["attribute"]
+    path = config["attributes"][attribute].get("judge_check")
+    if not path:
+        raise ValueError(
+            f"dataset {wildcards.dataset!r}: attribute {attribute!r} has no judge_check file "
+            f"(config key 'attributes.{attribute}.judge_check')"
+        )
+    return path

@@ -1,0 +1,48 @@
+# Helpers of train.smk, included at its top (functions and settings only):
+# the adapter a DPO run continues, D_story inputs and the params of a training job.
+from snakemake.exceptions import WorkflowError
+
+from distalign.config import adapter_dataset, method_training, training_params
+from distalign.train import first_method_of_kind
+
+
+def train_init_adapter(wildcards):
+    """DPO continues the IFT adapter of the same (dataset, model): the first method of kind ift. (Also where an
+    adapter that should not exist is refused at DAG time: a prompting method, a transfer dataset, a method that
+    does not apply to the dataset.)"""
+    kind = method_kind(wildcards.method)
+    path = ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
+    adapter = f"the adapter {path}"
+    if kind not in TRAINED_KINDS:
+        raise WorkflowError(
+            f"cannot build {adapter}: method {wildcards.method!r} is of kind {kind!r}, which "
+            f"trains nothing (trained kinds: {', '.join(TRAINED_KINDS)})"
+        )
+    if config["datasets"][wildcards.dataset].get("adapters_from"):
+        raise WorkflowError(
+            f"cannot build {adapter}: dataset {wildcards.dataset!r} uses the adapters of "
+            f"{adapter_dataset(config, wildcards.dataset)!r} (datasets.{wildcards.dataset}.adapters_from)"
+            f" and trains nothing itself"
+        )
+    require_applicable(wildcards, "attribute", adapter)
+    if kind != "dpo":
+        return {}
+    ift = first_method_of_kind(config, "ift")
+    return {"init_adapter": ADAPTER.format(dataset=wildcards.dataset, model=wildcards.model, method=ift)}
+
+
+def train_story_data(wildcards):
+    """Methods with story_data: true also train on D_story of their (dataset, model)."""
+    if not config["methods"][wildcards.method].get("story_data"):
+        return {}
+    return {"stories": STORY_DATA.format(dataset=wildcards.dataset, model=wildcards.model)}
+
+
+def train_params(wildcards):
+    """Only what changes the result: the method spec and its resolved training section (a change reruns
+    only that method)."""
+    return {"spec": adapter_method_spec(wildcards), "training": training_params(config, wildcards.method)}
+
+
+def train_uses_gpu(wildcards):
+    return 0 if method_training(config, wildcards.method)["device"] == "cpu" else 1
