@@ -208,7 +208,7 @@ def _target_errors(config: dict) -> list[str]:
             continue
         k = len(attr.get("classes", []))
         share = round(1.0 / k, int(digits))
-        if share <= 0 or abs(k * share - 1.0) > 0.01 + 1e-9:
+        if not _even_rounding_ok(k, int(digits)):
             errs.append(
                 f"config key 'targets.round_even': {digits} decimal(s) make the even target of dataset "
                 f"{name!r} ({k} classes) {share:g} per class, summing to {k * share:g} instead of 1; use "
@@ -217,14 +217,14 @@ def _target_errors(config: dict) -> list[str]:
     return errs
 
 
+def _even_rounding_ok(k: int, digits: int) -> bool:
+    """Whether 1/K rounded to ``digits`` decimals is still a distribution: above 0, summing to 1 within a point."""
+    share = round(1.0 / k, digits)
+    return share > 0 and abs(k * share - 1.0) <= 0.01 + 1e-9
+
+
 def _even_digits_needed(k: int) -> int:
-    d = 0
-    while d < 12:
-        share = round(1.0 / k, d)
-        if share > 0 and abs(k * share - 1.0) <= 0.01 + 1e-9:
-            return d
-        d += 1
-    return d
+    return next(d for d in range(13) if _even_rounding_ok(k, d) or d == 12)
 
 
 def _method_errors(config: dict) -> list[str]:
@@ -255,7 +255,7 @@ def _method_errors(config: dict) -> list[str]:
                 )
                 if not used or name not in run.get("methods", []) or not story_judged(attr):
                     continue
-                missing = [c.get("name") for c in attr.get("classes", []) if not c.get("story_hint")]
+                missing = classes_without_story_hint(attr)
                 if missing:
                     errs.append(
                         f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
@@ -639,6 +639,11 @@ def inapplicable_reason(config: dict, dataset: str, method: str, task: str = "at
             f"{ds['attribute']!r} of dataset {dataset!r} has none"
         )
     return None
+
+
+def classes_without_story_hint(attr: Mapping) -> list[str]:
+    """Classes of an attribute that cannot be asked for when D_story is written (no ``story_hint``)."""
+    return [c.get("name") for c in attr.get("classes", []) if not c.get("story_hint")]
 
 
 def story_judged(attr: dict) -> bool:

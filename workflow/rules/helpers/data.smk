@@ -2,7 +2,7 @@
 # the census, prompts and spec params of the data rules.
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import story_judged
+from distalign.config import classes_without_story_hint, story_judged
 
 
 def census_path(wildcards):
@@ -36,7 +36,7 @@ def story_training_prompts(wildcards):
     without story hints cannot have one: refused at DAG time)."""
     name = config["datasets"][wildcards.dataset]["attribute"]
     attr = config["attributes"][name]
-    missing = [c["name"] for c in attr["classes"] if not c.get("story_hint")]
+    missing = classes_without_story_hint(attr)
     if not story_judged(attr) or missing:
         why = (
             f"attribute {name!r} has no story judge"
