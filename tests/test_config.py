@@ -1,5 +1,6 @@
 import copy
 
+import jsonschema
 import pytest
 import yaml
 
@@ -40,6 +41,31 @@ def test_every_schema_key_has_description_and_default(repo):
     walk(schema, "")
     for name, sub in schema["definitions"].items():
         walk(sub, f"definitions.{name}")
+
+
+def test_schema_nodes_hold_only_schema_keywords(repo):
+    # A flow-style `{..., description: a, b}` splits at the comma: YAML reads `b` as a key of the
+    # property's schema, jsonschema ignores it and the description is silently cut short.
+    annotations = {"description", "default", "title", "examples", "$comment", "$schema", "definitions", "$defs"}
+    keywords = set(jsonschema.Draft202012Validator.VALIDATORS) | annotations
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    stray = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        stray.extend(f"{path}: {key!r}" for key in node if key not in keywords)
+        for key in ("properties", "definitions", "patternProperties"):
+            for name, sub in (node.get(key) or {}).items():
+                walk(sub, f"{path}.{name}")
+        for key in ("items", "additionalProperties", "propertyNames", "not"):
+            walk(node.get(key), f"{path}/{key}")
+        for key in ("oneOf", "anyOf", "allOf"):
+            for i, sub in enumerate(node.get(key) or []):
+                walk(sub, f"{path}/{key}[{i}]")
+
+    walk(schema, "")
+    assert not stray, "keys that are not JSON-schema keywords (an unquoted comma?): " + ", ".join(stray)
 
 
 @pytest.mark.parametrize(
