@@ -95,6 +95,14 @@ def test_schema_nodes_hold_only_schema_keywords(repo):
         ),
         (lambda c: c["generation"].__setitem__("top_p", 0), r"config key 'generation\.top_p'"),
         (
+            lambda c: c.__setitem__("judge", {"story": "magic"}),
+            r"config key 'judge\.story': expected one of \['lexicon', 'llm', 'both'\], got 'magic'",
+        ),
+        (
+            lambda c: c.__setitem__("judge", {"multi_class_rule": "first"}),
+            r"config key 'judge\.multi_class_rule': expected one of \['last', 'invalid'\], got 'first'",
+        ),
+        (
             lambda c: c["run"].__setitem__("datasets", ["uk-real", "mars-even"]),
             r"config key 'run\.datasets': unknown dataset 'mars-even'",
         ),

@@ -243,8 +243,11 @@ def test_judge_config_defaults_and_checks(attrs):
     cfg = judge_config({})
     assert cfg["story"] == "lexicon" and cfg["multi_class_rule"] == "last"
     assert cfg["llm"]["api_key_env"] == "OPENAI_API_KEY"
-    with pytest.raises(JudgeError, match="judge.story"):
-        judge_config({"judge": {"story": "magic"}})
+    # Defaults come from the schema, below whatever the config sets, nested sections included.
+    partial = judge_config({"judge": {"story": "llm", "llm": {"model": "m", "concurrency": 9}}})
+    assert partial["story"] == "llm" and partial["multi_class_rule"] == "last"
+    assert partial["llm"]["model"] == "m" and partial["llm"]["concurrency"] == 9
+    assert partial["llm"]["max_reasks"] == 2 and partial["serve"]["health_timeout"] == 1800
     judges, primary = judges_for(attrs["sentiment"], "story", cfg)
     assert primary == "lexicon" and isinstance(judges["lexicon"], VaderJudge)
     with pytest.raises(JudgeError, match="judge.llm.model"):

@@ -48,6 +48,25 @@ def _with_defaults(validator_class):
 _DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
+def schema_defaults(section: str, schema: dict | None = None) -> dict:
+    """The values the schema gives top-level section ``section`` when the config sets none of it."""
+    return with_schema_defaults({}, section, schema)
+
+
+def with_schema_defaults(config: Mapping | None, section: str, schema: dict | None = None) -> dict:
+    """A copy of ``config[section]`` with the schema's defaults filled wherever it sets nothing.
+
+    For library callers that pass a partial config (tests, notebooks); a config that went through
+    validate_config already has them. It checks nothing: values are validate_config's business.
+    """
+    schema = schema or load_schema()
+    sub = {**schema["properties"][section], "definitions": schema.get("definitions", {})}
+    instance = copy.deepcopy(dict((config or {}).get(section) or {}))
+    for _ in _DefaultFillingValidator(sub).iter_errors(instance):
+        pass  # the validator fills defaults as it walks; its verdict is not wanted here
+    return instance
+
+
 def _key(path) -> str:
     parts = [str(p) for p in path]
     return ".".join(parts) if parts else "<top level>"

@@ -27,27 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .attributes import Attribute
+from .config import schema_defaults, with_schema_defaults
 
 log = logging.getLogger(__name__)
 
 INVALID = "<invalid>"  # the category of an invalid label in agreement statistics
-
-# Defaults of the `judge` config section (mirrored in the JSON schema fragment).
-JUDGE_DEFAULTS: dict = {
-    "story": "lexicon",
-    "multi_class_rule": "last",
-    "llm": {
-        "base_url": None,
-        "model": None,
-        "api_key_env": "OPENAI_API_KEY",
-        "max_retries": 5,
-        "timeout": 60.0,
-        "backoff": 1.0,
-        "concurrency": 4,
-        "max_reasks": 2,
-        "max_tokens": 16,
-    },
-}
 
 
 class JudgeError(RuntimeError):
@@ -337,14 +321,14 @@ class LLMJudge:
     @classmethod
     def from_config(cls, attribute: Attribute, llm_cfg: Mapping) -> LLMJudge:
         """Build from the ``judge.llm`` config section; missing or null keys take their defaults."""
+        defaults = schema_defaults("judge")["llm"]
         given = dict(llm_cfg or {})
-        unknown = set(given) - set(JUDGE_DEFAULTS["llm"])
+        unknown = set(given) - set(defaults)
         if unknown:
             raise JudgeError(
-                f"config key 'judge.llm': unknown key(s) {sorted(unknown)} "
-                f"(expected one of {sorted(JUDGE_DEFAULTS['llm'])})"
+                f"config key 'judge.llm': unknown key(s) {sorted(unknown)} (expected one of {sorted(defaults)})"
             )
-        cfg = {k: given[k] if given.get(k) is not None else d for k, d in JUDGE_DEFAULTS["llm"].items()}
+        cfg = {k: given[k] if given.get(k) is not None else d for k, d in defaults.items()}
         return cls(attribute, **cfg)
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -499,17 +483,8 @@ def cohens_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> float | No
 
 
 def judge_config(config: Mapping | None) -> dict:
-    """The `judge` config section with defaults filled (works before the schema has the section)."""
-    cfg = dict((config or {}).get("judge") or {})
-    llm = {**JUDGE_DEFAULTS["llm"], **(cfg.get("llm") or {})}
-    out = {**JUDGE_DEFAULTS, **cfg, "llm": llm}
-    if out["story"] not in ("lexicon", "llm", "both"):
-        raise JudgeError(f"config key 'judge.story': expected lexicon, llm or both, got {out['story']!r}")
-    if out["multi_class_rule"] not in ("last", "invalid"):
-        raise JudgeError(
-            f"config key 'judge.multi_class_rule': expected last or invalid, got {out['multi_class_rule']!r}"
-        )
-    return out
+    """The `judge` config section with the schema's defaults filled (its values are checked there)."""
+    return with_schema_defaults(config, "judge")
 
 
 def judges_for(attribute: Attribute, task: str, jcfg: Mapping) -> tuple[dict, str]:

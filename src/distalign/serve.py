@@ -33,7 +33,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-HEALTH_TIMEOUT = 1800.0  # a 30B judge can take many minutes to load from a network file system
+from .config import schema_defaults, with_schema_defaults
+
 STOP_GRACE = 30.0
 
 
@@ -115,7 +116,7 @@ def openai_server(
     served_model_name: str | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
-    health_timeout: float = HEALTH_TIMEOUT,
+    health_timeout: float | None = None,
     log_path: str | os.PathLike | None = None,
     stop_grace: float = STOP_GRACE,
     poll_interval: float = 1.0,
@@ -127,7 +128,8 @@ def openai_server(
     appended verbatim (e.g. ``["--max-model-len", "8192", "--tensor-parallel-size", "2"]``).
     ``env`` is added to this process's environment. Output goes to ``log_path`` (default: a temporary
     file that is kept, its path is in every error). Raises :class:`ServerError` with the log tail when
-    the process exits before it is healthy or ``health_timeout`` seconds pass.
+    the process exits before it is healthy or ``health_timeout`` seconds pass (default: that of
+    ``judge.serve.health_timeout`` in the schema).
     """
     python = python or sys.executable
     port = int(port or free_port(host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"))
@@ -167,6 +169,8 @@ def openai_server(
         except OSError as err:
             raise ServerError(f"cannot start the model server ({cmd[0]}): {err}") from err
     try:
+        if health_timeout is None:
+            health_timeout = float(schema_defaults("judge")["serve"]["health_timeout"])
         deadline = time.monotonic() + health_timeout
         while True:
             if _healthy(f"{base}/health"):
@@ -186,11 +190,6 @@ def openai_server(
         yield f"{base}/v1"
     finally:
         _stop(proc, stop_grace)
-
-
-def judge_serve_defaults() -> dict:
-    """Defaults of ``judge.serve`` (how the label job starts its own server)."""
-    return {"python": None, "port": None, "extra_args": [], "health_timeout": HEALTH_TIMEOUT, "log": None}
 
 
 @contextlib.contextmanager
@@ -214,7 +213,7 @@ def judge_endpoint(
             "config key 'judge.llm.model': required to start a judge server (judge.llm.base_url is null)"
         )
     serve = {
-        **judge_serve_defaults(),
+        **schema_defaults("judge")["serve"],
         **{k: v for k, v in dict(judge_cfg.get("serve") or {}).items() if v is not None},
     }
     os.environ.setdefault(llm.get("api_key_env") or "OPENAI_API_KEY", "EMPTY")
@@ -233,17 +232,13 @@ def judge_endpoint(
 # Hugging Face cache and offline mode
 
 
-def hf_defaults() -> dict:
-    return {"home": None, "offline": True, "prefetch": True}
-
-
 def hf_environment(hf_cfg: Mapping | None) -> dict[str, str]:
     """Environment variables for jobs from the ``hf`` config section.
 
     home (path or null = keep HF_HOME / ~/.cache/huggingface) -> HF_HOME (absolute);
     offline (bool) -> HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE = 1 / 0.
     """
-    cfg = {**hf_defaults(), **dict(hf_cfg or {})}
+    cfg = with_schema_defaults({"hf": hf_cfg}, "hf")
     env: dict[str, str] = {}
     if cfg["home"]:
         env["HF_HOME"] = str(Path(os.path.expandvars(str(cfg["home"]))).expanduser().resolve())

@@ -13,7 +13,6 @@ from distalign.config import (
 )
 from distalign.figures import KNOBS
 from distalign.guidance import guided_tasks
-from distalign.judge import judge_config
 from distalign.prompts import TASKS
 
 # Validate (and fill defaults of) the configuration before any job is scheduled. We use our own
@@ -134,11 +133,6 @@ def generation_settings(wildcards):
     return {k: v for k, v in config["generation"].items() if k != "vllm_python"}
 
 
-# `judge` and `metrics` config sections with their defaults (the functions also work before the
-# schema defines them). A bad value fails here, before any job runs. Read by the data (D_story),
-# evaluation and report stages.
-JUDGE = judge_config(config)
-METRICS_CFG = {"bootstrap": 1000, "two_level": False, "noise_floor_draws": 20000, **config.get("metrics", {})}
 
 
 # ---- Target lists of `all` (called after every stage is included) ---------------------------

@@ -127,7 +127,7 @@ rule story_data:
         attribute=attribute_spec,
         hints=story_hints,
         story_data=config["story_data"],
-        min_words=JUDGE["story_min_words"],
+        min_words=config["judge"]["story_min_words"],
         generation=generation_settings,
         seed=config["seed"],
     script:

@@ -12,12 +12,12 @@ from distalign.serve import judge_starts_server
 # A judge server started inside the job needs no key (EMPTY is used).
 if (
     "story" in config["run"]["tasks"]
-    and JUDGE["story"] in ("llm", "both")
+    and config["judge"]["story"] in ("llm", "both")
     and not judge_starts_server(config)
 ):
 
     envvars:
-        JUDGE["llm"]["api_key_env"],
+        config["judge"]["llm"]["api_key_env"],
 
 
 # Label each generation: keyword parser (attribute task) or story judge(s); invalid answers are kept as null.
@@ -62,7 +62,7 @@ rule metrics:
     params:
         attribute=attribute_spec,
         seed=config["seed"],
-        metrics=METRICS_CFG,
+        metrics=config["metrics"],
         token_set=method_token_set,
     script:
         "../scripts/metrics.py"
@@ -141,8 +141,8 @@ rule judge_check:
         runtime=10,
     params:
         attribute=attribute_spec,
-        min_words=JUDGE["story_min_words"],
+        min_words=config["judge"]["story_min_words"],
         seed=config["seed"],
-        bootstrap=METRICS_CFG["bootstrap"],
+        bootstrap=config["metrics"]["bootstrap"],
     script:
         "../scripts/judge_check.py"

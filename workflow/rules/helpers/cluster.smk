@@ -2,9 +2,9 @@
 # the Hugging Face environment of every job and the models to prefetch.
 import os
 
-from distalign.serve import hf_defaults, hf_environment, prefetch_specs, run_prefetch
+from distalign.serve import hf_environment, prefetch_specs, run_prefetch
 
-HF = {**hf_defaults(), **(config.get("hf") or {})}
+HF = config["hf"]
 
 # HF_HOME / HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE of every job. Local jobs are children of this
 # process, and a SLURM job re-parses the Snakefile inside the job (sbatch --export=ALL), so this

@@ -3,10 +3,10 @@
 def judge_params(wildcards):
     """Judge settings that change labels (endpoint, retries and concurrency do not: they are read in the script)."""
     if wildcards.task == "attribute":
-        return {"multi_class_rule": JUDGE["multi_class_rule"]}
-    out = {"story": JUDGE["story"], "story_min_words": JUDGE["story_min_words"]}
-    if JUDGE["story"] in ("llm", "both"):
-        llm = JUDGE["llm"]
+        return {"multi_class_rule": config["judge"]["multi_class_rule"]}
+    out = {"story": config["judge"]["story"], "story_min_words": config["judge"]["story_min_words"]}
+    if config["judge"]["story"] in ("llm", "both"):
+        llm = config["judge"]["llm"]
         out["llm"] = {"model": llm["model"], "max_reasks": llm["max_reasks"], "max_tokens": llm["max_tokens"]}
     return out
 
