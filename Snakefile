@@ -10,8 +10,8 @@ min_version("9.0")
 
 
 # The default config is checked strictly first (a YAML syntax error or a duplicate key named with its line);
-# Snakemake reads --configfile files before this file runs: `python -m distalign.io FILE` checks those.
-from distalign.io import YamlError, check_yaml_files
+# Snakemake reads --configfile files before this file runs: `python -m distalign.core.io FILE` checks those.
+from distalign.core.io import YamlError, check_yaml_files
 
 try:
     check_yaml_files([p for p in ["config/config.yaml"] if Path(p).exists()])
@@ -46,7 +46,7 @@ PROBE_GENERATIONS = "results/generations/{dataset}/{model}/{method}/attribute.js
 CAPABILITIES = "results/capabilities/{dataset}/{model}/{method}.json"
 JUDGE_CHECK = "results/judge_check/{dataset}.json"
 PREFETCHED = "results/models/.prefetched/{name}.json"
-# Pre-flight markers (temp): one per consumer job, {job} = its rule and wildcards (distalign.preflight).
+# Pre-flight markers (temp): one per consumer job, {job} = its rule and wildcards (distalign.modeling.preflight).
 PREFLIGHT = "results/preflight/models/{model}/{job}.json"
 PREFLIGHT_ENDPOINTS = "results/preflight/endpoints/{job}.json"
 # Decoding sweeps (Figure 4): {knob} top_p | top_k | temperature, {value} its value, {rep} the run.

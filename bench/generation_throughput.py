@@ -5,13 +5,13 @@ Usage (one backend per process; vLLM needs its own env on this machine):
     .venv/bin/python      bench/generation_throughput.py --backend transformers
     .venv-vllm/bin/python bench/generation_throughput.py --backend vllm
 
-Workloads, through the library's own path (``distalign.generate.run_generation``, pure sampling at
+Workloads, through the library's own path (``distalign.generation.runner.run_generation``, pure sampling at
 temperature 1, top_p 1, top_k off, stopping at end of turn):
 - attribute: 100 samples of one attribute prompt, max 16 new tokens;
 - story: 20 samples of one story prompt, max 200 new tokens.
 "Excluding load" times the first generation call of each task (later runs are listed too); "including load" adds the time from process
 start (imports) through backend construction (model load, or vLLM engine start). The vLLM backend
-runs in this process with the settings ``distalign.generate.execute`` uses in-process.
+runs in this process with the settings ``distalign.generation.runner.execute`` uses in-process.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
 
-    from distalign.generate import Job, make_backend, run_generation
+    from distalign.generation.job import Job
+    from distalign.generation.runner import make_backend, run_generation
 
     workloads = {
         "attribute": ("What is the gender of a person working as a nurse? Answer with one word.", 100, 16),
@@ -104,7 +105,7 @@ def main() -> None:
         }
     print(json.dumps(result, indent=2))
     if args.out:
-        from distalign.io import write_json
+        from distalign.core.io import write_json
 
         write_json(args.out, result)
 

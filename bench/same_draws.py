@@ -5,7 +5,7 @@
 The noise floor in the metrics is the *expected* MAE of an ideal sampler with the same N; the MAE
 of one run scatters around it (SD about .006 on 14 US occupations x 100). A steering-token method
 draws its token by inverse CDF from one uniform number per (prompt, sample), seeded from the config
-(``distalign.generate.steering_draw_seed``). Replaying those same numbers through the exact targets
+(``distalign.generation.sampling.steering_draw_seed``). Replaying those same numbers through the exact targets
 gives what an ideal sampler would have scored with this run's luck; comparing the run's token MAE
 with it separates calibration error from an unlucky seed. Also simulates the floor's spread: how
 often an ideal sampler itself lands above 1.25x the floor. Prints one Markdown row per file.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distalign.generate import draw_index, steering_draw_seed, weighted_probs
-from distalign.io import read_jsonl
-from distalign.metrics import mae, noise_floor
+from distalign.core.io import read_jsonl
+from distalign.evaluation.metrics import mae, noise_floor
+from distalign.generation.sampling import draw_index, steering_draw_seed, weighted_probs
 
 
 def replay(rows: list[dict], seed: int) -> dict:
@@ -35,7 +35,7 @@ def replay(rows: list[dict], seed: int) -> dict:
         u_seed = steering_draw_seed(parts, r["prompt_id"], r["sample"])
         target[r["context_id"]] = tgt
         ideal[r["context_id"]].append(draw_index(tgt, u_seed))
-        # a validity-corrected run drew from the reweighted probabilities (distalign.validity)
+        # a validity-corrected run drew from the reweighted probabilities (distalign.generation.validity)
         drawn[r["context_id"]].append(
             draw_index(weighted_probs(r["steering_probs"], r.get("token_weights")), u_seed)
         )
@@ -51,7 +51,7 @@ def replay(rows: list[dict], seed: int) -> dict:
 
 def floor_spread(rows: list[dict], runs: int = 20000, seed: int = 0) -> dict:
     """The noise floor of this file's targets and N per context (exact, as in the metrics:
-    :func:`distalign.metrics.noise_floor`), the SD of an ideal sampler's MAE around it and how often
+    :func:`distalign.evaluation.metrics.noise_floor`), the SD of an ideal sampler's MAE around it and how often
     one such run lands above 1.25x it (``runs`` simulated runs of multinomial draws)."""
     target, n = {}, defaultdict(int)
     for r in rows:
@@ -81,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     seed = args.seed
     if seed is None:
-        from distalign.io import load_yaml
+        from distalign.core.io import load_yaml
 
         seed = int(load_yaml(Path(__file__).resolve().parents[1] / "config/config.yaml")["seed"])
     print(

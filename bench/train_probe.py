@@ -1,7 +1,7 @@
 """Measure training: first-token distribution MAE on validation prompts before/after, and time per step.
 
 Builds UK-real data with distalign (targets from resources/census/uk.csv, offline prompt bank),
-trains ift, dpo (from the ift adapter) and ours with ``distalign.train.train_adapter`` on the
+trains ift, dpo (from the ift adapter) and ours with ``distalign.training.runner.train_adapter`` on the
 embedded model, and probes the restricted softmax at the first assistant position (no sampling):
 over the steering tokens for ``ours``, over the first token of each class label ("Male",
 "Female") for the baselines. MAE = mean over contexts of mean over classes of
@@ -21,15 +21,16 @@ from pathlib import Path
 
 import torch
 
-from distalign.attributes import attribute_of_dataset
-from distalign.config import load_config
-from distalign.datasets import build_base, build_pref, build_sft
-from distalign.generate import TransformersBackend, steering_distribution
-from distalign.io import read_jsonl, write_jsonl
-from distalign.models import load_model, single_token_ids
-from distalign.prompts import build_prompts, load_templates
-from distalign.targets import build_targets, load_census
-from distalign.train import train_adapter
+from distalign.core.attributes import attribute_of_dataset
+from distalign.core.config import load_config
+from distalign.core.io import read_jsonl, write_jsonl
+from distalign.data.datasets import build_base, build_pref, build_sft
+from distalign.data.prompts import build_prompts, load_templates
+from distalign.data.targets import build_targets, load_census
+from distalign.generation.sampling import steering_distribution
+from distalign.generation.transformers_backend import TransformersBackend
+from distalign.modeling.models import load_model, single_token_ids
+from distalign.training.runner import train_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 

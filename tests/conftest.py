@@ -22,7 +22,7 @@ def repo() -> Path:
 @pytest.fixture()
 def config() -> dict:
     """The validated embedded-default configuration (a fresh copy per test)."""
-    from distalign.config import load_config
+    from distalign.core.config import load_config
 
     return load_config(REPO / "config" / "config.yaml")
 
@@ -64,7 +64,7 @@ def embedded_model_dir(tmp_path_factory) -> Path:
     existing = REPO / "results" / "models" / "smollm2-135m-instruct"
     if (existing / "distalign_model.json").exists() and (existing / "model.safetensors").exists():
         return existing
-    from distalign.models import prepare_model
+    from distalign.modeling.models import prepare_model
 
     out = tmp_path_factory.mktemp("models") / "smollm2-135m-instruct"
     prepare_model(

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from distalign.capabilities import (
+from distalign.evaluation.capabilities import (
     CapabilityError,
     lm_eval_model_args,
     load_heldout,

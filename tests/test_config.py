@@ -4,7 +4,7 @@ import jsonschema
 import pytest
 import yaml
 
-from distalign.config import (
+from distalign.core.config import (
     ConfigError,
     dataset_applies,
     load_config,
@@ -46,7 +46,16 @@ def test_every_schema_key_has_description_and_default(repo):
 def test_schema_nodes_hold_only_schema_keywords(repo):
     # A flow-style `{..., description: a, b}` splits at the comma: YAML reads `b` as a key of the
     # property's schema, jsonschema ignores it and the description is silently cut short.
-    annotations = {"description", "default", "title", "examples", "$comment", "$schema", "definitions", "$defs"}
+    annotations = {
+        "description",
+        "default",
+        "title",
+        "examples",
+        "$comment",
+        "$schema",
+        "definitions",
+        "$defs",
+    }
     keywords = set(jsonschema.Draft202012Validator.VALIDATORS) | annotations
     schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
     stray = []
@@ -337,7 +346,7 @@ def test_workflow_stops_before_any_job_on_a_bad_config(workdir, snakemake_run):
 
 
 def test_config_readme_lists_every_key(repo):
-    from distalign.config_docs import README, render
+    from distalign.core.config_docs import README, render
 
     text = README.read_text()
-    assert render(text) == text, "config/README.md is stale: run python -m distalign.config_docs"
+    assert render(text) == text, "config/README.md is stale: run python -m distalign.core.config_docs"

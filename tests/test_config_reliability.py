@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from distalign.attributes import Attribute
-from distalign.config import ConfigError, coerce_strings, load_schema, validate_config
-from distalign.judge import KeywordParser
-from distalign.prompts import derive_seed
+from distalign.core.attributes import Attribute
+from distalign.core.config import ConfigError, coerce_strings, load_schema, validate_config
+from distalign.core.seeds import derive_seed
+from distalign.evaluation.judges import KeywordParser
 
 
 def _raw(repo):
@@ -133,7 +133,7 @@ def test_figure_dataset_unknown(repo):
 
 
 def test_calibration_panel_uses_the_mapped_class(repo):
-    from distalign.figures import share_class_for
+    from distalign.report.figures import share_class_for
 
     cfg = validate_config(_raw(repo))
     assert share_class_for("female", cfg, "uk-real", ["male", "female"]) == "female"
@@ -276,16 +276,20 @@ def test_syntax_error_in_the_default_config_names_file_and_line(workdir, snakema
 
 
 def test_config_file_checker_names_the_line(tmp_path):
-    """Snakemake reads --configfile files before the workflow runs; `python -m distalign.io FILE` names the line."""
+    """Snakemake reads --configfile files before the workflow runs; `python -m distalign.core.io FILE` names the line."""
     import subprocess
     import sys
 
     bad = tmp_path / "overlay.yaml"
     bad.write_text("seed: 1\ntraining:\n  sft: {epochs: 1\n")
-    proc = subprocess.run([sys.executable, "-m", "distalign.io", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distalign.core.io", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and f"{bad}:4: YAML syntax error" in proc.stderr, proc.stderr
     bad.write_text("seed: 1\nseed: 2\n")
-    proc = subprocess.run([sys.executable, "-m", "distalign.io", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distalign.core.io", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and f"{bad}:2: duplicate key 'seed' (first at line 1)" in proc.stderr, (
         proc.stderr
     )

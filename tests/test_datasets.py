@@ -3,10 +3,10 @@ from collections import Counter
 
 import pytest
 
-from distalign.attributes import attribute_of_dataset
-from distalign.datasets import build_base, build_pref, build_sft, largest_remainder, sample_negative
-from distalign.prompts import build_prompts, load_templates
-from distalign.targets import build_targets, load_census
+from distalign.core.attributes import attribute_of_dataset
+from distalign.data.datasets import build_base, build_pref, build_sft, largest_remainder, sample_negative
+from distalign.data.prompts import build_prompts, load_templates
+from distalign.data.targets import build_targets, load_census
 
 
 def test_largest_remainder_edge_cases():

@@ -16,21 +16,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from distalign.generate import (  # noqa: E402
-    Job,
-    TransformersBackend,
+from distalign.core.io import read_jsonl, write_jsonl  # noqa: E402
+from distalign.generation.job import Job, load_requests, make_job  # noqa: E402
+from distalign.generation.probe import probe_from_generations, summarize_probe  # noqa: E402
+from distalign.generation.runner import generate, run_generation  # noqa: E402
+from distalign.generation.sampling import (  # noqa: E402
     draw_index,
-    generate,
-    load_requests,
-    make_job,
-    probe_from_generations,
     restricted_probs,
-    run_generation,
     steering_distribution,
     steering_draw_seed,
-    summarize_probe,
 )
-from distalign.io import read_jsonl, write_jsonl  # noqa: E402
+from distalign.generation.transformers_backend import TransformersBackend  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 DIGIT = {str(i): 32 + i for i in range(10)}  # SmolLM2: "0".."9" are ids 32..41
@@ -196,7 +192,8 @@ def test_token_weights_reweight_the_draw_not_the_recorded_probs(tiny_dir, backen
 
 
 def test_token_weights_are_checked(tiny_dir, config):
-    from distalign.generate import GenerationError, weighted_probs
+    from distalign.generation.job import GenerationError
+    from distalign.generation.sampling import weighted_probs
 
     assert weighted_probs([0.5, 0.5], None) == [0.5, 0.5]
     assert weighted_probs([0.5, 0.5], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
@@ -231,7 +228,7 @@ def test_steering_token_excluded_model_digits_kept(tiny_dir, backend, pin_logits
 
 
 def test_steered_prompt_ends_with_steering_token(tiny_dir, backend):
-    from distalign.chat import prompt_ids, steered_prompt_ids
+    from distalign.modeling.chat import prompt_ids, steered_prompt_ids
 
     tok = backend.tokenizer
     plain = prompt_ids(tok, "Hi")
@@ -303,7 +300,7 @@ def test_ours_with_adapter_end_to_end(tiny_dir, config, tmp_path):
 def test_probe_renormalised_mae(tiny_dir, backend, pin_logits, config):
     """The probe read from generation rows: restricted first-position probabilities, MAE per context
     (mean over classes) and the mean over contexts."""
-    from distalign.attributes import attribute_of_dataset
+    from distalign.core.attributes import attribute_of_dataset
 
     pin_logits({DIGIT["0"]: math.log(0.6), DIGIT["1"]: math.log(0.4)})
     reqs = _requests(3, target=(0.7, 0.3))
@@ -325,9 +322,9 @@ def test_probe_renormalised_mae(tiny_dir, backend, pin_logits, config):
 
 
 def test_pe_explicit_prompt_contains_distribution(tmp_path, config, repo):
-    from distalign.attributes import attribute_of_dataset
-    from distalign.prompts import load_templates
-    from distalign.targets import write_targets_csv
+    from distalign.core.attributes import attribute_of_dataset
+    from distalign.data.prompts import load_templates
+    from distalign.data.targets import write_targets_csv
 
     attribute = attribute_of_dataset(config, "uk-real")
     write_targets_csv(
@@ -361,7 +358,8 @@ def test_pe_explicit_prompt_contains_distribution(tmp_path, config, repo):
 
 
 def test_vllm_python_resolution(tmp_path):
-    from distalign.generate import GenerationError, resolve_vllm_python
+    from distalign.generation.job import GenerationError
+    from distalign.generation.vllm_backend import resolve_vllm_python
 
     with pytest.raises(GenerationError, match="generation.vllm_python"):
         resolve_vllm_python(str(tmp_path / "missing" / "python"))
@@ -374,7 +372,7 @@ def test_vllm_python_resolution(tmp_path):
 @pytest.mark.parametrize("steering", [True, False])
 def test_probe_from_generation_equals_a_separate_probe_pass(tiny_dir, backend, config, steering):
     """The first-answer-position log-probs recorded while sampling give the same probe as a forward pass."""
-    from distalign.attributes import attribute_of_dataset
+    from distalign.core.attributes import attribute_of_dataset
 
     attribute = attribute_of_dataset(config, "uk-real")
     reqs = _requests(3)

@@ -1,4 +1,4 @@
-"""Steering guidance (distalign.guidance): the contrast formula, the cached branch of the other tokens,
+"""Steering guidance (distalign.generation.guidance): the contrast formula, the cached branch of the other tokens,
 and guided generation on a tiny random Llama checked token by token against separate forward passes."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ pytest.importorskip("transformers")
 
 from test_generate import DIGIT, _job, _requests, tiny_dir  # noqa: E402, F401
 
-from distalign.chat import steered_prompt_ids  # noqa: E402
-from distalign.generate import GenerationError, TransformersBackend, make_job, run_generation  # noqa: E402
-from distalign.guidance import PLAUSIBILITY, SteeringGuidance, contrast_weights, guided_log_probs  # noqa: E402
+from distalign.generation.guidance import PLAUSIBILITY, SteeringGuidance, contrast_weights, guided_log_probs  # noqa: E402
+from distalign.generation.job import GenerationError, make_job  # noqa: E402
+from distalign.generation.runner import run_generation  # noqa: E402
+from distalign.generation.transformers_backend import TransformersBackend  # noqa: E402
+from distalign.modeling.chat import steered_prompt_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,17 @@ import shutil
 import pytest
 import yaml
 
-from distalign.attributes import Attribute, attribute_of_dataset
-from distalign.config import load_config
-from distalign.io import (
+from distalign.core.attributes import Attribute, attribute_of_dataset
+from distalign.core.config import load_config
+from distalign.core.io import (
     DuplicateKeyError,
     YamlError,
     check_yaml_files,
     load_yaml,
     snakemake_profile_files,
 )
-from distalign.prompts import TemplateError, load_templates, method_prompt, offline_pool, render_answer
-from distalign.targets import (
+from distalign.data.prompts import TemplateError, load_templates, method_prompt, offline_pool, render_answer
+from distalign.data.targets import (
     CensusError,
     RunInputError,
     TargetError,

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distalign.attributes import Attribute, attributes_from_config
-from distalign.judge import (
+from distalign.core.attributes import Attribute, attributes_from_config
+from distalign.core.config import judge_config
+from distalign.evaluation.judges import (
     JudgeError,
     KeywordParser,
     LexiconJudge,
     VaderJudge,
     cohens_kappa,
-    judge_config,
     judges_for,
     label_generations,
     normalise_reply,
@@ -185,7 +185,7 @@ def test_label_generations_two_judges(attrs):
         name = "llm"
 
         def judge(self, texts):
-            from distalign.judge import Judgement
+            from distalign.evaluation.judges import Judgement
 
             return [Judgement("male") for _ in texts]
 
@@ -205,7 +205,7 @@ def test_short_story_responses_are_not_stories(attrs):
         name = "llm"
 
         def judge(self, texts):
-            from distalign.judge import Judgement
+            from distalign.evaluation.judges import Judgement
 
             seen.extend(texts)
             return [Judgement("positive") for _ in texts]
@@ -255,7 +255,7 @@ def test_judge_config_defaults_and_checks(attrs):
 
 
 def test_llm_judge_config_keys(attrs):
-    from distalign.judge import LLMJudge
+    from distalign.evaluation.judges import LLMJudge
 
     j = LLMJudge.from_config(attrs["gender"], {"model": "m", "timeout": None, "concurrency": 2})
     assert j.timeout == 60.0 and j.concurrency == 2 and j.api_key_env == "OPENAI_API_KEY"

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from distalign.attributes import attributes_from_config
-from distalign.judge import VaderJudge
-from distalign.judge_check import (
+from distalign.core.attributes import attributes_from_config
+from distalign.evaluation.judge_check import (
     JudgeCheckError,
     confusion_matrix,
     faithful_mae,
@@ -17,7 +16,8 @@ from distalign.judge_check import (
     judge_reach,
     read_labelled_stories,
 )
-from distalign.tables import judge_check_table, to_markdown
+from distalign.evaluation.judges import VaderJudge
+from distalign.report.tables import judge_check_table, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -132,7 +132,7 @@ def test_judge_check_of_vader_on_constructed_stories():
 def test_stories_the_reader_gives_no_class(tmp_path):
     """A null label is a story the reader can tell no class in: outside R (a faithful generator writes
     classes), counted in ``unclassed``, agreeing with the judge only when the judge leaves it invalid."""
-    from distalign.judge import LexiconJudge
+    from distalign.evaluation.judges import LexiconJudge
 
     lines = [
         '{"text": "She ran the ward and her team trusted her.", "label": "female"}',

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from distalign.io import atomic_dir, atomic_path, write_text
+from distalign.core.io import atomic_dir, atomic_path, write_text
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -40,7 +40,7 @@ def test_sigkilled_atomic_file_write_is_cleaned_by_the_next_write(tmp_path):
     out = tmp_path / "results" / "gen.jsonl"
     proc = _python(f"""
         import os, signal
-        from distalign.io import atomic_path
+        from distalign.core.io import atomic_path
         with atomic_path({str(out)!r}) as tmp:
             tmp.write_text("half a file")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -60,7 +60,7 @@ def test_sigkilled_atomic_dir_write_is_cleaned_by_the_next_write(tmp_path):
     out = tmp_path / "adapters" / "ours"
     proc = _python(f"""
         import os, signal
-        from distalign.io import atomic_dir
+        from distalign.core.io import atomic_dir
         with atomic_dir({str(out)!r}) as tmp:
             (tmp / "adapter_model.safetensors").write_bytes(b"0" * 4096)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -92,7 +92,7 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
         f"""
         import time
         from pathlib import Path
-        from distalign.io import atomic_path
+        from distalign.core.io import atomic_path
         with atomic_path({str(out)!r}) as tmp:
             tmp.write_text("other process")
             Path({str(ready)!r}).write_text(str(tmp))
@@ -117,7 +117,7 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
 
 
 def _vllm_job(adapter="adapter"):
-    from distalign.generate import Job
+    from distalign.generation.job import Job
 
     return Job(
         backend="vllm",
@@ -133,7 +133,7 @@ def _vllm_job(adapter="adapter"):
 
 def _fake_merge_and_worker(monkeypatch, seen: dict):
     """execute() with the merge and the worker replaced: records what the worker was given."""
-    from distalign import generate as g
+    from distalign.generation import runner as g
 
     def merge(model_dir, adapter, out_dir):
         Path(out_dir).mkdir()
@@ -152,14 +152,14 @@ def _fake_merge_and_worker(monkeypatch, seen: dict):
 
 
 def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch):
-    from distalign.generate import execute
+    from distalign.generation.runner import execute
 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     proc = _python(
         """
         import os, signal
-        from distalign.scratch import scratch_dir
+        from distalign.core.scratch import scratch_dir
         with scratch_dir() as d:
             (d / "merged").mkdir()
             (d / "merged" / "model.safetensors").write_bytes(b"w" * 4096)
@@ -190,7 +190,7 @@ def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch)
 
 
 def test_execute_cleans_even_when_it_merges_nothing(tmp_path, monkeypatch):
-    from distalign.generate import execute
+    from distalign.generation.runner import execute
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     stale = tmp_path / "distalign-scratch-abc_123"  # unlocked: its job was killed
@@ -203,14 +203,14 @@ def test_execute_cleans_even_when_it_merges_nothing(tmp_path, monkeypatch):
 
 
 def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
-    from distalign.scratch import remove_stale_scratch
+    from distalign.core.scratch import remove_stale_scratch
 
     ready, go = tmp_path / "ready", tmp_path / "go"
     proc = _python(
         f"""
         import time
         from pathlib import Path
-        from distalign.scratch import scratch_dir
+        from distalign.core.scratch import scratch_dir
         with scratch_dir() as d:
             Path({str(ready)!r}).write_text(str(d))
             while not Path({str(go)!r}).exists():
@@ -273,7 +273,7 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
         f"""
         import os, signal
         from distalign import generate as g
-        from distalign.generate import Job, execute
+        from distalign.generation.runner import Job, execute
 
         def killed(job, python):  # SIGKILL where the vLLM worker would be running
             os.kill(os.getpid(), signal.SIGKILL)
@@ -295,7 +295,7 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     seen: dict = {}
     _fake_merge_and_worker(monkeypatch, seen)
-    from distalign.generate import execute
+    from distalign.generation.runner import execute
 
     execute(_vllm_job(), vllm_lora="merge")
     assert not stale.exists() and list(tmpdir.iterdir()) == []
@@ -311,7 +311,7 @@ def test_incomplete_checkpoints_are_never_resumed(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from distalign.train import last_valid_checkpoint
+    from distalign.training.runner import last_valid_checkpoint
 
     stage = tmp_path / "ours.work" / "pref"
 

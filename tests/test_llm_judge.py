@@ -15,8 +15,9 @@ import pytest
 import yaml
 from openai_server import down_url, free_port, openai_server  # noqa: F401  (pytest fixtures)
 
-from distalign.attributes import attributes_from_config
-from distalign.judge import JudgeError, LLMJudge, judge_config, judges_for, label_generations
+from distalign.core.attributes import attributes_from_config
+from distalign.core.config import judge_config
+from distalign.evaluation.judges import JudgeError, LLMJudge, judges_for, label_generations
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "DISTALIGN_TEST_JUDGE_KEY"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-import distalign.metrics as M
-from distalign.attributes import attribute_of_dataset, attributes_from_config
-from distalign.targets import build_targets, load_census
+import distalign.evaluation.metrics as M
+from distalign.core.attributes import attribute_of_dataset, attributes_from_config
+from distalign.data.targets import build_targets, load_census
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from distalign.models import ModelError, embedded_gguf_path, prepare_model, read_pointer, single_token_ids
+from distalign.modeling.models import (
+    ModelError,
+    embedded_gguf_path,
+    prepare_model,
+    read_pointer,
+    single_token_ids,
+)
 
 
 def test_missing_hub_model_names_the_model_and_the_cache(tmp_path, monkeypatch):
@@ -45,7 +51,7 @@ def test_local_folder_is_resolved_through_a_pointer(tmp_path):
 
 
 def test_steering_tokens_must_be_single_tokens(embedded_model_dir):
-    from distalign.models import load_tokenizer
+    from distalign.modeling.models import load_tokenizer
 
     tok = load_tokenizer(embedded_model_dir)
     assert single_token_ids(tok, ["0", "1"]) == [32, 33]

@@ -6,15 +6,15 @@ import pytest
 import yaml
 from openai_server import OpenAIStubServer, down_url  # noqa: F401
 
-from distalign.attributes import attribute_of_dataset
-from distalign.prompts import (
+from distalign.core.attributes import attribute_of_dataset
+from distalign.data.prompts import (
     OpenAIParaphraser,
     ParaphraseError,
     build_prompts,
     load_templates,
     validate_paraphrases,
 )
-from distalign.targets import build_targets, load_census
+from distalign.data.targets import build_targets, load_census
 
 SECRET = "sk-test-distalign-0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""Pre-flight checks (distalign.preflight, workflow/rules/preflight.smk): bad input that only the model or
+"""Pre-flight checks (distalign.modeling.preflight, workflow/rules/preflight.smk): bad input that only the model or
 an endpoint reveals fails in a cheap job before training or generation."""
 # Fixtures are imported from tests/openai_server.py, so test arguments "redefine" them:
 # ruff: noqa: F811
@@ -11,9 +11,9 @@ import pytest
 import yaml
 from openai_server import down_url, openai_server  # noqa: F401  (pytest fixtures)
 
-from distalign import preflight
-from distalign.models import prepare_model
-from distalign.preflight import (
+from distalign.modeling import preflight as preflight
+from distalign.modeling.models import prepare_model
+from distalign.modeling.preflight import (
     Endpoint,
     PreflightError,
     check_endpoint_job,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from distalign import progress as progress_mod
-from distalign.progress import Progress, format_duration, format_rate, plural
+from distalign.core import progress as progress_mod
+from distalign.core.progress import Progress, format_duration, format_rate, plural
 
 
 class Clock:
@@ -43,7 +43,7 @@ def script_logging(tmp_path):
     """
     import io
 
-    from distalign.scripting import setup_logging
+    from distalign.core.scripting import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, sys.excepthook)
@@ -186,7 +186,7 @@ def test_thread_safe_counting(lines):
 
 
 def test_file_only_records_and_vllm_records_stay_off_the_console(script_logging):
-    from distalign.scripting import FILE_ONLY
+    from distalign.core.scripting import FILE_ONLY
 
     _, read = script_logging
     logging.getLogger("distalign.x").info("for both")
@@ -198,7 +198,7 @@ def test_file_only_records_and_vllm_records_stay_off_the_console(script_logging)
 
 
 def _fake_worker(tmp_path, body: str) -> str:
-    """An executable standing in for the vLLM env's python (``python -m distalign.vllm_worker job res``)."""
+    """An executable standing in for the vLLM env's python (``python -m distalign.generation.vllm_worker job res``)."""
     exe = tmp_path / "fake-python"
     exe.write_text("#!/bin/sh\n" + textwrap.dedent(body))
     exe.chmod(0o755)
@@ -206,7 +206,7 @@ def _fake_worker(tmp_path, body: str) -> str:
 
 
 def _job():
-    from distalign.generate import Job
+    from distalign.generation.job import Job
 
     return Job(
         backend="vllm",
@@ -223,7 +223,7 @@ def _job():
 def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
     tmp_path, script_logging, monkeypatch
 ):
-    from distalign.generate import run_in_worker
+    from distalign.generation.vllm_backend import run_in_worker
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     exe = _fake_worker(
@@ -232,8 +232,8 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
         echo "(MainProcess pid=1) INFO 12-01 09:01:49 [api_utils.py:286] non-default args: {}" >&2
         echo "2026-01-01 00:00:01,000 INFO vllm.v1.engine: engine noise" >&2
         echo "Processed prompts:  50%|#####     | 1/2"
-        echo "2026-01-01 00:00:02,000 INFO distalign.generate: generate d/m/zero-shot/attribute: 2/2 rows (100%)" >&2
-        echo "2026-01-01 00:00:02,500 WARNING distalign.models: a note of ours" >&2
+        echo "2026-01-01 00:00:02,000 INFO distalign.generation.runner: generate d/m/zero-shot/attribute: 2/2 rows (100%)" >&2
+        echo "2026-01-01 00:00:02,500 WARNING distalign.modeling.models: a note of ours" >&2
         echo "parent $DISTALIGN_PARENT_PID" >&2
         echo '[{"row": 1}]' > "$4"
         """,
@@ -242,7 +242,7 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
     assert run_in_worker(_job(), exe) == [{"row": 1}]
     console, logfile = read()
     assert "generate d/m/zero-shot/attribute: 2/2 rows (100%)" in console
-    assert "WARNING distalign.models: a note of ours" in console
+    assert "WARNING distalign.modeling.models: a note of ours" in console
     for noise in ("non-default args", "engine noise", "Processed prompts", "parent "):
         assert noise not in console
         assert noise in logfile
@@ -252,7 +252,8 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
 
 
 def test_failing_worker_names_its_last_output(tmp_path, monkeypatch):
-    from distalign.generate import GenerationError, run_in_worker
+    from distalign.generation.job import GenerationError
+    from distalign.generation.vllm_backend import run_in_worker
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     exe = _fake_worker(
@@ -270,7 +271,7 @@ def test_failing_worker_names_its_last_output(tmp_path, monkeypatch):
 def test_vllm_bar_counts_finished_requests_not_rendered_prompts(lines):
     """vLLM builds bars from the class twice: over the prompts it renders (tqdm's iteration calls
     update) and with total = requests, updated per finished request. Only the second counts."""
-    from distalign.generate import _tqdm_counting_into
+    from distalign.generation.vllm_backend import _tqdm_counting_into
 
     p = Progress(5, "x", logging.getLogger("test.progress"), every_s=3600)
     bar_cls = _tqdm_counting_into(p)
@@ -297,7 +298,7 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path):
     """A parent SIGKILLed mid-job: its worker (here a sleeping stand-in) exits instead of running on."""
     src = Path(__file__).resolve().parents[1] / "src"
     child = (
-        "import sys, time; from distalign.vllm_worker import exit_with_parent; "
+        "import sys, time; from distalign.generation.vllm_worker import exit_with_parent; "
         "exit_with_parent(int(sys.argv[1]), 0.1); time.sleep(60)"
     )
     parent = textwrap.dedent(f"""\
@@ -327,7 +328,7 @@ def test_train_callback_logs_steps_rate_and_time_left(caplog, monkeypatch):
     pytest.importorskip("transformers")
     from types import SimpleNamespace
 
-    from distalign.train import _LogCallback
+    from distalign.training.runner import _LogCallback
 
     clock = Clock()
     monkeypatch.setattr(progress_mod, "monotonic", clock)
@@ -359,8 +360,8 @@ def test_llm_judge_logs_stories_done_rate_and_time_left(caplog, monkeypatch, con
     order of completion, the last one the final line."""
     from types import SimpleNamespace
 
-    from distalign.attributes import attribute_of_dataset
-    from distalign.judge import LLMJudge
+    from distalign.core.attributes import attribute_of_dataset
+    from distalign.evaluation.judges import LLMJudge
 
     attribute = attribute_of_dataset(config, "uk-real")
     reply = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=attribute.labels[0]))])
@@ -382,7 +383,7 @@ def test_paraphraser_says_when_it_waits_to_retry(tmp_path, caplog):
 
     import openai
 
-    from distalign.prompts import OpenAIParaphraser
+    from distalign.data.prompts import OpenAIParaphraser
 
     calls = []
 
@@ -419,7 +420,7 @@ def test_generation_job_logs_progress_to_console_and_log(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from distalign.generate import generate
+    from distalign.generation.runner import generate
 
     tiny = tmp_path / "tiny"
     tiny.mkdir()
@@ -477,7 +478,7 @@ def test_generation_job_logs_progress_to_console_and_log(
     console, logfile = script_logging[1]()
     for text in (console, logfile):
         got = [
-            ln.split("distalign.generate: ")[1]
+            ln.split("distalign.generation.runner: ")[1]
             for ln in text.splitlines()
             if "generate uk-real/tiny/zero-shot/attribute:" in ln
         ]
@@ -502,8 +503,8 @@ def test_training_job_console_has_progress_lines_and_no_metric_dicts(
     from test_train_integration import _tiny_setup
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from distalign.models import POINTER, load_tokenizer
-    from distalign.train import train_adapter
+    from distalign.modeling.models import POINTER, load_tokenizer
+    from distalign.training.runner import train_adapter
 
     model_dir = tmp_path / "tiny-llama"
     tok = load_tokenizer(embedded_model_dir)
@@ -548,7 +549,7 @@ def test_training_job_console_has_progress_lines_and_no_metric_dicts(
     assert "{'loss'" not in capsys.readouterr().out
     for text in (console, logfile):
         got = [
-            ln.split("distalign.train: ")[1]
+            ln.split("distalign.training.runner: ")[1]
             for ln in text.splitlines()
             if "train uk-real/tiny-llama/ift sft:" in ln
         ]

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from distalign.attributes import attribute_of_dataset
-from distalign.prompts import (
+from distalign.core.attributes import attribute_of_dataset
+from distalign.data.prompts import (
     ParaphraseError,
     TemplateError,
     build_prompts,
@@ -11,7 +11,7 @@ from distalign.prompts import (
     method_prompt,
     offline_pool,
 )
-from distalign.targets import build_targets, load_census
+from distalign.data.targets import build_targets, load_census
 
 SPLITS = {"train": 100, "val": 100, "test": 100}
 
@@ -97,7 +97,7 @@ def test_template_without_placeholder_is_rejected(tmp_path, repo):
 
 
 def test_missing_attribute_templates_is_a_clear_error(repo, config, bank):
-    from distalign.attributes import Attribute
+    from distalign.core.attributes import Attribute
 
     attr = Attribute.from_config(
         "age",

@@ -5,10 +5,16 @@ import math
 import pandas as pd
 import pytest
 
-from distalign.attributes import attribute_of_dataset
-from distalign.figures import bootstrap_share_ci, calibration_figure, save, share_figure, steering_figure
-from distalign.metrics import compute_metrics, noise_floor
-from distalign.tables import mae_table, probe_table, to_markdown, write_table
+from distalign.core.attributes import attribute_of_dataset
+from distalign.evaluation.metrics import compute_metrics, noise_floor
+from distalign.report.figures import (
+    bootstrap_share_ci,
+    calibration_figure,
+    save,
+    share_figure,
+    steering_figure,
+)
+from distalign.report.tables import mae_table, probe_table, to_markdown, write_table
 
 TARGETS = [
     {"context_id": 0, "context": "Nurses", "target": [0.2, 0.8]},
@@ -120,7 +126,7 @@ def _summary(mae, floor=0.03, invalid=0, total=100):
 
 
 def test_sweep_points_mean_sd_and_order(tmp_path, config):
-    from distalign.figures import sweep_figure, sweep_points
+    from distalign.report.figures import sweep_figure, sweep_points
 
     recs = []
     for method, base in (("ift", 0.2), ("ours", 0.05)):
@@ -158,7 +164,7 @@ def test_sweep_points_mean_sd_and_order(tmp_path, config):
 
 
 def test_capabilities_table_cells_and_deltas(config):
-    from distalign.tables import capabilities_table
+    from distalign.report.tables import capabilities_table
 
     def local(ppl, acc):
         return {"backend": "local", "perplexity": {"perplexity": ppl}, "multiple_choice": {"accuracy": acc}}
@@ -206,7 +212,7 @@ def test_capabilities_table_cells_and_deltas(config):
 
 
 def test_steering_diagnosis_table(records, config):
-    from distalign.tables import steering_diagnosis_table
+    from distalign.report.tables import steering_diagnosis_table
 
     df = steering_diagnosis_table(records[:1], config)
     row = df.iloc[0]

@@ -74,7 +74,7 @@ def render_caption(path: Path, config: dict) -> tuple[str, str]:
     scope="module", params=[("config.yaml",), ("config.yaml", "paper.yaml")], ids=["default", "paper"]
 )
 def shipped_config(request):
-    from distalign.config import load_config
+    from distalign.core.config import load_config
 
     return load_config(*(REPO / "config" / name for name in request.param))
 
@@ -88,7 +88,7 @@ def test_caption_renders_without_docutils_problem(caption, shipped_config):
 
 def test_caption_numbers_follow_the_config():
     """table1's N, table11's resamples and fig4's runs are the config's, not numbers written into the text."""
-    from distalign.config import load_config
+    from distalign.core.config import load_config
 
     config = load_config(
         REPO / "config" / "config.yaml",

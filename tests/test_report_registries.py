@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distalign.attributes import attribute_of_dataset
-from distalign.figures import FIGURE_TABLES, FIGURES, figure_kind, save
-from distalign.metrics import compute_metrics
-from distalign.tables import TABLES, mae_table, report_config, table_kind, table_models
+from distalign.core.attributes import attribute_of_dataset
+from distalign.evaluation.metrics import compute_metrics
+from distalign.report.figures import FIGURE_TABLES, FIGURES, figure_kind, save
+from distalign.report.tables import TABLES, mae_table, report_config, table_kind, table_models
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = [

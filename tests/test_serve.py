@@ -1,4 +1,4 @@
-"""distalign.serve: the judge-server launcher (with a fake ``vllm`` package) and the HF cache helpers."""
+"""distalign.evaluation.judge_server: the judge-server launcher (with a fake ``vllm`` package) and the HF cache helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from distalign.serve import ServerError, hf_environment, judge_endpoint, openai_server
+from distalign.cluster.prefetch import hf_environment
+from distalign.evaluation.judge_server import ServerError, judge_endpoint, openai_server
 
 # A stand-in for `python -m vllm.entrypoints.openai.api_server`: same command line, serves /health and
 # /v1/models. FAKE_* variables make it slow, fail, stay unhealthy, ignore SIGTERM or spawn a child.
@@ -227,7 +228,7 @@ def test_prefetch_cli_checks_the_cache_and_writes_a_marker(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "distalign.serve",
+        "distalign.cluster.prefetch",
         "prefetch",
         "org/tiny",
         "--no-download",
@@ -259,8 +260,9 @@ def test_sigterm_reaches_the_whole_process_group(fake_vllm):
 def test_prefetch_specs_cover_the_runs_hub_models_and_the_judge(repo):
     import yaml
 
-    from distalign.config import deep_merge
-    from distalign.serve import judge_starts_server, prefetch_markers, prefetch_specs
+    from distalign.cluster.prefetch import prefetch_markers, prefetch_specs
+    from distalign.core.config import deep_merge
+    from distalign.evaluation.judge_server import judge_starts_server
 
     base = yaml.safe_load((repo / "config/config.yaml").read_text())
     assert prefetch_specs(base) == {}  # the embedded default downloads nothing

@@ -7,25 +7,20 @@ import math
 import pytest
 import torch
 
-from distalign.attributes import attribute_of_dataset
-from distalign.chat import completion_ids, prompt_ids
-from distalign.datasets import build_base, build_pref, build_sft
-from distalign.models import load_tokenizer, single_token_ids
-from distalign.prompts import build_prompts, load_templates
-from distalign.steering import (
+from distalign.core.attributes import attribute_of_dataset
+from distalign.data.datasets import build_base, build_pref, build_sft
+from distalign.data.prompts import build_prompts, load_templates
+from distalign.data.targets import build_targets, load_census
+from distalign.modeling.chat import completion_ids, prompt_ids
+from distalign.modeling.models import load_tokenizer, single_token_ids
+from distalign.training.losses import answer_positions, steering_kl
+from distalign.training.rows import dpo_rows, kto_rows, mismatched_companions, nll_rows, sft_rows
+from distalign.training.trainers import (
     SteeringDPOTrainer,
     SteeringKTOTrainer,
     SteeringSFTTrainer,
-    answer_positions,
-    dpo_rows,
-    kto_rows,
-    mismatched_companions,
-    nll_rows,
-    sft_rows,
-    steering_kl,
     steering_positions_from_labels,
 )
-from distalign.targets import build_targets, load_census
 
 REPO_CONTEXTS = [0, 12, 24]  # very male, mixed, very female UK occupations
 
@@ -216,7 +211,7 @@ def test_z0_pairs_never_share_a_context(tok, config, repo):
 def _kto_trainer(tmp_path, tok, rows, **kw):
     from datasets import Dataset
 
-    from distalign.steering import SteeringKTOConfig
+    from distalign.training.trainers import SteeringKTOConfig
 
     args = SteeringKTOConfig(
         output_dir=str(tmp_path / "kto"),
@@ -249,7 +244,7 @@ def _batch(trainer):
 
 
 def _kl_on_batch(trainer, batch, vocabulary="restricted"):
-    from distalign.steering import prompt_logits
+    from distalign.training.losses import prompt_logits
 
     pos = answer_positions(batch["completion_mask"])
     with torch.no_grad():
@@ -268,7 +263,7 @@ def test_trainer_hyperparameters_come_from_the_steering_config(tmp_path, tok, kt
     from datasets import Dataset
     from trl import KTOConfig
 
-    from distalign.steering import SteeringArguments, SteeringKTOConfig
+    from distalign.training.trainers import SteeringArguments, SteeringKTOConfig
 
     trainer = _kto_trainer(tmp_path, tok, kto_data, kl_weight=0.3, kl_vocabulary="full")
     assert isinstance(trainer.args, (SteeringKTOConfig, SteeringArguments))
@@ -294,7 +289,7 @@ def test_trainer_hyperparameters_come_from_the_steering_config(tmp_path, tok, kt
 def test_kto_total_is_trl_loss_plus_kl(tmp_path, tok, kto_data, monkeypatch):
     from trl import KTOTrainer
 
-    import distalign.steering as st
+    import distalign.training.trainers as st
 
     trainer = _kto_trainer(tmp_path, tok, kto_data, kl_weight=0.7)
     trainer.model.eval()
@@ -371,7 +366,7 @@ def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from distalign.steering import SteeringDPOConfig
+    from distalign.training.trainers import SteeringDPOConfig
 
     _, _, _, pref = tiny_data(repo, config)
 
@@ -407,7 +402,7 @@ def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
         total = t.compute_loss(t.model, batch)
         dpo = DPOTrainer.compute_loss(t, t.model, {k: v for k, v in batch.items() if k != "target"})
         pos = answer_positions(batch["completion_mask"][:n])
-        from distalign.steering import prompt_logits
+        from distalign.training.losses import prompt_logits
 
         logits = prompt_logits(t.model, batch["input_ids"][:n], batch["attention_mask"][:n], pos)
     kl = steering_kl(logits, [32, 33], batch["target"]).kl.mean()
@@ -443,7 +438,7 @@ def test_nll_rows_mask_prompt_and_token(tok, config, repo):
 def _nll_trainer(tmp_path, tok, rows, **kw):
     from datasets import Dataset
 
-    from distalign.steering import SteeringSFTConfig
+    from distalign.training.trainers import SteeringSFTConfig
 
     args = SteeringSFTConfig(
         output_dir=str(tmp_path / "nll"),
@@ -471,7 +466,7 @@ def _nll_trainer(tmp_path, tok, rows, **kw):
 
 
 def test_nll_total_is_answer_nll_plus_kl(tmp_path, tok, config, repo):
-    from distalign.steering import prompt_logits
+    from distalign.training.losses import prompt_logits
 
     _, _, _, pref = tiny_data(repo, config)
     rows = nll_rows(pref, tok, [32, 33])
@@ -509,7 +504,7 @@ def _story_like_rows(tok, pref, bind=True):
 
 
 def test_token_log_likelihoods_swap_the_steering_token(tmp_path, tok, config, repo):
-    from distalign.steering import token_log_likelihoods
+    from distalign.training.losses import token_log_likelihoods
 
     _, _, _, pref = tiny_data(repo, config)
     rows = nll_rows(pref[:3], tok, [32, 33])
@@ -544,7 +539,7 @@ def test_nll_rows_bind_column(tok, config, repo):
 
 
 def test_binding_term_is_the_weighted_class_cross_entropy_of_bound_rows(tmp_path, tok, config, repo):
-    from distalign.steering import token_log_likelihoods
+    from distalign.training.losses import token_log_likelihoods
 
     _, _, _, pref = tiny_data(repo, config)
     rows = _story_like_rows(tok, pref)
@@ -580,7 +575,7 @@ def test_binding_term_is_the_weighted_class_cross_entropy_of_bound_rows(tmp_path
 
 def test_binding_term_teaches_the_token_to_decide_the_story(tmp_path, tok, config, repo):
     """Trained with the binding term, the stories' own tokens explain them better than without it."""
-    from distalign.steering import token_log_likelihoods
+    from distalign.training.losses import token_log_likelihoods
 
     _, _, _, pref = tiny_data(repo, config)
     rows = _story_like_rows(tok, pref)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from distalign.attributes import Attribute
-from distalign.judge import LexiconJudge
-from distalign.stories import StoryCollector, StoryDataError, reachable_mae, story_requests
+from distalign.core.attributes import Attribute
+from distalign.data.stories import StoryCollector, StoryDataError, reachable_mae, story_requests
+from distalign.evaluation.judges import LexiconJudge
 
 
 @pytest.fixture()

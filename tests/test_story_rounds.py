@@ -2,8 +2,8 @@
 
 import pytest
 
-from distalign.attributes import Attribute
-from distalign.stories import StoryDataError, collect_stories, story_quotas
+from distalign.core.attributes import Attribute
+from distalign.data.stories import StoryDataError, collect_stories, story_quotas
 
 HINTS = ["The main character is a man.", "The main character is a woman."]
 TARGETS = [

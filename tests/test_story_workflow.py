@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from distalign.attributes import Attribute
-from distalign.judge import LexiconJudge
-from distalign.train import _sha256
+from distalign.core.attributes import Attribute
+from distalign.evaluation.judges import LexiconJudge
+from distalign.training.runner import _sha256
 
 TINY_STORY = {
     "census": {"tiny": "resources/census/tiny.csv"},

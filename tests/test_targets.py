@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from distalign.attributes import Attribute, attribute_of_dataset
-from distalign.targets import (
+from distalign.core.attributes import Attribute, attribute_of_dataset
+from distalign.data.targets import (
     CensusError,
     TargetError,
     build_targets,

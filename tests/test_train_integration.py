@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
-from distalign.io import write_jsonl
-from distalign.train import train_adapter, work_dir_of
+from distalign.core.io import write_jsonl
+from distalign.training.runner import train_adapter, work_dir_of
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,8 @@ def _killer(stage_step: int):
 
 
 def _held_out_kl(model, tok, val, ids):
-    from distalign.generate import TransformersBackend, steering_distribution
+    from distalign.generation.sampling import steering_distribution
+    from distalign.generation.transformers_backend import TransformersBackend
 
     model.eval()
     backend = TransformersBackend(None, tokenizer=tok, model=model, batch_size=16)
@@ -51,7 +52,7 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir):
     """A prepared model folder holding a tiny random Llama and the embedded tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from distalign.models import POINTER, load_tokenizer
+    from distalign.modeling.models import POINTER, load_tokenizer
 
     out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     tok = load_tokenizer(embedded_model_dir)
@@ -111,7 +112,7 @@ def _tiny_setup(tmp_path, repo, config, preference):
 def test_ours_trains_resumes_and_reloads(tmp_path, repo, config, tiny_model_dir, preference):
     from peft import PeftModel
 
-    from distalign.models import load_model
+    from distalign.modeling.models import load_model
 
     prompts, targets = _tiny_setup(tmp_path, repo, config, preference)
     by_ctx = {t["context"]: t["target"] for t in targets}
@@ -206,7 +207,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     killed = tmp_path / "killed" / "ours"
     code = (
         "import json, sys\n"
-        "from distalign.train import train_adapter\n"
+        "from distalign.training.runner import train_adapter\n"
         f"cfg = json.load(open({str(tmp_path / 'config.json')!r}))\n"
         f"train_adapter(config=cfg, dataset='uk-real', method='ours', model_dir={str(tiny_model_dir)!r}, "
         f"sft_path={str(tmp_path / 'sft.jsonl')!r}, pref_path={str(tmp_path / 'pref.jsonl')!r}, "

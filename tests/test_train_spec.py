@@ -4,7 +4,13 @@ import copy
 
 import pytest
 
-from distalign.config import TRAINED_KINDS, TrainSpec, method_training, story_binding_weight, training_params
+from distalign.core.config import (
+    TRAINED_KINDS,
+    TrainSpec,
+    method_training,
+    story_binding_weight,
+    training_params,
+)
 
 
 def test_from_params_matches_from_config(config):
@@ -41,7 +47,7 @@ def test_story_binding_weight_agrees_with_config(config, story_data, weight):
 
 
 def test_train_adapter_refuses_a_spec_of_another_method_before_loading_anything(config, tmp_path):
-    from distalign.train import TrainError, train_adapter
+    from distalign.training.runner import TrainError, train_adapter
 
     job = TrainSpec.from_config(config, "uk-real", "ours")
     with pytest.raises(TrainError, match="spec is of method 'ours', not 'ift'"):
@@ -51,7 +57,7 @@ def test_train_adapter_refuses_a_spec_of_another_method_before_loading_anything(
 
 
 def test_untrained_kinds_are_refused(config, tmp_path):
-    from distalign.train import TrainError, train_adapter
+    from distalign.training.runner import TrainError, train_adapter
 
     prompt_methods = [m for m, s in config["methods"].items() if s["kind"] not in TRAINED_KINDS]
     assert prompt_methods

@@ -2,8 +2,8 @@
 
 import pytest
 
-from distalign.attributes import attribute_of_dataset
-from distalign.validity import MIN_VALID_RATE, ValidityError, read_weights, validity_weights
+from distalign.core.attributes import attribute_of_dataset
+from distalign.generation.validity import MIN_VALID_RATE, ValidityError, read_weights, validity_weights
 
 
 def _rows(spec):

@@ -1,6 +1,6 @@
 """vLLM backend against the transformers backend on the embedded model (needs .venv-vllm; ~3 min).
 
-Each vLLM call runs ``python -m distalign.vllm_worker`` in .venv-vllm (engine load ~25-50 s), so
+Each vLLM call runs ``python -m distalign.generation.vllm_worker`` in .venv-vllm (engine load ~25-50 s), so
 the checks are grouped into three worker runs: the base-model steering distribution, and a
 two-step generation with a LoRA adapter, twice (reproducibility with a fixed seed).
 """
@@ -48,8 +48,9 @@ def _requests():
 
 
 def _transformers_probs(model_dir, adapter, requests):
-    from distalign.chat import prompt_ids
-    from distalign.generate import TransformersBackend, restricted_probs
+    from distalign.generation.sampling import restricted_probs
+    from distalign.generation.transformers_backend import TransformersBackend
+    from distalign.modeling.chat import prompt_ids
 
     b = TransformersBackend(model_dir, adapter=adapter, device="cpu", threads=2)
     ids = b.tokenizer.convert_tokens_to_ids(STEERING)
@@ -61,7 +62,7 @@ def _transformers_probs(model_dir, adapter, requests):
 def script_logging(tmp_path):
     """``setup_logging`` as a Snakemake script calls it, undone afterwards; ``read()`` returns (console
     text, log file text), the console handler's stderr swapped for a buffer."""
-    from distalign.scripting import setup_logging
+    from distalign.core.scripting import setup_logging
 
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, sys.excepthook)
@@ -106,7 +107,8 @@ def adapter(embedded_model_dir, tmp_path_factory):
 
 
 def test_steering_distribution_agrees_base_model(embedded_model_dir, config):
-    from distalign.generate import execute, make_job
+    from distalign.generation.job import make_job
+    from distalign.generation.runner import execute
 
     reqs = _requests()
     config["generation"].update(samples_per_prompt=1, max_new_tokens={"attribute": 1, "story": 1})
@@ -139,7 +141,7 @@ def test_two_step_with_adapter_agrees_and_is_reproducible(
 
     The first run also checks the job's output: the worker's progress lines reach the console and the
     log file, vLLM's own lines the log file only."""
-    from distalign.generate import generate
+    from distalign.generation.runner import generate
 
     config["generation"].update(
         samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8}, vllm_lora=vllm_lora

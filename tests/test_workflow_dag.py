@@ -283,7 +283,7 @@ def test_report_of_the_tiny_run_has_no_docutils_problem(tiny_run, snakemake_run)
     assert proc.returncode == 0, proc.stdout[-3000:]
     captions = report_captions((tiny_run / "results/report.html").read_text())
     # the check reads what it should: table1's caption, with N from the tiny config (test prompts x samples)
-    from distalign.config import load_config
+    from distalign.core.config import load_config
 
     cfg = load_config(tiny_run / "config/config.yaml", tiny_run / "config/tiny.yaml")
     n = cfg["prompts"]["per_split"]["test"] * cfg["generation"]["samples_per_prompt"]

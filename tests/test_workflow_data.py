@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from distalign.datasets import largest_remainder
+from distalign.data.datasets import largest_remainder
 
 DATASETS = ["uk-real", "uk-even", "us-real", "us-even", "race-even", "sentiment-even"]
 N_CONTEXTS = {
@@ -79,11 +79,11 @@ def test_judge_check_table_through_snakemake(workdir, snakemake_run):
     of the run; gender's check file has stories the reader gave no class), the same numbers as the library, and
     a failing check's traceback in its log when the labelled file is bad; a dataset whose attribute has no
     check file gets none."""
-    from distalign.attributes import attributes_from_config
-    from distalign.config import validate_config
-    from distalign.judge import VaderJudge
-    from distalign.judge_check import judge_check, read_labelled_stories
-    from distalign.targets import read_targets_csv
+    from distalign.core.attributes import attributes_from_config
+    from distalign.core.config import validate_config
+    from distalign.data.targets import read_targets_csv
+    from distalign.evaluation.judge_check import judge_check, read_labelled_stories
+    from distalign.evaluation.judges import VaderJudge
 
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     cfg["run"]["datasets"] = ["uk-real", "sentiment-even"]

@@ -6,7 +6,7 @@
 # It downloads every Hugging Face model of run.models (and the story judge's model when the label
 # job starts its own server) into the hub cache (hf.home, or HF_HOME, or ~/.cache/huggingface) and
 # writes results/models/.prefetched/{name}.json. Jobs then read the cache with HF_HUB_OFFLINE=1.
-# The helpers live in distalign.serve (prefetch_specs, prefetch_markers, run_prefetch, hf_environment).
+# The helpers live in distalign.cluster.prefetch (prefetch_specs, prefetch_markers, run_prefetch, hf_environment).
 
 
 include: "helpers/cluster.smk"

@@ -4,23 +4,23 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import (
+from distalign.core.config import (
+    TASKS,
     ConfigError,
     adapter_dataset,
     dataset_applies,
+    guided_tasks,
     inapplicable_reason,
     validate_config,
 )
-from distalign.figures import KNOBS
-from distalign.guidance import guided_tasks
-from distalign.prompts import TASKS
+from distalign.report.figures import KNOBS
 
 # Validate (and fill defaults of) the configuration before any job is scheduled. We use our own
 # validator on workflow/schemas/config.schema.yaml instead of snakemake.utils.validate so that
 # errors name the dotted config key and what was expected, and cross-references are checked.
 # Snakemake read the config files (and a --profile) with plain PyYAML, which keeps the last of two
 # equal keys without a word: they are read again strictly, so a duplicate key names file:line.
-from distalign.io import YamlError, check_yaml_files, snakemake_profile_files
+from distalign.core.io import YamlError, check_yaml_files, snakemake_profile_files
 
 try:
     check_yaml_files([*workflow.configfiles, *snakemake_profile_files()])
@@ -29,7 +29,7 @@ except (ConfigError, YamlError) as err:
     raise WorkflowError(str(err)) from None
 
 # The census tables and the template bank the run reads: checked here (milliseconds), not in a job.
-from distalign.targets import RunInputError, check_run_inputs
+from distalign.data.targets import RunInputError, check_run_inputs
 
 try:
     check_run_inputs(config)
@@ -131,8 +131,6 @@ def method_adapter(wildcards):
 def generation_settings(wildcards):
     """generation.* without vllm_python (where vLLM lives does not change the samples)."""
     return {k: v for k, v in config["generation"].items() if k != "vllm_python"}
-
-
 
 
 # ---- Target lists of `all` (called after every stage is included) ---------------------------

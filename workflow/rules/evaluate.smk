@@ -5,7 +5,7 @@
 include: "helpers/evaluate.smk"
 
 
-from distalign.serve import judge_starts_server
+from distalign.evaluation.judge_server import judge_starts_server
 
 # The LLM judge reads its API key from an environment variable; declare it so Snakemake checks it is
 # set and passes it to cluster jobs. Only when a story LLM judge will actually run.

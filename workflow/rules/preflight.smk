@@ -1,5 +1,5 @@
 # Pre-flight checks: bad input that only the model or an endpoint can reveal fails here, in seconds,
-# before the expensive job that would trip over it (distalign.preflight; config/README.md "Pre-flight checks").
+# before the expensive job that would trip over it (distalign.modeling.preflight; config/README.md "Pre-flight checks").
 # Its input functions (helpers/preflight.smk) give each consumer its own marker.
 #
 # Every expensive job (train, generate, validity_generate, sweep_generate, story_data, capabilities)

@@ -1,4 +1,4 @@
-# Rule `train`: LoRA fine-tuning (IFT, DPO, ours and its ablations) with trl; see distalign.train.
+# Rule `train`: LoRA fine-tuning (IFT, DPO, ours and its ablations) with trl; see distalign.training.runner.
 
 
 include: "helpers/train.smk"

@@ -2,10 +2,10 @@
 
 import torch
 
-from distalign.capabilities import evaluate_lm_eval, evaluate_local
-from distalign.io import write_json
-from distalign.models import read_pointer, resolve_device
-from distalign.scripting import setup_logging
+from distalign.core.io import write_json
+from distalign.core.scripting import setup_logging
+from distalign.evaluation.capabilities import evaluate_lm_eval, evaluate_local
+from distalign.modeling.models import read_pointer, resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))

@@ -2,12 +2,12 @@
 
 from collections import Counter
 
-from distalign.attributes import Attribute
-from distalign.datasets import build_base, build_pref, build_sft
-from distalign.io import read_jsonl, write_jsonl
-from distalign.prompts import load_templates
-from distalign.scripting import setup_logging
-from distalign.targets import read_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_jsonl, write_jsonl
+from distalign.core.scripting import setup_logging
+from distalign.data.datasets import build_base, build_pref, build_sft
+from distalign.data.prompts import load_templates
+from distalign.data.targets import read_targets_csv
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

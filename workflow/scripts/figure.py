@@ -1,14 +1,14 @@
 """Rules fig*/calibration: one figure (PNG + PDF) from metrics files.
 
-``params.kind`` picks the entry of ``distalign.figures.FIGURES``; ``params.report_config`` (from
-``distalign.tables.report_config(config)``) is the config part the figures read (until the rules pass
+``params.kind`` picks the entry of ``distalign.report.figures.FIGURES``; ``params.report_config`` (from
+``distalign.report.tables.report_config(config)``) is the config part the figures read (until the rules pass
 it, the script builds it from the workflow config).
 """
 
-from distalign.figures import FIGURE_TABLES, figure_kind, save
-from distalign.io import atomic_path, read_json
-from distalign.scripting import setup_logging
-from distalign.tables import report_config
+from distalign.core.io import atomic_path, read_json
+from distalign.core.scripting import setup_logging
+from distalign.report.figures import FIGURE_TABLES, figure_kind, save
+from distalign.report.tables import report_config
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -2,12 +2,13 @@
 
 import json
 
-from distalign.attributes import Attribute
-from distalign.generate import generate, load_requests
-from distalign.io import read_json, write_jsonl
-from distalign.prompts import load_templates
-from distalign.scripting import setup_logging
-from distalign.validity import read_weights
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_json, write_jsonl
+from distalign.core.scripting import setup_logging
+from distalign.data.prompts import load_templates
+from distalign.generation.job import load_requests
+from distalign.generation.runner import generate
+from distalign.generation.validity import read_weights
 
 log = setup_logging(snakemake.log[0])
 w = snakemake.wildcards

@@ -1,11 +1,11 @@
 """Rule judge_check: the offline story judge against a person's labels, and the story MAE that costs."""
 
-from distalign.attributes import Attribute
-from distalign.io import write_json
-from distalign.judge import offline_story_judge
-from distalign.judge_check import judge_check, read_labelled_stories
-from distalign.scripting import setup_logging
-from distalign.targets import read_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.io import write_json
+from distalign.core.scripting import setup_logging
+from distalign.data.targets import read_targets_csv
+from distalign.evaluation.judge_check import judge_check, read_labelled_stories
+from distalign.evaluation.judges import offline_story_judge
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -5,12 +5,14 @@ import sys
 import time
 from collections import Counter
 
-from distalign.attributes import Attribute
-from distalign.generate import GenerationError, resolve_vllm_python, vllm_importable
-from distalign.io import read_jsonl, write_jsonl
-from distalign.judge import judge_config, judges_for, label_generations
-from distalign.scripting import setup_logging
-from distalign.serve import judge_endpoint
+from distalign.core.attributes import Attribute
+from distalign.core.config import judge_config
+from distalign.core.io import read_jsonl, write_jsonl
+from distalign.core.scripting import setup_logging
+from distalign.evaluation.judge_server import judge_endpoint
+from distalign.evaluation.judges import judges_for, label_generations
+from distalign.generation.job import GenerationError
+from distalign.generation.vllm_backend import resolve_vllm_python, vllm_importable
 
 
 def vllm_python(config):
@@ -35,7 +37,7 @@ jcfg = judge_config(snakemake.config)
 rows = read_jsonl(snakemake.input.generations)
 t0 = time.perf_counter()
 # With an LLM story judge and no external endpoint, a vLLM server is started on this node for the
-# duration of the job (distalign.serve.judge_endpoint); otherwise the configured endpoint is used.
+# duration of the job (distalign.evaluation.judge_server.judge_endpoint); otherwise the configured endpoint is used.
 with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python(snakemake.config)) as llm:
     judges, primary = judges_for(attribute, task, {**jcfg, "llm": llm} if llm else jcfg)
     labelled = label_generations(

@@ -1,10 +1,10 @@
 """Rule metrics: MAE, KL, JS, bootstrap CI, noise floor and steering analysis of one labels file."""
 
-from distalign.attributes import Attribute
-from distalign.io import read_jsonl, write_json
-from distalign.metrics import compute_metrics
-from distalign.scripting import setup_logging
-from distalign.targets import read_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_jsonl, write_json
+from distalign.core.scripting import setup_logging
+from distalign.data.targets import read_targets_csv
+from distalign.evaluation.metrics import compute_metrics
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

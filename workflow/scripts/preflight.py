@@ -3,9 +3,9 @@
 import json
 import logging
 
-from distalign.io import write_json
-from distalign.preflight import check_endpoint_job, check_model_job, passed_dir_of
-from distalign.scripting import setup_logging
+from distalign.core.io import write_json
+from distalign.core.scripting import setup_logging
+from distalign.modeling.preflight import check_endpoint_job, check_model_job, passed_dir_of
 
 log = setup_logging(snakemake.log[0])
 for noisy in ("httpx", "openai"):  # one INFO line per HTTP request otherwise

@@ -2,8 +2,8 @@
 
 import time
 
-from distalign.models import prepare_model
-from distalign.scripting import setup_logging
+from distalign.core.scripting import setup_logging
+from distalign.modeling.models import prepare_model
 
 log = setup_logging(snakemake.log[0])
 t0 = time.perf_counter()

@@ -5,10 +5,10 @@ the first answer position (steering tokens for methods of kind ours, the first t
 label otherwise), computed from the raw logits before any sampling. This rule aggregates them.
 """
 
-from distalign.attributes import Attribute
-from distalign.generate import probe_from_generations
-from distalign.io import read_jsonl, write_json
-from distalign.scripting import setup_logging
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_jsonl, write_json
+from distalign.core.scripting import setup_logging
+from distalign.generation.probe import probe_from_generations
 
 log = setup_logging(snakemake.log[0])
 w = snakemake.wildcards

@@ -1,11 +1,11 @@
 """Rule prompts: disjoint train/val/test prompts per context for one (dataset, task)."""
 
-from distalign.attributes import Attribute
-from distalign.io import write_jsonl
-from distalign.progress import Progress
-from distalign.prompts import OpenAIParaphraser, build_prompts, load_templates
-from distalign.scripting import setup_logging
-from distalign.targets import read_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.io import write_jsonl
+from distalign.core.progress import Progress
+from distalign.core.scripting import setup_logging
+from distalign.data.prompts import OpenAIParaphraser, build_prompts, load_templates
+from distalign.data.targets import read_targets_csv
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

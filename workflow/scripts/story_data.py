@@ -1,15 +1,15 @@
 """Rule story_data: D_story, hinted stories of the base model labelled by the story judge, in rounds
-(the loop: ``distalign.stories.collect_stories``)."""
+(the loop: ``distalign.data.stories.collect_stories``)."""
 
 import json
 
-from distalign.attributes import Attribute
-from distalign.generate import generate
-from distalign.io import read_jsonl, write_json, write_jsonl
-from distalign.judge import offline_story_judge
-from distalign.scripting import setup_logging
-from distalign.stories import collect_stories
-from distalign.targets import read_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_jsonl, write_json, write_jsonl
+from distalign.core.scripting import setup_logging
+from distalign.data.stories import collect_stories
+from distalign.data.targets import read_targets_csv
+from distalign.evaluation.judges import offline_story_judge
+from distalign.generation.runner import generate
 
 log = setup_logging(snakemake.log[0])
 w = snakemake.wildcards

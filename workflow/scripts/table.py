@@ -1,13 +1,13 @@
 """Rules table*: one paper table (CSV + Markdown twin) from metrics or probe files.
 
-``params.kind`` picks the entry of ``distalign.tables.TABLES``; ``params.report_config`` (from
-``distalign.tables.report_config(config)``) is the config part the tables read (until the rules pass
+``params.kind`` picks the entry of ``distalign.report.tables.TABLES``; ``params.report_config`` (from
+``distalign.report.tables.report_config(config)``) is the config part the tables read (until the rules pass
 it, the script builds it from the workflow config).
 """
 
-from distalign.io import read_json
-from distalign.scripting import setup_logging
-from distalign.tables import report_config, table_kind, table_models, write_table
+from distalign.core.io import read_json
+from distalign.core.scripting import setup_logging
+from distalign.report.tables import report_config, table_kind, table_models, write_table
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

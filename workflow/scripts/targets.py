@@ -1,8 +1,8 @@
 """Rule targets: per-context target distributions of one dataset."""
 
-from distalign.attributes import Attribute
-from distalign.scripting import setup_logging
-from distalign.targets import build_targets, load_census, write_targets_csv
+from distalign.core.attributes import Attribute
+from distalign.core.scripting import setup_logging
+from distalign.data.targets import build_targets, load_census, write_targets_csv
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

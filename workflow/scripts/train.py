@@ -7,9 +7,9 @@ until the rule passes the last two, they are read from the workflow config.
 
 import torch
 
-from distalign.config import TrainSpec
-from distalign.scripting import setup_logging
-from distalign.train import train_adapter
+from distalign.core.config import TrainSpec
+from distalign.core.scripting import setup_logging
+from distalign.training.runner import train_adapter
 
 # log file and console: the console shows progress lines, the per-step metrics stay in the log file
 setup_logging(snakemake.log[0])

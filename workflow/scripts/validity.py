@@ -1,9 +1,9 @@
 """Rule validity: valid share per steering token on the validation answers, and the draw weights."""
 
-from distalign.attributes import Attribute
-from distalign.io import read_jsonl, write_json
-from distalign.scripting import setup_logging
-from distalign.validity import validity_weights
+from distalign.core.attributes import Attribute
+from distalign.core.io import read_jsonl, write_json
+from distalign.core.scripting import setup_logging
+from distalign.generation.validity import validity_weights
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

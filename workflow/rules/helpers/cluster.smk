@@ -2,7 +2,7 @@
 # the Hugging Face environment of every job and the models to prefetch.
 import os
 
-from distalign.serve import hf_environment, prefetch_specs, run_prefetch
+from distalign.cluster.prefetch import hf_environment, prefetch_specs, run_prefetch
 
 HF = config["hf"]
 

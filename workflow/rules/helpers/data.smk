@@ -2,7 +2,7 @@
 # the census, prompts and spec params of the data rules.
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import classes_without_story_hint, story_judged
+from distalign.core.config import classes_without_story_hint, story_judged
 
 
 def census_path(wildcards):

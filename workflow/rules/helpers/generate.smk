@@ -2,7 +2,7 @@
 # the inputs and sampling params of a generation job.
 from snakemake.exceptions import WorkflowError
 
-from distalign.guidance import guided_tasks
+from distalign.core.config import guided_tasks
 
 
 def generation_method_spec(wildcards):

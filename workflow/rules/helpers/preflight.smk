@@ -1,6 +1,6 @@
 # Helpers of preflight.smk, included at its top (functions and settings only):
 # the marker input functions of every consumer job (data, train, generate, evaluate, sweep).
-from distalign.preflight import job_endpoints, job_name
+from distalign.modeling.preflight import job_endpoints, job_name
 
 
 def preflight_marker(kind):

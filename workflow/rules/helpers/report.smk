@@ -2,7 +2,7 @@
 # the rows and files of each table and figure, and the settings they read from report.*.
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import figure_dataset_errors, share_class_of
+from distalign.core.config import figure_dataset_errors, share_class_of
 
 REPORT = config["report"]
 

@@ -2,8 +2,8 @@
 # the adapter a DPO run continues, D_story inputs and the params of a training job.
 from snakemake.exceptions import WorkflowError
 
-from distalign.config import adapter_dataset, method_training, training_params
-from distalign.train import first_method_of_kind
+from distalign.core.config import adapter_dataset, method_training, training_params
+from distalign.training.runner import first_method_of_kind
 
 
 def train_init_adapter(wildcards):

@@ -1,0 +1,76 @@
+"""Helpers for the thin Snakemake scripts, and the contract every script in workflow/scripts keeps.
+
+The contract
+------------
+A script is the glue between one rule and one library function. It
+
+- **reads** only ``snakemake.input``, ``output``, ``params``, ``log``, ``threads``, ``resources`` and
+  ``wildcards`` -- never ``snakemake.config``. Everything that changes a result reaches the script as
+  a param (built in the rule from the config), so Snakemake's params trigger reruns exactly the jobs
+  a config change affects, and the library receives what it needs, not the whole config;
+- **does**: read its inputs, call *one* library function (``distalign.*``) that holds the logic (and
+  is unit-tested there), write its outputs atomically (``distalign.core.io``: ``write_json``,
+  ``write_jsonl``, ``atomic_path``, ``atomic_dir``), and log through :func:`setup_logging` (first
+  line of the script: the rule's log file, warnings and an uncaught exception's traceback);
+- **never** loops over rounds, branches on a table or figure kind, or computes a statistic itself:
+  a dispatch goes through a registry (``tables.TABLES``, ``figures.FIGURES``), a loop into the
+  library (``stories.collect_stories``).
+
+Where a script still reads ``snakemake.config``, it waits for a param from its rule (and uses the
+param when present). The open cases: ``table.py``/``figure.py`` (param ``report_config``),
+``train.py`` (``attribute``, ``seed``), ``generate.py`` and ``story_data.py`` (they pass a whole
+config to ``generate.generate``: the generation spec), ``capabilities.py`` (``capabilities``,
+``device``), ``label.py`` (the operational judge settings, deliberately not params: they do not
+change labels); ``preflight.py`` checks the whole config by design.
+
+Logging
+-------
+Every record goes to the rule's log file; records logged with ``extra=FILE_ONLY`` stay out of the
+console (stderr, which Snakemake shows). That is where a library's per-request chatter goes (the
+vLLM worker's own output): kept for debugging, not flooding the console of a run with many jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+FILE_ONLY = {"console": False}  # ``log.info(..., extra=FILE_ONLY)``: the log file only
+
+
+FILE_ONLY_LOGGERS = ("vllm",)  # these loggers (and their children) write to the log file only
+
+
+def on_console(record: logging.LogRecord) -> bool:
+    """Filter of the console handler: every record except those marked ``FILE_ONLY`` and those of
+    :data:`FILE_ONLY_LOGGERS` (vLLM in this process logs a line per engine step and request)."""
+    if any(record.name == n or record.name.startswith(n + ".") for n in FILE_ONLY_LOGGERS):
+        return False
+    return getattr(record, "console", True)
+
+
+def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Logger:
+    """Send log records, warnings and an uncaught exception's traceback to the rule's log file and to stderr."""
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(on_console)
+    handlers: list[logging.Handler] = [console]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
+    logging.captureWarnings(True)
+    logger = logging.getLogger("distalign")
+    previous = sys.excepthook
+
+    def log_uncaught(exc_type, exc, tb):
+        # the traceback of a failing job belongs in its log file too, not only in Snakemake's terminal
+        if not issubclass(exc_type, KeyboardInterrupt):
+            logger.critical("job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = log_uncaught
+    return logger

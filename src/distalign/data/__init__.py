@@ -1,0 +1,3 @@
+"""What the workflow generates from: target distributions (census CSVs), the prompt pool
+(templates, paraphrases, splits), the fine-tuning datasets and the D_story rows.
+"""

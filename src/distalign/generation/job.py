@@ -1,0 +1,232 @@
+"""What a generation job is: the requests of one split with their targets and method prompts, the
+sampling settings, and the JSON-serialisable :class:`Job` a backend (or the vLLM worker) runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from distalign.core.attributes import Attribute, attribute_of_dataset, method_token_set
+from distalign.core.config import TRAINED_KINDS
+from distalign.data.prompts import method_prompt
+from distalign.generation.guidance import PLAUSIBILITY
+from distalign.modeling.chat import PLACEMENTS
+
+log = logging.getLogger("distalign.generate")
+
+
+BACKENDS = ("transformers", "vllm")
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot run; the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of step 2 (the answer). ``top_k=0`` means off."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def sampling_from_config(gen: dict, task: str) -> Sampling:
+    return Sampling(
+        temperature=float(gen["temperature"]),
+        top_p=float(gen["top_p"]),
+        top_k=int(gen["top_k"]),
+        max_new_tokens=int(gen["max_new_tokens"][task]),
+    )
+
+
+def load_requests(
+    prompts_path,
+    targets_path,
+    bank: dict | None,
+    attribute: Attribute,
+    method_spec: dict,
+    split: str = "test",
+) -> list[dict]:
+    """Rows ``{context_id, context, prompt_id, prompt, target}`` of one split.
+
+    ``prompt`` is the user text actually sent: the method's prompt style (plain, explicit,
+    implicit) applied to the paraphrased prompt with the context's target distribution.
+    """
+    from distalign.core.io import read_jsonl
+    from distalign.data.targets import read_targets_csv
+
+    targets = {r["context_id"]: r["target"] for r in read_targets_csv(targets_path, attribute)}
+    style = method_spec.get("prompt_style", "plain") if method_spec["kind"] == "prompt" else "plain"
+    if style != "plain" and bank is None:
+        raise GenerationError(f"prompt style {style!r} needs the template bank (prompts.templates)")
+    rows = []
+    for r in read_jsonl(prompts_path):
+        if r["split"] != split:
+            continue
+        if r["context_id"] not in targets:
+            raise GenerationError(
+                f"{prompts_path}: context_id {r['context_id']} ({r['context']!r}) has no target "
+                f"in {targets_path}"
+            )
+        target = targets[r["context_id"]]
+        text = r["prompt"] if style == "plain" else method_prompt(r["prompt"], style, bank, attribute, target)
+        rows.append(
+            {
+                "context_id": r["context_id"],
+                "context": r["context"],
+                "prompt_id": r["prompt_id"],
+                "prompt": text,
+                "target": target,
+            }
+        )
+    if not rows:
+        raise GenerationError(f"{prompts_path}: no prompts in split {split!r}")
+    return rows
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a backend needs, JSON-serialisable (it crosses to the vLLM worker as a file)."""
+
+    backend: str
+    model_dir: str
+    adapter: str | None
+    device: str
+    dtype: str
+    requests: list
+    seed_parts: list  # [seed, dataset, model, method, task]
+    sampling: dict
+    samples_per_prompt: int = 1
+    batch_size: int = 100
+    steering_tokens: list | None = None  # strings; two-step sampling when set
+    class_tokens: list | None = None  # probe: strings whose first-answer-position log-probs are recorded
+    placement: str = "assistant"
+    threads: int | None = None
+    token_weights: list | None = None  # validity correction: draw the token from p_k * w_k, renormalised
+    guidance: float | None = None  # steering guidance scale (distalign.generation.guidance); None or 1 = off
+    guidance_plausibility: float | None = None  # its plausibility constraint (None = guidance.PLAUSIBILITY)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Job:
+        return cls(**d)
+
+
+def make_job(
+    requests: list[dict],
+    *,
+    config: dict,
+    dataset: str,
+    model: str,
+    method: str,
+    task: str,
+    model_dir,
+    adapter=None,
+    threads: int | None = None,
+    backend: str | None = None,
+    token_weights: Sequence[float] | None = None,
+) -> Job:
+    """Resolve the config into a :class:`Job` for one (dataset, model, method, task).
+
+    ``token_weights`` (one positive weight per steering token) reweight the steering draw: the
+    validity correction of ``distalign.generation.validity``. A method with ``steering_guidance`` > 1
+    (``distalign.generation.guidance``) generates with the transformers backend whatever ``backend`` says.
+    """
+    from distalign.modeling.models import read_pointer
+
+    gen = config["generation"]
+    spec = config["methods"][method]
+    backend = backend or gen["backend"]
+    if backend not in BACKENDS:
+        raise GenerationError(f"config key 'generation.backend': expected one of {BACKENDS}, got {backend!r}")
+    if spec["kind"] in TRAINED_KINDS and adapter is None:
+        raise GenerationError(f"method {method!r} (kind {spec['kind']}) needs its trained adapter")
+    if spec["kind"] == "prompt":
+        adapter = None
+    placement = config["training"].get("steering_placement", "assistant")
+    if placement not in PLACEMENTS:
+        raise GenerationError(f"config key 'training.steering_placement': expected one of {PLACEMENTS}")
+    attribute = attribute_of_dataset(config, dataset)
+    steering = (
+        attribute.steering_tokens(method_token_set(spec, attribute)) if spec["kind"] == "ours" else None
+    )
+    if token_weights is not None:
+        if steering is None:
+            raise GenerationError(
+                f"method {method!r}: token weights (validity correction) need steering tokens"
+            )
+        if len(token_weights) != len(steering) or not all(w > 0 and math.isfinite(w) for w in token_weights):
+            raise GenerationError(
+                f"method {method!r}: expected {len(steering)} positive token weights (one per "
+                f"steering token {steering}), got {list(token_weights)}"
+            )
+        token_weights = [float(w) for w in token_weights]
+    guidance = spec.get("steering_guidance") or {}
+    if not isinstance(guidance, Mapping):
+        raise GenerationError(
+            f"method {method!r}: 'steering_guidance' must map a task to its scale, got {guidance!r}"
+        )
+    plausibility = guidance.get("plausibility")
+    plausibility = PLAUSIBILITY if plausibility is None else float(plausibility)
+    guidance = guidance.get(task)
+    guidance = float(guidance) if guidance is not None else None
+    if guidance == 1.0:  # the schema's default: plain sampling, whatever the method's kind
+        guidance = None
+    if guidance is not None:
+        if steering is None or len(steering) < 2:
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance' needs a method of kind ours "
+                f"(two or more steering tokens)"
+            )
+        if not (math.isfinite(guidance) and guidance >= 1.0):
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance' must be a number >= 1 (1 = off), got {guidance!r}"
+            )
+        if not 0.0 <= plausibility <= 1.0:
+            raise GenerationError(
+                f"method {method!r}: 'steering_guidance.plausibility' must be in [0, 1], got {plausibility!r}"
+            )
+        if backend != "transformers":
+            log.info(
+                "method %s: steering guidance %.2f runs on the transformers backend, not %s",
+                method,
+                guidance,
+                backend,
+            )
+            backend = "transformers"
+    dtype = read_pointer(model_dir).get("dtype", "auto")
+    return Job(
+        backend=backend,
+        model_dir=str(model_dir),
+        adapter=str(adapter) if adapter else None,
+        device=config["training"].get("device", "auto"),
+        dtype=dtype,
+        requests=requests,
+        seed_parts=[config["seed"], dataset, model, method, task],
+        sampling=asdict(sampling_from_config(gen, task)),
+        samples_per_prompt=int(gen["samples_per_prompt"]),
+        batch_size=int(gen["batch_size"]),
+        steering_tokens=steering,
+        class_tokens=steering if steering else attribute.labels,
+        placement=placement,
+        threads=threads,
+        token_weights=token_weights,
+        guidance=guidance,
+        guidance_plausibility=plausibility if guidance is not None else None,
+    )
+
+
+def job_label(job: Job) -> str:
+    """``dataset/model/method/task`` of a job, for its progress lines."""
+    return "/".join(str(x) for x in job.seed_parts[1:5])

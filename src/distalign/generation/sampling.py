@@ -1,0 +1,108 @@
+"""The pieces both backends share: the restricted softmax over the steering tokens, the seeded
+draw, the token weights of the validity correction, and EOS handling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from distalign.core.progress import Progress
+from distalign.core.seeds import derive_seed
+from distalign.generation.job import GenerationError
+from distalign.modeling.chat import prompt_ids
+
+
+def restricted_probs(logprobs: Sequence[float]) -> list[float]:
+    """Softmax over K log-probs (or logits): the distribution restricted to K tokens."""
+    m = max(logprobs)
+    e = [math.exp(x - m) for x in logprobs]
+    s = sum(e)
+    return [x / s for x in e]
+
+
+def draw_index(probs: Sequence[float], seed: int) -> int:
+    """One inverse-CDF draw from ``probs`` with a generator seeded by ``seed``."""
+    u = random.Random(seed).random()
+    acc = 0.0
+    for i, p in enumerate(probs):
+        acc += p
+        if u < acc:
+            return i
+    return len(probs) - 1
+
+
+def weighted_probs(probs: Sequence[float], weights: Sequence[float] | None) -> list[float]:
+    """``probs`` reweighted by ``weights`` and renormalised (``probs`` itself without weights)."""
+    if weights is None:
+        return list(probs)
+    w = [p * x for p, x in zip(probs, weights, strict=True)]
+    total = sum(w)
+    return [x / total for x in w] if total > 0 else list(probs)
+
+
+def steering_draw_seed(seed_parts: Sequence, prompt_id, sample: int) -> int:
+    """Seed of the steering-token draw of one (prompt, sample) of a job with ``seed_parts``
+    ([seed, dataset, model, method, task]); ``bench/same_draws.py`` replays these draws."""
+    return derive_seed(*seed_parts, "steer", prompt_id, sample)
+
+
+def first_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
+    """First token id of each label as an answer would start with it; the ids must differ."""
+    ids = [tokenizer.encode(lab, add_special_tokens=False)[0] for lab in labels]
+    if len(set(ids)) != len(ids):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise GenerationError(
+            f"probe: class labels {list(labels)} start with repeated tokens {pieces}; their "
+            f"first-token probabilities cannot be told apart"
+        )
+    return ids
+
+
+def eos_ids(tokenizer, model_dir) -> list[int]:
+    """End-of-answer ids: the tokenizer's eos plus those of the model's generation config."""
+    ids = {tokenizer.eos_token_id}
+    p = Path(model_dir) / "generation_config.json"
+    if p.exists():
+        e = json.loads(p.read_text()).get("eos_token_id")
+        ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def strip_eos(ids: Sequence[int], stop: Sequence[int]) -> tuple[list[int], bool]:
+    """Generated ids up to the first end-of-answer id (excluded), and whether one was produced."""
+    out = []
+    for t in ids:
+        if t in stop:
+            return out, True
+        out.append(int(t))
+    return out, False
+
+
+@dataclass
+class Guidance:
+    """Steering guidance for one ``sample`` call: per prompt, the prompts with each *other* steering
+    token and their mixture weights (``distalign.generation.guidance``)."""
+
+    scale: float
+    others: list  # per prompt: K - 1 id lists
+    weights: list  # per prompt: K - 1 weights summing to 1
+    plausibility: float
+
+
+def steering_distribution(
+    backend,
+    tokenizer,
+    user_texts: Sequence[str],
+    steering_ids: Sequence[int],
+    progress: Progress | None = None,
+):
+    """Restricted (renormalised) steering distribution at the first assistant position."""
+    lps = backend.next_token_logprobs(
+        [prompt_ids(tokenizer, t) for t in user_texts], steering_ids, progress=progress
+    )
+    return [restricted_probs(lp) for lp in lps], [sum(math.exp(x) for x in lp) for lp in lps]
