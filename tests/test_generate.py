@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from distalign.core.config import GenerationSpec  # noqa: E402
 from distalign.core.io import read_jsonl, write_jsonl  # noqa: E402
 from distalign.generation.job import Job, load_requests, make_job  # noqa: E402
 from distalign.generation.probe import probe_from_generations, summarize_probe  # noqa: E402
@@ -197,16 +198,15 @@ def test_token_weights_are_checked(tiny_dir, config):
 
     assert weighted_probs([0.5, 0.5], None) == [0.5, 0.5]
     assert weighted_probs([0.5, 0.5], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
-    kw = dict(
-        config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir
-    )
+    kw = dict(dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir)
+    ours, ift = (GenerationSpec.from_config(config, "uk-real", m) for m in ("ours", "ift"))
     with pytest.raises(GenerationError, match="expected 2 positive token weights"):
-        make_job(_requests(1), method="ours", token_weights=[1.0, 0.0], **kw)
+        make_job(_requests(1), spec=ours, token_weights=[1.0, 0.0], **kw)
     with pytest.raises(GenerationError, match="expected 2 positive token weights"):
-        make_job(_requests(1), method="ours", token_weights=[1.0], **kw)
+        make_job(_requests(1), spec=ours, token_weights=[1.0], **kw)
     with pytest.raises(GenerationError, match="need steering tokens"):
-        make_job(_requests(1), method="ift", token_weights=[1.0, 1.0], **kw)
-    assert make_job(_requests(1), method="ours", token_weights=[2, 1], **kw).token_weights == [2.0, 1.0]
+        make_job(_requests(1), spec=ift, token_weights=[1.0, 1.0], **kw)
+    assert make_job(_requests(1), spec=ours, token_weights=[2, 1], **kw).token_weights == [2.0, 1.0]
 
 
 @pytest.mark.parametrize("placement", ["assistant", "paper"])
@@ -264,13 +264,11 @@ def test_same_seed_same_jsonl_different_seed_differs(tiny_dir, config, tmp_path)
         samples_per_prompt=2,
         max_new_tokens={"attribute": 6, "story": 6},
     )
-    kw = dict(
-        dataset="uk-real", model="tiny", method="zero-shot", task="attribute", model_dir=tiny_dir, threads=2
-    )
+    kw = dict(dataset="uk-real", model="tiny", task="attribute", model_dir=tiny_dir, threads=2)
     paths = []
     for i, seed in enumerate((7, 7, 8)):
         config["seed"] = seed
-        rows = generate(_requests(3), config=config, **kw)
+        rows = generate(_requests(3), spec=GenerationSpec.from_config(config, "uk-real", "zero-shot"), **kw)
         paths.append(tmp_path / f"run{i}.jsonl")
         write_jsonl(paths[-1], rows)
     assert paths[0].read_bytes() == paths[1].read_bytes()
@@ -289,10 +287,11 @@ def test_ours_with_adapter_end_to_end(tiny_dir, config, tmp_path):
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
     peft_model.save_pretrained(tmp_path / "adapter")
     config["generation"].update(backend="transformers", max_new_tokens={"attribute": 3, "story": 3})
-    kw = dict(dataset="uk-real", model="tiny", method="ours", task="attribute", model_dir=tiny_dir, threads=2)
+    spec = GenerationSpec.from_config(config, "uk-real", "ours")
+    kw = dict(spec=spec, dataset="uk-real", model="tiny", task="attribute", model_dir=tiny_dir, threads=2)
     with pytest.raises(RuntimeError, match="needs its trained adapter"):
-        make_job(_requests(2), config=config, **kw)
-    rows = generate(_requests(2), config=config, adapter=tmp_path / "adapter", **kw)
+        make_job(_requests(2), **kw)
+    rows = generate(_requests(2), adapter=tmp_path / "adapter", **kw)
     assert all(r["steering_token"] in ("0", "1") and len(r["steering_probs"]) == 2 for r in rows)
     assert all(abs(sum(r["steering_probs"]) - 1) < 1e-9 for r in rows)
 

@@ -13,8 +13,9 @@ pytest.importorskip("transformers")
 
 from test_generate import DIGIT, _job, _requests, tiny_dir  # noqa: E402, F401
 
+from distalign.core.config import ConfigError, GenerationSpec, validate_config  # noqa: E402
 from distalign.generation.guidance import PLAUSIBILITY, SteeringGuidance, contrast_weights, guided_log_probs  # noqa: E402
-from distalign.generation.job import GenerationError, make_job  # noqa: E402
+from distalign.generation.job import make_job  # noqa: E402
 from distalign.generation.runner import run_generation  # noqa: E402
 from distalign.generation.transformers_backend import TransformersBackend  # noqa: E402
 from distalign.modeling.chat import steered_prompt_ids  # noqa: E402
@@ -130,19 +131,12 @@ def test_guided_sampling_is_seeded(tiny_dir, backend):  # noqa: F811
 
 
 def test_make_job_guidance(tiny_dir, config):  # noqa: F811
-    kw = dict(
-        config=config, dataset="uk-real", model="tiny", task="story", model_dir=tiny_dir, adapter=tiny_dir
-    )
+    kw = dict(dataset="uk-real", model="tiny", model_dir=tiny_dir, adapter=tiny_dir)
 
     def job_with(method, value, backend="vllm", task="story"):
-        cfg = {
-            **config,
-            "methods": {
-                **config["methods"],
-                method: {**config["methods"][method], "steering_guidance": value},
-            },
-        }
-        return make_job(_requests(1), **{**kw, "config": cfg, "task": task}, method=method, backend=backend)
+        spec = GenerationSpec.from_config(config, "uk-real", method)
+        spec = dataclasses.replace(spec, spec={**spec.spec, "steering_guidance": value})
+        return make_job(_requests(1), spec=spec, task=task, backend=backend, **kw)
 
     job = job_with("ours", {"story": 2.5, "attribute": 1})  # a scale per task
     assert job.guidance == 2.5 and job.backend == "transformers"  # vLLM cannot mix other prompts' logits
@@ -152,11 +146,27 @@ def test_make_job_guidance(tiny_dir, config):  # noqa: F811
     assert job_with("ours", {"story": 3, "plausibility": 0.0}).guidance_plausibility == 0.0
     off = job_with("ours", {"story": 1.0})
     assert off.guidance is None and off.backend == "vllm"
-    with pytest.raises(GenerationError, match=">= 1"):
-        job_with("ours", {"story": 0.5})
-    with pytest.raises(GenerationError, match=r"plausibility' must be in \[0, 1\]"):
-        job_with("ours", {"story": 2, "plausibility": 1.5})
-    with pytest.raises(GenerationError, match="must map a task"):
-        job_with("ours", 2.0)
-    with pytest.raises(GenerationError, match="kind ours"):
-        job_with("ift", {"story": 2.0})
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        ({"story": 0.5}, r"'methods\.ours\.steering_guidance\.story': 0\.5 is less than the minimum of 1"),
+        (
+            {"story": 2, "plausibility": 1.5},
+            r"'methods\.ours\.steering_guidance\.plausibility': 1\.5 is greater",
+        ),
+        (2.0, r"'methods\.ours\.steering_guidance': expected object"),
+    ],
+)
+def test_bad_guidance_is_a_config_error(config, value, error):
+    """Values are the schema's business: make_job takes a checked spec and checks them no more."""
+    config["methods"]["ours"]["steering_guidance"] = value
+    with pytest.raises(ConfigError, match=error):
+        validate_config(config)
+
+
+def test_guidance_of_a_method_without_steering_tokens_is_a_config_error(config):
+    config["methods"]["ift"]["steering_guidance"] = {"story": 2.0}
+    with pytest.raises(ConfigError, match=r"'methods\.ift\.steering_guidance': only methods of kind 'ours'"):
+        validate_config(config)

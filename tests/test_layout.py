@@ -26,12 +26,18 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, imported distalign subpackage) of every import in the file, function-level ones included."""
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("distalign."):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("distalign.")
+        ):
             out.append((node.lineno, node.module.split(".")[1]))
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
             out.append((node.lineno, "<relative>"))
         elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("distalign.")]
+            out += [
+                (node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("distalign.")
+            ]
     return out
 
 

@@ -232,8 +232,8 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
         echo "(MainProcess pid=1) INFO 12-01 09:01:49 [api_utils.py:286] non-default args: {}" >&2
         echo "2026-01-01 00:00:01,000 INFO vllm.v1.engine: engine noise" >&2
         echo "Processed prompts:  50%|#####     | 1/2"
-        echo "2026-01-01 00:00:02,000 INFO distalign.generation.runner: generate d/m/zero-shot/attribute: 2/2 rows (100%)" >&2
-        echo "2026-01-01 00:00:02,500 WARNING distalign.modeling.models: a note of ours" >&2
+        echo "2026-01-01 00:00:02,000 INFO distalign.generate: generate d/m/zero-shot/attribute: 2/2 rows (100%)" >&2
+        echo "2026-01-01 00:00:02,500 WARNING distalign.models: a note of ours" >&2
         echo "parent $DISTALIGN_PARENT_PID" >&2
         echo '[{"row": 1}]' > "$4"
         """,
@@ -242,7 +242,7 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
     assert run_in_worker(_job(), exe) == [{"row": 1}]
     console, logfile = read()
     assert "generate d/m/zero-shot/attribute: 2/2 rows (100%)" in console
-    assert "WARNING distalign.modeling.models: a note of ours" in console
+    assert "WARNING distalign.models: a note of ours" in console
     for noise in ("non-default args", "engine noise", "Processed prompts", "parent "):
         assert noise not in console
         assert noise in logfile
@@ -420,6 +420,7 @@ def test_generation_job_logs_progress_to_console_and_log(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from distalign.core.config import GenerationSpec
     from distalign.generation.runner import generate
 
     tiny = tmp_path / "tiny"
@@ -466,10 +467,9 @@ def test_generation_job_logs_progress_to_console_and_log(
     ]
     rows = generate(
         reqs,
-        config=config,
+        spec=GenerationSpec.from_config(config, "uk-real", "zero-shot"),
         dataset="uk-real",
         model="tiny",
-        method="zero-shot",
         task="attribute",
         model_dir=tiny,
         threads=1,
@@ -478,7 +478,7 @@ def test_generation_job_logs_progress_to_console_and_log(
     console, logfile = script_logging[1]()
     for text in (console, logfile):
         got = [
-            ln.split("distalign.generation.runner: ")[1]
+            ln.split("distalign.generate: ")[1]
             for ln in text.splitlines()
             if "generate uk-real/tiny/zero-shot/attribute:" in ln
         ]
@@ -549,7 +549,7 @@ def test_training_job_console_has_progress_lines_and_no_metric_dicts(
     assert "{'loss'" not in capsys.readouterr().out
     for text in (console, logfile):
         got = [
-            ln.split("distalign.training.runner: ")[1]
+            ln.split("distalign.train: ")[1]
             for ln in text.splitlines()
             if "train uk-real/tiny-llama/ift sft:" in ln
         ]

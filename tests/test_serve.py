@@ -1,4 +1,4 @@
-"""distalign.evaluation.judge_server: the judge-server launcher (with a fake ``vllm`` package) and the HF cache helpers."""
+"""distalign.evaluation.judge_server and distalign.cluster.prefetch: the judge-server launcher (with a fake ``vllm`` package) and the HF cache helpers."""
 
 from __future__ import annotations
 

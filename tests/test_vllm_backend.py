@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from distalign.core.config import GenerationSpec
+
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -114,10 +116,9 @@ def test_steering_distribution_agrees_base_model(embedded_model_dir, config):
     config["generation"].update(samples_per_prompt=1, max_new_tokens={"attribute": 1, "story": 1})
     job = make_job(
         reqs,
-        config=config,
+        spec=GenerationSpec.from_config(config, "race-even", "zero-shot"),
         dataset="race-even",
         model="smollm2-135m-instruct",
-        method="zero-shot",
         task="attribute",
         model_dir=embedded_model_dir,
         backend="vllm",
@@ -147,10 +148,9 @@ def test_two_step_with_adapter_agrees_and_is_reproducible(
         samples_per_prompt=2, max_new_tokens={"attribute": 8, "story": 8}, vllm_lora=vllm_lora
     )
     kw = dict(
-        config=config,
+        spec=GenerationSpec.from_config(config, "race-even", "ours"),
         dataset="race-even",
         model="smollm2-135m-instruct",
-        method="ours",
         task="attribute",
         model_dir=embedded_model_dir,
         adapter=adapter,

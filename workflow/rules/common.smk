@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from distalign.core.config import (
     TASKS,
+    TRAINED_KINDS,
     ConfigError,
     adapter_dataset,
     dataset_applies,
@@ -115,8 +116,6 @@ def require_applicable(wildcards, task="attribute", what="this file"):
         )
 
 
-# Trained methods read their LoRA adapter; prompting methods use the base model.
-TRAINED_KINDS = ("ift", "dpo", "ours")
 # vLLM on a CUDA node asks the scheduler for one GPU; the transformers backend and CPU runs do not.
 GENERATION_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
 

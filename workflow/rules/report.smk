@@ -184,6 +184,7 @@ rule table5:
         records=capabilities_keys(),
         methods=CAPS["methods"],
         title="Table 5: general capabilities after fine-tuning",
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/table.py"
 
@@ -203,6 +204,7 @@ rule fig3:
         records=share_figure_keys("fig3")["records"],
         share_class=REPORT["share_class"],
         title=share_figure_keys("fig3")["title"],
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/figure.py"
 
@@ -222,6 +224,7 @@ rule fig11:
         records=share_figure_keys("fig11")["records"],
         share_class=REPORT["share_class"],
         title=share_figure_keys("fig11")["title"],
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/figure.py"
 
@@ -240,6 +243,7 @@ rule fig5:
         kind="steering",
         records=artefact_keys(STEERING_METHODS),
         title="Steering-token probability vs generated frequency",
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/figure.py"
 
@@ -260,6 +264,7 @@ rule calibration:
         share_class=REPORT["share_class"],
         seed=config["seed"],
         title="Calibration: target vs achieved share per context (95% bootstrap CI)",
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/figure.py"
 
@@ -280,6 +285,7 @@ rule steering_diagnosis:
         records=steering_diagnosis_keys(),
         story_data=steering_diagnosis_story_data(),
         title="What limits the steering methods: calibration vs consistency vs invalid answers",
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/table.py"
 
@@ -298,5 +304,6 @@ rule judge_check_table:
         kind="judge_check",
         records=[{"dataset": d} for d in JUDGE_CHECK_DATASETS],
         title="How the story judge reads stories a person labelled, and the story MAE it costs",
+        report_config=REPORT_CONFIG,
     script:
         "../scripts/table.py"

@@ -63,5 +63,6 @@ rule fig4:
         kind="sweep",
         records=sweep_records,
         title="MAE vs decoding settings (mean ± SD over runs)",
+        report_config=report_config(config),
     script:
         "../scripts/figure.py"

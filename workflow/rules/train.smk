@@ -28,5 +28,7 @@ rule train:
         gpu=train_uses_gpu,
     params:
         method=train_params,
+        attribute=attribute_spec,
+        seed=config["seed"],
     script:
         "../scripts/train.py"

@@ -3,15 +3,15 @@
 import torch
 
 from distalign.core.io import write_json
-from distalign.core.scripting import setup_logging
+from distalign.core.scripting import operational, setup_logging
 from distalign.evaluation.capabilities import evaluate_lm_eval, evaluate_local
 from distalign.modeling.models import read_pointer, resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))
-caps = snakemake.config["capabilities"]
+caps = snakemake.params.settings  # backend, and for lm-eval its tasks and limit
 adapter = snakemake.input.get("adapter")
-device = resolve_device(snakemake.config["training"]["device"])
+device = resolve_device(operational(snakemake, "training.device"))
 if caps["backend"] == "local":
     out = evaluate_local(
         snakemake.input.model,
@@ -27,7 +27,7 @@ else:
         adapter,
         caps["lm_eval_tasks"],
         limit=caps["lm_eval_limit"],
-        batch_size=caps["lm_eval_batch_size"],
+        batch_size=operational(snakemake, "capabilities.lm_eval_batch_size"),
         device=device,
         dtype=dtype,
     )

@@ -1,19 +1,17 @@
 """Rules fig*/calibration: one figure (PNG + PDF) from metrics files.
 
 ``params.kind`` picks the entry of ``distalign.report.figures.FIGURES``; ``params.report_config`` (from
-``distalign.report.tables.report_config(config)``) is the config part the figures read (until the rules pass
-it, the script builds it from the workflow config).
+``distalign.report.tables.report_config(config)``) is the config part the figures read.
 """
 
 from distalign.core.io import atomic_path, read_json
 from distalign.core.scripting import setup_logging
 from distalign.report.figures import FIGURE_TABLES, figure_kind, save
-from distalign.report.tables import report_config
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 draw = figure_kind(p.kind)
-config = p.get("report_config") or report_config(snakemake.config)
+config = p.report_config
 if p.kind == "sweep":  # a sweep's default point is shared by its three knobs: each record names its file
     records = [{**key, "metrics": read_json(key["path"])} for key in p.records]
 else:

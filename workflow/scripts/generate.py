@@ -1,34 +1,35 @@
 """Rule generate: sample answers to every test prompt for one (dataset, model, method, task)."""
 
-import json
-
 from distalign.core.attributes import Attribute
+from distalign.core.config import GenerationSpec
 from distalign.core.io import read_json, write_jsonl
-from distalign.core.scripting import setup_logging
+from distalign.core.scripting import operational, setup_logging
 from distalign.data.prompts import load_templates
 from distalign.generation.job import load_requests
 from distalign.generation.runner import generate
 from distalign.generation.validity import read_weights
 
 log = setup_logging(snakemake.log[0])
-w = snakemake.wildcards
-# The rule's params are what the results depend on; they take precedence over the global config.
-config = json.loads(json.dumps(snakemake.config))
-config["seed"] = snakemake.params.seed
-config["generation"].update(dict(snakemake.params.generation))
-config["methods"][w.method] = dict(snakemake.params.method)
-if snakemake.params.placement:
-    config["training"]["steering_placement"] = snakemake.params.placement
-attr_spec = dict(snakemake.params.attribute)
-attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
+w, p = snakemake.wildcards, snakemake.params
+spec = GenerationSpec.from_params(
+    w.method,
+    p.method,
+    p.generation,
+    p.attribute,
+    p.seed,
+    placement=p.placement,
+    device=operational(snakemake, "training.device"),
+    vllm_python=operational(snakemake, "generation.vllm_python"),
+)
+attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
 
-split = snakemake.params.get("split", "test")  # validity_generate answers the validation prompts
+split = p.get("split", "test")  # validity_generate answers the validation prompts
 requests = load_requests(
     snakemake.input.prompts,
     snakemake.input.targets,
     load_templates(snakemake.input.templates),
     attribute,
-    config["methods"][w.method],
+    spec.spec,
     split=split,
 )
 weights = None
@@ -47,15 +48,14 @@ log.info(
     w.task,
     len(requests),
     split,
-    config["generation"]["samples_per_prompt"],
-    config["generation"]["backend"],
+    spec.generation["samples_per_prompt"],
+    spec.generation["backend"],
 )
 rows = generate(
     requests,
-    config=config,
+    spec=spec,
     dataset=w.dataset,
     model=w.model,
-    method=w.method,
     task=w.task,
     model_dir=snakemake.input.model,
     adapter=snakemake.input.get("adapter"),

@@ -8,19 +8,19 @@ from collections import Counter
 from distalign.core.attributes import Attribute
 from distalign.core.config import judge_config
 from distalign.core.io import read_jsonl, write_jsonl
-from distalign.core.scripting import setup_logging
+from distalign.core.scripting import operational, setup_logging
 from distalign.evaluation.judge_server import judge_endpoint
 from distalign.evaluation.judges import judges_for, label_generations
 from distalign.generation.job import GenerationError
 from distalign.generation.vllm_backend import resolve_vllm_python, vllm_importable
 
 
-def vllm_python(config):
+def vllm_python():
     """Interpreter for a judge server: this one if it has vLLM, else the vLLM env, else None."""
     if vllm_importable():
         return sys.executable
     try:
-        return resolve_vllm_python(config["generation"].get("vllm_python"))
+        return resolve_vllm_python(operational(snakemake, "generation.vllm_python"))
     except GenerationError:
         return None
 
@@ -31,14 +31,16 @@ for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request ot
 attr_spec = dict(snakemake.params.attribute)
 attribute = Attribute.from_config(attr_spec.pop("name"), attr_spec)
 task = snakemake.wildcards.task
-# Operational LLM settings (endpoint, retries, timeout, concurrency) come from the full config:
-# they do not change labels, so they are not params and do not trigger reruns.
-jcfg = judge_config(snakemake.config)
+# Operational LLM settings (endpoint, retries, timeout, concurrency) are not params: they do not
+# change labels, so they trigger no rerun. The params (what changes labels) take precedence.
+judge = dict(snakemake.params.judge)
+llm = {**operational(snakemake, "judge.llm"), **judge.get("llm", {})}
+jcfg = judge_config({"judge": {**judge, "llm": llm, "serve": operational(snakemake, "judge.serve")}})
 rows = read_jsonl(snakemake.input.generations)
 t0 = time.perf_counter()
 # With an LLM story judge and no external endpoint, a vLLM server is started on this node for the
 # duration of the job (distalign.evaluation.judge_server.judge_endpoint); otherwise the configured endpoint is used.
-with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python(snakemake.config)) as llm:
+with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python()) as llm:
     judges, primary = judges_for(attribute, task, {**jcfg, "llm": llm} if llm else jcfg)
     labelled = label_generations(
         rows,

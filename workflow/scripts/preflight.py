@@ -4,7 +4,7 @@ import json
 import logging
 
 from distalign.core.io import write_json
-from distalign.core.scripting import setup_logging
+from distalign.core.scripting import setup_logging, whole_config
 from distalign.modeling.preflight import check_endpoint_job, check_model_job, passed_dir_of
 
 log = setup_logging(snakemake.log[0])
@@ -14,7 +14,7 @@ job = snakemake.wildcards.job
 if snakemake.rule == "preflight":  # the model checks; preflight_endpoints: endpoints only
     model = snakemake.wildcards.model
     report = check_model_job(
-        snakemake.config,
+        whole_config(snakemake),
         model,
         snakemake.input.model,
         job,
@@ -22,6 +22,6 @@ if snakemake.rule == "preflight":  # the model checks; preflight_endpoints: endp
         passed_dir=passed_dir_of(snakemake.output.marker, job),
     )
 else:
-    report = check_endpoint_job(snakemake.config, job)
+    report = check_endpoint_job(whole_config(snakemake), job)
 write_json(snakemake.output.marker, report)
 log.info("pre-flight checks of %s passed: %s", job, json.dumps(report))

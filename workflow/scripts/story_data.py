@@ -1,11 +1,10 @@
 """Rule story_data: D_story, hinted stories of the base model labelled by the story judge, in rounds
 (the loop: ``distalign.data.stories.collect_stories``)."""
 
-import json
-
 from distalign.core.attributes import Attribute
+from distalign.core.config import GenerationSpec
 from distalign.core.io import read_jsonl, write_json, write_jsonl
-from distalign.core.scripting import setup_logging
+from distalign.core.scripting import operational, setup_logging
 from distalign.data.stories import collect_stories
 from distalign.data.targets import read_targets_csv
 from distalign.evaluation.judges import offline_story_judge
@@ -21,20 +20,24 @@ prompts = read_jsonl(snakemake.input.prompts)
 targets = read_targets_csv(snakemake.input.targets, attribute)
 # The candidates are written by the base model as a prompting method of its own name (its seeds
 # differ from every evaluated method's).
-config = json.loads(json.dumps(snakemake.config))
-config["seed"] = params.seed
-config["generation"].update(dict(params.generation))
-config["methods"]["story-data"] = {"kind": "prompt", "prompt_style": "plain"}
+spec = GenerationSpec.from_params(
+    "story-data",
+    {"kind": "prompt", "prompt_style": "plain"},
+    params.generation,
+    params.attribute,
+    params.seed,
+    device=operational(snakemake, "training.device"),
+    vllm_python=operational(snakemake, "generation.vllm_python"),
+)
 judge = offline_story_judge(attribute)
 
 
 def write(requests):
     generations = generate(
         requests,
-        config=config,
+        spec=spec,
         dataset=w.dataset,
         model=w.model,
-        method="story-data",
         task="story",
         model_dir=snakemake.input.model,
         threads=snakemake.threads,

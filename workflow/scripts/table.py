@@ -1,18 +1,17 @@
 """Rules table*: one paper table (CSV + Markdown twin) from metrics or probe files.
 
 ``params.kind`` picks the entry of ``distalign.report.tables.TABLES``; ``params.report_config`` (from
-``distalign.report.tables.report_config(config)``) is the config part the tables read (until the rules pass
-it, the script builds it from the workflow config).
+``distalign.report.tables.report_config(config)``) is the config part the tables read.
 """
 
 from distalign.core.io import read_json
 from distalign.core.scripting import setup_logging
-from distalign.report.tables import report_config, table_kind, table_models, write_table
+from distalign.report.tables import table_kind, table_models, write_table
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 kind = table_kind(p.kind)
-config = p.get("report_config") or report_config(snakemake.config)
+config = p.report_config
 records = [
     {**key, kind.field: read_json(path)}
     for key, path in zip(p.records, snakemake.input[kind.inputs], strict=True)

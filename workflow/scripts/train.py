@@ -1,8 +1,7 @@
 """Snakemake script of rule `train`: one LoRA adapter per (dataset, model, method).
 
 The job's spec comes from its params: ``method`` (``{"spec", "training"}``, already there),
-``attribute`` (the dataset's attribute entry, ``attribute_spec``) and ``seed`` (``config["seed"]``);
-until the rule passes the last two, they are read from the workflow config.
+``attribute`` (the dataset's attribute entry, ``attribute_spec``) and ``seed`` (``config["seed"]``).
 """
 
 import torch
@@ -15,13 +14,7 @@ from distalign.training.runner import train_adapter
 setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))
 w, p = snakemake.wildcards, snakemake.params
-attribute = p.get("attribute")
-if attribute is None:  # the rule predates params.attribute
-    name = snakemake.config["datasets"][w.dataset]["attribute"]
-    attribute = {"name": name, **snakemake.config["attributes"][name]}
-seed = p.get("seed")
-seed = snakemake.config["seed"] if seed is None else seed
-job = TrainSpec.from_params(w.method, p.method, attribute, seed)
+job = TrainSpec.from_params(w.method, p.method, p.attribute, p.seed)
 
 train_adapter(
     job,

@@ -7,6 +7,7 @@ key (dotted path) and what was expected, and all problems are reported at once.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -48,6 +49,12 @@ def _with_defaults(validator_class):
 _DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
+@functools.cache
+def _packaged_schema() -> dict:
+    """The schema file, read once per process (callers must not change it)."""
+    return load_schema()
+
+
 def schema_defaults(section: str, schema: dict | None = None) -> dict:
     """The values the schema gives top-level section ``section`` when the config sets none of it."""
     return with_schema_defaults({}, section, schema)
@@ -59,7 +66,7 @@ def with_schema_defaults(config: Mapping | None, section: str, schema: dict | No
     For library callers that pass a partial config (tests, notebooks); a config that went through
     validate_config already has them. It checks nothing: values are validate_config's business.
     """
-    schema = schema or load_schema()
+    schema = schema or _packaged_schema()
     sub = {**schema["properties"][section], "definitions": schema.get("definitions", {})}
     instance = copy.deepcopy(dict((config or {}).get(section) or {}))
     for _ in _DefaultFillingValidator(sub).iter_errors(instance):
@@ -772,6 +779,95 @@ class TrainSpec:
             attribute_name=attr.pop("name"),
             attribute=attr,
             seed=int(seed),
+        )
+
+
+def method_guidance(spec: Mapping, task: str) -> tuple[float | None, float | None]:
+    """A method's steering-guidance scale on ``task`` and its plausibility constraint, or (None, None)
+    when the task samples plainly (no ``steering_guidance``, or scale 1). A plausibility left unset
+    takes the schema's default. Values are checked by the schema and :func:`validate_config`."""
+    guidance = spec.get("steering_guidance") or {}
+    scale = guided_tasks(guidance).get(task)
+    if scale is None:
+        return None, None
+    plausibility = guidance.get("plausibility")
+    return scale, float(plausibility_default() if plausibility is None else plausibility)
+
+
+def plausibility_default() -> float:
+    """The schema's default of ``methods.<name>.steering_guidance.plausibility``."""
+    method = _packaged_schema()["definitions"]["method"]
+    return float(method["properties"]["steering_guidance"]["properties"]["plausibility"]["default"])
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything one generation job reads besides its files: the method's spec, the ``generation``
+    settings, the attribute of its dataset, the run seed and where the steering token goes, plus two
+    settings that say where the job runs, not what it samples (``device``, ``vllm_python``).
+    ``distalign.generation`` takes this instead of a whole config.
+
+    Built from a validated config by :meth:`from_config` (tests, bench, the library) or from a
+    generation rule's params by :meth:`from_params`. The dict fields are read-only.
+    """
+
+    method: str
+    spec: dict
+    generation: dict
+    attribute_name: str
+    attribute: dict
+    seed: int
+    placement: str = "assistant"
+    device: str = "auto"
+    vllm_python: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.spec["kind"]
+
+    @classmethod
+    def from_config(cls, config: Mapping, dataset: str, method: str) -> GenerationSpec:
+        name = config["datasets"][dataset]["attribute"]
+        gen = dict(config["generation"])
+        return cls(
+            method=method,
+            spec=copy.deepcopy(config["methods"][method]),
+            generation={k: v for k, v in gen.items() if k != "vllm_python"},
+            attribute_name=name,
+            attribute=copy.deepcopy(config["attributes"][name]),
+            seed=int(config["seed"]),
+            placement=config["training"].get("steering_placement") or "assistant",
+            device=config["training"].get("device") or "auto",
+            vllm_python=gen.get("vllm_python"),
+        )
+
+    @classmethod
+    def from_params(
+        cls,
+        method: str,
+        spec: Mapping,
+        generation: Mapping,
+        attribute: Mapping,
+        seed: int,
+        *,
+        placement: str | None = None,
+        device: str | None = None,
+        vllm_python: str | None = None,
+    ) -> GenerationSpec:
+        """From a rule's ``params.method``, ``params.generation``, ``params.attribute`` (the attribute
+        entry with its ``name``), ``params.seed`` and ``params.placement`` (None for methods without a
+        steering token); ``device`` and ``vllm_python`` are where the job runs."""
+        attr = copy.deepcopy(dict(attribute))
+        return cls(
+            method=method,
+            spec=copy.deepcopy(dict(spec)),
+            generation=copy.deepcopy(dict(generation)),
+            attribute_name=attr.pop("name"),
+            attribute=attr,
+            seed=int(seed),
+            placement=placement or "assistant",
+            device=device or "auto",
+            vllm_python=vllm_python,
         )
 
 

@@ -16,12 +16,17 @@ A script is the glue between one rule and one library function. It
   a dispatch goes through a registry (``tables.TABLES``, ``figures.FIGURES``), a loop into the
   library (``stories.collect_stories``).
 
-Where a script still reads ``snakemake.config``, it waits for a param from its rule (and uses the
-param when present). The open cases: ``table.py``/``figure.py`` (param ``report_config``),
-``train.py`` (``attribute``, ``seed``), ``generate.py`` and ``story_data.py`` (they pass a whole
-config to ``generate.generate``: the generation spec), ``capabilities.py`` (``capabilities``,
-``device``), ``label.py`` (the operational judge settings, deliberately not params: they do not
-change labels); ``preflight.py`` checks the whole config by design.
+Two reads of the workflow config are allowed, each through one named helper here:
+
+- :func:`operational`: a setting of :data:`OPERATIONAL`, which says where or how a job runs (an
+  interpreter, a device, an endpoint and how hard to call it), never what it computes. These are
+  deliberately not params, so that changing them reruns nothing. One caveat, stated once: a
+  generation on a GPU and the same one on a CPU differ in their last floating-point bits, as two
+  GPU models do; Snakemake cannot see that either way.
+- :func:`whole_config`: the pre-flight jobs only. They check the whole config by design, their
+  marker is no result, and a param holding the whole config would rerun them after any change.
+
+tests/test_scripts_contract.py holds every script to this: no script names ``snakemake.config``.
 
 Logging
 -------
@@ -35,6 +40,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+
+# Settings a script may read without a param (see the contract above), with what each one decides.
+OPERATIONAL = {
+    "generation.vllm_python": "the interpreter of the vLLM environment",
+    "training.device": "where a generation, D_story or capability job runs (train gets its device in params.method)",
+    "judge.llm": "the story judge's endpoint, key variable, retries, timeout and concurrency (model, "
+    "re-asks and reply length are params of the label rule, and take precedence)",
+    "judge.serve": "how the label job starts its own judge server",
+    "capabilities.lm_eval_batch_size": "lm-eval's batch size",
+}
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -74,3 +89,21 @@ def setup_logging(log_path: str | None, level: int = logging.INFO) -> logging.Lo
 
     sys.excepthook = log_uncaught
     return logger
+
+
+def operational(smk, key: str):
+    """An operational setting (:data:`OPERATIONAL`, e.g. ``"generation.vllm_python"``) of the workflow
+    config, with the schema's default when unset."""
+    from distalign.core.config import with_schema_defaults
+
+    if key not in OPERATIONAL:
+        raise KeyError(
+            f"{key!r} is not an operational setting ({', '.join(OPERATIONAL)}): pass it as a param"
+        )
+    section, name = key.split(".")
+    return with_schema_defaults(smk.config, section).get(name)
+
+
+def whole_config(smk) -> dict:
+    """The whole workflow config: for the pre-flight jobs, which check all of it (see the contract)."""
+    return smk.config

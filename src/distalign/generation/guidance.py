@@ -30,11 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from distalign.core.config import plausibility_default
+
 # Adaptive plausibility constraint of contrastive decoding (Li et al. 2023, their alpha): guidance only
 # reorders tokens the drawn token's own distribution finds plausible. Without it, on the embedded
 # model at g = 3, stories opened mid-sentence (" months away Sarah ...") or ran words together: the
 # contrast lifts tokens that are rare under every branch.
-PLAUSIBILITY = 0.1
+PLAUSIBILITY = plausibility_default()  # methods.<name>.steering_guidance.plausibility in the schema
 
 
 def contrast_weights(probs: Sequence[float], k: int) -> list[float]:

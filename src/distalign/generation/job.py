@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from distalign.core.attributes import Attribute, attribute_of_dataset, method_token_set
-from distalign.core.config import TRAINED_KINDS
+from distalign.core.attributes import Attribute, method_token_set
+from distalign.core.config import TRAINED_KINDS, GenerationSpec, method_guidance
 from distalign.data.prompts import method_prompt
-from distalign.generation.guidance import PLAUSIBILITY
-from distalign.modeling.chat import PLACEMENTS
 
 log = logging.getLogger("distalign.generate")
 
@@ -126,10 +124,9 @@ class Job:
 def make_job(
     requests: list[dict],
     *,
-    config: dict,
+    spec: GenerationSpec,
     dataset: str,
     model: str,
-    method: str,
     task: str,
     model_dir,
     adapter=None,
@@ -137,29 +134,26 @@ def make_job(
     backend: str | None = None,
     token_weights: Sequence[float] | None = None,
 ) -> Job:
-    """Resolve the config into a :class:`Job` for one (dataset, model, method, task).
+    """Resolve a :class:`GenerationSpec` into a :class:`Job` for one (dataset, model, method, task).
 
-    ``token_weights`` (one positive weight per steering token) reweight the steering draw: the
-    validity correction of ``distalign.generation.validity``. A method with ``steering_guidance`` > 1
-    (``distalign.generation.guidance``) generates with the transformers backend whatever ``backend`` says.
+    The spec's values were checked by the schema and ``validate_config``; what is checked here is
+    what only the caller knows: an adapter for a trained method, and ``token_weights`` (one positive
+    weight per steering token, the validity correction of ``distalign.generation.validity``). A method
+    guided on ``task`` (``distalign.generation.guidance``) generates with the transformers backend
+    whatever ``backend`` says.
     """
     from distalign.modeling.models import read_pointer
 
-    gen = config["generation"]
-    spec = config["methods"][method]
+    method = spec.method
+    gen = spec.generation
     backend = backend or gen["backend"]
-    if backend not in BACKENDS:
-        raise GenerationError(f"config key 'generation.backend': expected one of {BACKENDS}, got {backend!r}")
-    if spec["kind"] in TRAINED_KINDS and adapter is None:
-        raise GenerationError(f"method {method!r} (kind {spec['kind']}) needs its trained adapter")
-    if spec["kind"] == "prompt":
+    if spec.kind in TRAINED_KINDS and adapter is None:
+        raise GenerationError(f"method {method!r} (kind {spec.kind}) needs its trained adapter")
+    if spec.kind == "prompt":
         adapter = None
-    placement = config["training"].get("steering_placement", "assistant")
-    if placement not in PLACEMENTS:
-        raise GenerationError(f"config key 'training.steering_placement': expected one of {PLACEMENTS}")
-    attribute = attribute_of_dataset(config, dataset)
+    attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
     steering = (
-        attribute.steering_tokens(method_token_set(spec, attribute)) if spec["kind"] == "ours" else None
+        attribute.steering_tokens(method_token_set(spec.spec, attribute)) if spec.kind == "ours" else None
     )
     if token_weights is not None:
         if steering is None:
@@ -172,58 +166,34 @@ def make_job(
                 f"steering token {steering}), got {list(token_weights)}"
             )
         token_weights = [float(w) for w in token_weights]
-    guidance = spec.get("steering_guidance") or {}
-    if not isinstance(guidance, Mapping):
-        raise GenerationError(
-            f"method {method!r}: 'steering_guidance' must map a task to its scale, got {guidance!r}"
+    guidance, plausibility = method_guidance(spec.spec, task)
+    if guidance is not None and backend != "transformers":
+        log.info(
+            "method %s: steering guidance %.2f runs on the transformers backend, not %s",
+            method,
+            guidance,
+            backend,
         )
-    plausibility = guidance.get("plausibility")
-    plausibility = PLAUSIBILITY if plausibility is None else float(plausibility)
-    guidance = guidance.get(task)
-    guidance = float(guidance) if guidance is not None else None
-    if guidance == 1.0:  # the schema's default: plain sampling, whatever the method's kind
-        guidance = None
-    if guidance is not None:
-        if steering is None or len(steering) < 2:
-            raise GenerationError(
-                f"method {method!r}: 'steering_guidance' needs a method of kind ours "
-                f"(two or more steering tokens)"
-            )
-        if not (math.isfinite(guidance) and guidance >= 1.0):
-            raise GenerationError(
-                f"method {method!r}: 'steering_guidance' must be a number >= 1 (1 = off), got {guidance!r}"
-            )
-        if not 0.0 <= plausibility <= 1.0:
-            raise GenerationError(
-                f"method {method!r}: 'steering_guidance.plausibility' must be in [0, 1], got {plausibility!r}"
-            )
-        if backend != "transformers":
-            log.info(
-                "method %s: steering guidance %.2f runs on the transformers backend, not %s",
-                method,
-                guidance,
-                backend,
-            )
-            backend = "transformers"
+        backend = "transformers"
     dtype = read_pointer(model_dir).get("dtype", "auto")
     return Job(
         backend=backend,
         model_dir=str(model_dir),
         adapter=str(adapter) if adapter else None,
-        device=config["training"].get("device", "auto"),
+        device=spec.device,
         dtype=dtype,
         requests=requests,
-        seed_parts=[config["seed"], dataset, model, method, task],
+        seed_parts=[spec.seed, dataset, model, method, task],
         sampling=asdict(sampling_from_config(gen, task)),
         samples_per_prompt=int(gen["samples_per_prompt"]),
         batch_size=int(gen["batch_size"]),
         steering_tokens=steering,
         class_tokens=steering if steering else attribute.labels,
-        placement=placement,
+        placement=spec.placement,
         threads=threads,
         token_weights=token_weights,
         guidance=guidance,
-        guidance_plausibility=plausibility if guidance is not None else None,
+        guidance_plausibility=plausibility,
     )
 
 

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
+from distalign.core.config import GenerationSpec
 from distalign.core.progress import Progress
 from distalign.core.scratch import remove_stale_scratch, scratch_dir
 from distalign.core.seeds import derive_seed
@@ -200,10 +201,9 @@ def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -
 def generate(
     requests: list[dict],
     *,
-    config: dict,
+    spec: GenerationSpec,
     dataset: str,
     model: str,
-    method: str,
     task: str,
     model_dir,
     adapter=None,
@@ -214,10 +214,9 @@ def generate(
     """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
     job = make_job(
         requests,
-        config=config,
+        spec=spec,
         dataset=dataset,
         model=model,
-        method=method,
         task=task,
         model_dir=model_dir,
         adapter=adapter,
@@ -225,6 +224,4 @@ def generate(
         backend=backend,
         token_weights=token_weights,
     )
-    return execute(
-        job, config["generation"].get("vllm_python"), config["generation"].get("vllm_lora", "auto")
-    )
+    return execute(job, spec.vllm_python, spec.generation.get("vllm_lora", "auto"))

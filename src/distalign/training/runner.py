@@ -489,20 +489,15 @@ def _train(
     from distalign.modeling.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
+    # The spec was checked by the schema and validate_config (a second stage that has a loss, D_story
+    # with the nll stage only); what is checked here is what only the caller knows (the files given).
     steering_tokens, steering_ids = _steering(job, tok) if kind == "ours" else (None, None)
     preference = spec.get("preference", "kto") if kind == "ours" else ("dpo" if kind == "dpo" else None)
     use_kl = bool(spec.get("kl", True)) if kind == "ours" else False
-    if kind == "ours" and preference == "none" and not use_kl:
-        raise TrainError(f"method {method!r}: preference 'none' and kl false leave no second-stage loss")
     undesirable = spec.get("undesirable", "paper")
     use_stories = bool(spec.get("story_data", False))
     if use_stories and story_path is None:
         raise TrainError(f"method {method!r} has story_data: true but no D_story file was given (story_path)")
-    if use_stories and kind == "ours" and preference != "nll":
-        raise TrainError(
-            f"method {method!r}: story_data needs preference 'nll' (D_story has no undesirable "
-            f"stories), got {preference!r}"
-        )
     binding_weight = job.story_binding_weight
     base_seed = job.seed
     seeds = {

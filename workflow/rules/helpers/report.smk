@@ -3,8 +3,11 @@
 from snakemake.exceptions import WorkflowError
 
 from distalign.core.config import figure_dataset_errors, share_class_of
+from distalign.report.tables import report_config
 
 REPORT = config["report"]
+# The part of the config the table and figure scripts read (a param: a change there reruns the report)
+REPORT_CONFIG = report_config(config)
 
 
 def _ordered(names):
@@ -131,4 +134,5 @@ def mae_table_params(spec):
     params["datasets"] = _ordered(config["run"]["datasets"] if datasets is None else datasets)
     params["methods"] = spec["methods"]
     params["title"] = spec["title"]
+    params["report_config"] = REPORT_CONFIG
     return params

@@ -1,6 +1,7 @@
 # Helpers of sweep.smk, included at its top (functions and settings only):
 # the points of a decoding sweep, their seeds and the files fig4 reads.
 from distalign.report.figures import KNOBS
+from distalign.report.tables import report_config
 from distalign.core.seeds import derive_seed
 
 SWEEPS = config["sweeps"]
