@@ -35,7 +35,7 @@ def replay(rows: list[dict], seed: int) -> dict:
         u_seed = steering_draw_seed(parts, r["prompt_id"], r["sample"])
         target[r["context_id"]] = tgt
         ideal[r["context_id"]].append(draw_index(tgt, u_seed))
-        # a validity-corrected run drew from the reweighted probabilities (distalign.generation.validity)
+        # a validity-corrected run drew from the reweighted probabilities (distalign.evaluation.validity)
         drawn[r["context_id"]].append(
             draw_index(weighted_probs(r["steering_probs"], r.get("token_weights")), u_seed)
         )

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 from distalign.core.config import GenerationSpec  # noqa: E402
 from distalign.core.io import read_jsonl, write_jsonl  # noqa: E402
 from distalign.generation.job import Job, load_requests, make_job  # noqa: E402
-from distalign.generation.probe import probe_from_generations, summarize_probe  # noqa: E402
+from distalign.evaluation.probe import probe_from_generations, summarize_probe  # noqa: E402
 from distalign.generation.runner import generate, run_generation  # noqa: E402
 from distalign.generation.sampling import (  # noqa: E402
     draw_index,

@@ -1,7 +1,8 @@
 """The package layout: each subpackage of distalign imports only from the layers below it.
 
-The order follows what each layer needs, not the order jobs run in: generation sits above
-evaluation because the validity correction and the probe summary read labels and metrics.
+The layers follow the data flow (docs/design.md "Package layout"): core, data, modeling, training,
+generation, evaluation (which reads generations: judges, metrics, the probe, the validity weights),
+report; cluster (the HF cache and prefetch) sits beside report.
 """
 
 import ast
@@ -13,11 +14,11 @@ LAYERS = {
     "core": 0,
     "data": 1,
     "modeling": 2,
-    "evaluation": 3,
     "training": 3,
     "generation": 4,
-    "report": 5,
-    "cluster": 5,
+    "evaluation": 5,
+    "report": 6,
+    "cluster": 6,
 }
 PACKAGE = Path(distalign.__file__).parent
 

@@ -3,7 +3,7 @@
 import pytest
 
 from distalign.core.attributes import attribute_of_dataset
-from distalign.generation.validity import MIN_VALID_RATE, ValidityError, read_weights, validity_weights
+from distalign.evaluation.validity import MIN_VALID_RATE, ValidityError, read_weights, validity_weights
 
 
 def _rows(spec):

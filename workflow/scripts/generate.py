@@ -5,9 +5,9 @@ from distalign.core.config import GenerationSpec
 from distalign.core.io import read_json, write_jsonl
 from distalign.core.scripting import operational, setup_logging
 from distalign.data.prompts import load_templates
+from distalign.evaluation.validity import read_weights
 from distalign.generation.job import load_requests
 from distalign.generation.runner import generate
-from distalign.generation.validity import read_weights
 
 log = setup_logging(snakemake.log[0])
 w, p = snakemake.wildcards, snakemake.params

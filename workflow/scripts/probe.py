@@ -8,7 +8,7 @@ label otherwise), computed from the raw logits before any sampling. This rule ag
 from distalign.core.attributes import Attribute
 from distalign.core.io import read_jsonl, write_json
 from distalign.core.scripting import setup_logging
-from distalign.generation.probe import probe_from_generations
+from distalign.evaluation.probe import probe_from_generations
 
 log = setup_logging(snakemake.log[0])
 w = snakemake.wildcards

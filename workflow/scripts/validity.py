@@ -3,7 +3,7 @@
 from distalign.core.attributes import Attribute
 from distalign.core.io import read_jsonl, write_json
 from distalign.core.scripting import setup_logging
-from distalign.generation.validity import validity_weights
+from distalign.evaluation.validity import validity_weights
 
 log = setup_logging(snakemake.log[0])
 attr_spec = dict(snakemake.params.attribute)

@@ -138,7 +138,7 @@ def make_job(
 
     The spec's values were checked by the schema and ``validate_config``; what is checked here is
     what only the caller knows: an adapter for a trained method, and ``token_weights`` (one positive
-    weight per steering token, the validity correction of ``distalign.generation.validity``). A method
+    weight per steering token, the validity correction of ``distalign.evaluation.validity``). A method
     guided on ``task`` (``distalign.generation.guidance``) generates with the transformers backend
     whatever ``backend`` says.
     """

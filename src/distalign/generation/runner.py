@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import replace
 
 from distalign.core.config import GenerationSpec
@@ -18,6 +17,7 @@ from distalign.generation.guidance import PLAUSIBILITY, contrast_weights
 from distalign.generation.job import Job, Sampling, job_label, make_job
 from distalign.generation.sampling import (
     Guidance,
+    SampleBatch,
     draw_index,
     first_token_ids,
     restricted_probs,
@@ -113,15 +113,15 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
             items.append((i, s, tok))
             seeds.append(item_seed)
     with Progress(len(prompts), f"generate {job_label(job)}", log, unit="row") as progress:
-        outs = backend.sample(
+        batch = SampleBatch(
             prompts,
             seeds,
             sampling,
             job.seed_parts,
             first_ids=None if steering_ids is not None else probe_ids,
-            progress=progress,
-            **({"guidance": guidance} if guidance is not None else {}),
+            guidance=guidance,
         )
+        outs = backend.sample(batch, progress=progress)
     vers = versions()
     dataset, model, method, task = job.seed_parts[1:5]
     rows = []
@@ -198,30 +198,9 @@ def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -
     return run_job(job)
 
 
-def generate(
-    requests: list[dict],
-    *,
-    spec: GenerationSpec,
-    dataset: str,
-    model: str,
-    task: str,
-    model_dir,
-    adapter=None,
-    threads: int | None = None,
-    backend: str | None = None,
-    token_weights: Sequence[float] | None = None,
-) -> list[dict]:
-    """Generation rows for one (dataset, model, method, task): one per (test prompt, sample)."""
-    job = make_job(
-        requests,
-        spec=spec,
-        dataset=dataset,
-        model=model,
-        task=task,
-        model_dir=model_dir,
-        adapter=adapter,
-        threads=threads,
-        backend=backend,
-        token_weights=token_weights,
-    )
+def generate(requests: list[dict], *, spec: GenerationSpec, **job_fields) -> list[dict]:
+    """Generation rows for one (dataset, model, method, task): one per (test prompt, sample).
+    ``job_fields`` are those of :func:`~distalign.generation.job.make_job` (dataset, model, task,
+    model_dir, adapter, threads, backend, token_weights)."""
+    job = make_job(requests, spec=spec, **job_fields)
     return execute(job, spec.vllm_python, spec.generation.get("vllm_lora", "auto"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
-from distalign.generation.job import GenerationError
+from distalign.generation.job import GenerationError, Sampling
 from distalign.modeling.chat import prompt_ids
 
 
@@ -106,3 +106,18 @@ def steering_distribution(
         [prompt_ids(tokenizer, t) for t in user_texts], steering_ids, progress=progress
     )
     return [restricted_probs(lp) for lp in lps], [sum(math.exp(x) for x in lp) for lp in lps]
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """What a backend's ``sample`` answers: prompts as token ids, one seed each, the sampling settings,
+    the job's seed parts (a transformers batch seeds itself from them and its index), the token ids
+    whose log-probs at the first answer position are recorded (None: none), and the steering guidance
+    (``distalign.generation.guidance``, one entry per prompt; None: off)."""
+
+    prompts: Sequence[Sequence[int]]
+    seeds: Sequence[int]
+    sampling: Sampling
+    seed_parts: Sequence
+    first_ids: Sequence[int] | None = None
+    guidance: Guidance | None = None

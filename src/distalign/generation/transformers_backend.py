@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
-from distalign.generation.job import Sampling
-from distalign.generation.sampling import Guidance, eos_ids, strip_eos
+from distalign.generation.sampling import SampleBatch, eos_ids, strip_eos
 from distalign.modeling.models import pad_id
 
 
@@ -73,20 +72,14 @@ class TransformersBackend:
                     progress.update(ids.shape[0])
         return out
 
-    def sample(
-        self,
-        prompts: Sequence[Sequence[int]],
-        seeds: Sequence[int],
-        sampling: Sampling,
-        seed_parts: Sequence,
-        first_ids: Sequence[int] | None = None,
-        guidance: Guidance | None = None,
-        progress: Progress | None = None,
-    ) -> list[tuple]:
-        """Answer ids (without eos), whether eos was produced, the seed of the item's batch, and the
-        full-vocabulary log-probs of ``first_ids`` at the first answer position (raw logits, before
-        temperature/top-p; None when ``first_ids`` is None). ``guidance``: steering guidance
-        (``distalign.generation.guidance``), one entry per prompt. ``progress`` counts the finished answers."""
+    def sample(self, batch: SampleBatch, progress: Progress | None = None) -> list[tuple]:
+        """Per item of ``batch``: answer ids (without eos), whether eos was produced, the seed of the
+        item's batch, and the full-vocabulary log-probs of ``batch.first_ids`` at the first answer
+        position (raw logits, before temperature/top-p; None when ``first_ids`` is None).
+        ``progress`` counts the finished answers."""
+        # one seed per batch (from the job's seed parts and the batch index), not per item
+        prompts, sampling, seed_parts = batch.prompts, batch.sampling, batch.seed_parts
+        first_ids, guidance = batch.first_ids, batch.guidance
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from distalign.core.progress import Progress
 from distalign.core.scratch import scratch_dir
 from distalign.core.scripting import FILE_ONLY
-from distalign.generation.job import GenerationError, Job, Sampling
-from distalign.generation.sampling import Guidance, eos_ids, strip_eos
+from distalign.generation.job import GenerationError, Job
+from distalign.generation.sampling import SampleBatch, eos_ids, strip_eos
 
 log = logging.getLogger("distalign.generate")
 
@@ -130,17 +130,11 @@ class VllmBackend:
             out.append([lp[t].logprob for t in ids])
         return out
 
-    def sample(
-        self,
-        prompts: Sequence[Sequence[int]],
-        seeds: Sequence[int],
-        sampling: Sampling,
-        seed_parts: Sequence,
-        first_ids: Sequence[int] | None = None,
-        guidance: Guidance | None = None,
-        progress: Progress | None = None,
-    ) -> list[tuple]:
+    def sample(self, batch: SampleBatch, progress: Progress | None = None) -> list[tuple]:
         """As TransformersBackend.sample; vLLM's logprobs are raw (before temperature/top-p)."""
+        # one request and one seed per item
+        prompts, seeds, sampling = batch.prompts, batch.seeds, batch.sampling
+        first_ids, guidance = batch.first_ids, batch.guidance
         if guidance is not None and guidance.scale != 1.0:
             raise GenerationError(
                 "steering guidance needs the transformers backend (vLLM cannot mix in the "

@@ -378,36 +378,24 @@ def _pref_stage(
         common = _hf_args(tr, pc, stage_dir, seed, device)
         common.update(kl_weight=float(tr["kl_weight"]), kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
         if preference == "nll":
+            trainer_class = SteeringSFTTrainer
             args = SteeringSFTConfig(**common, dataset_num_proc=None, binding_weight=float(binding_weight))
-            return SteeringSFTTrainer(
-                model=model,
-                args=args,
-                train_dataset=Dataset.from_list(rows),
-                processing_class=tok,
-                callbacks=cbs,
-                steering_ids=steering_ids,
-            )
-        if preference == "dpo":
+        elif preference == "dpo":
+            trainer_class = SteeringDPOTrainer
             args = SteeringDPOConfig(**common, beta=float(pc["beta"]), precompute_ref_log_probs=True)
-            return SteeringDPOTrainer(
-                model=model,
-                args=args,
-                train_dataset=Dataset.from_list(rows),
-                processing_class=tok,
-                callbacks=cbs,
-                steering_ids=steering_ids,
+        else:
+            use_kto = preference == "kto"
+            trainer_class = SteeringKTOTrainer
+            args = SteeringKTOConfig(
+                **common,
+                beta=float(pc["beta"]),
+                desirable_weight=float(pc["lambda_desirable"]),
+                undesirable_weight=float(pc["lambda_undesirable"]),
+                precompute_ref_log_probs=use_kto,
+                train_sampling_strategy="sequential",
+                use_kto=use_kto,
             )
-        use_kto = preference == "kto"
-        args = SteeringKTOConfig(
-            **common,
-            beta=float(pc["beta"]),
-            desirable_weight=float(pc["lambda_desirable"]),
-            undesirable_weight=float(pc["lambda_undesirable"]),
-            precompute_ref_log_probs=use_kto,
-            train_sampling_strategy="sequential",
-            use_kto=use_kto,
-        )
-        return SteeringKTOTrainer(
+        return trainer_class(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(rows),
