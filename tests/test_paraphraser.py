@@ -108,6 +108,10 @@ def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
     )
     with pytest.raises(ParaphraseError, match="environment variable DISTALIGN_NO_SUCH_KEY is not set"):
         para.paraphrase('Ask about "Nurses".', "Nurses", 2, seed=1)
+    # a blank key is refused too (it used to be sent), like the judge's, naming the config key
+    monkeypatch.setenv("DISTALIGN_NO_SUCH_KEY", "  ")
+    with pytest.raises(ParaphraseError, match=r"is set but empty.*prompts\.openai\.api_key_env"):
+        para.paraphrase('Ask about "Nurses".', "Nurses", 2, seed=1)
 
 
 def test_prompts_rule_with_the_openai_paraphraser(workdir, snakemake_run, server):

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import string
-import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from distalign.core.attributes import Attribute
 from distalign.core.config import TASKS
+from distalign.core.endpoints import APIKeyError, ChatEndpoint, EndpointError, EndpointSettings
 from distalign.core.io import YamlError, load_yaml
 from distalign.core.seeds import derive_seed
 
@@ -308,7 +310,15 @@ def validate_paraphrases(reply: str, context: str, existing: set[str]) -> list[s
 
 
 class OpenAIParaphraser:
-    """Paraphrases templates through an OpenAI-compatible chat endpoint, with a disk cache."""
+    """Paraphrases templates through an OpenAI-compatible chat endpoint, with a disk cache.
+
+    Requests go through :class:`distalign.core.endpoints.ChatEndpoint`, the client and retry policy
+    every endpoint caller shares (connection errors, timeouts, HTTP 429 and 5xx retried with
+    exponential backoff, logged under ``distalign.prompts``; other HTTP errors fail at once). A
+    request that fails for good, or an API-key variable that is unset or blank, raises
+    :class:`ParaphraseError` naming the URL, the model and the config key. ``client``: an already
+    built client (tests inject stubs); then no key is read.
+    """
 
     def __init__(
         self,
@@ -331,66 +341,38 @@ class OpenAIParaphraser:
         self.temperature = temperature
         self.backoff = backoff
         self.max_attempts = max_attempts_per_template
-        self.requests_sent = 0
-        self._client = client
-        self._client_args = dict(base_url=base_url, timeout=timeout, api_key_env=api_key_env)
+        self.stats: Counter = Counter()
+        settings = EndpointSettings(
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            timeout=float(timeout),
+            max_retries=int(max_retries),
+            backoff=float(backoff),
+            concurrency=1,  # one template after another: each reply decides what is asked next
+            what="paraphraser",
+            config_key="prompts.openai",
+        )
+        self.endpoint = ChatEndpoint(
+            settings, stats=self.stats, logger=logging.getLogger("distalign.prompts"), client=client
+        )
 
-    def _get_client(self):
-        if self._client is None:
-            import openai
-
-            env = self._client_args["api_key_env"]
-            key = os.environ.get(env)
-            if not key:
-                raise ParaphraseError(
-                    f"environment variable {env} is not set: the OpenAI-compatible paraphraser "
-                    f"needs an API key (config key prompts.openai.api_key_env)"
-                )
-            self._client = openai.OpenAI(
-                api_key=key,
-                base_url=self._client_args["base_url"],
-                timeout=self._client_args["timeout"],
-                max_retries=0,
-            )
-        return self._client
+    @property
+    def requests_sent(self) -> int:
+        """Requests sent to the endpoint (every attempt; cache hits send none)."""
+        return self.stats["requests"]
 
     def _complete(self, request: dict) -> str:
         cached = self.cache.get(request)
         if cached is not None:
             return cached
-        import openai
-
-        client = self._get_client()
-        last_err: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            try:
-                self.requests_sent += 1
-                resp = client.chat.completions.create(**request)
-                text = resp.choices[0].message.content or ""
-                self.cache.put(request, text)
-                return text
-            except (
-                openai.APIConnectionError,
-                openai.APITimeoutError,
-                openai.RateLimitError,
-                openai.InternalServerError,
-            ) as err:
-                last_err = err
-                if attempt < self.max_retries:
-                    import logging  # a wait of up to a minute should not look like a hang
-
-                    logging.getLogger("distalign.prompts").warning(
-                        "paraphraser request failed (%s); retry %d/%d in %.1f s",
-                        type(err).__name__,
-                        attempt + 1,
-                        self.max_retries,
-                        self.backoff * 2**attempt,
-                    )
-                    time.sleep(self.backoff * 2**attempt)
-        raise ParaphraseError(
-            f"paraphraser endpoint {self.base_url or '(default)'} failed after "
-            f"{self.max_retries + 1} attempts: {last_err}"
-        )
+        params = {k: v for k, v in request.items() if k != "messages"}
+        try:
+            text = self.endpoint.chat(request["messages"], **params).text
+        except (EndpointError, APIKeyError) as err:
+            raise ParaphraseError(str(err)) from None
+        self.cache.put(request, text)
+        return text
 
     def paraphrase(self, request_text: str, context: str, n: int, seed: int) -> list[str]:
         """Up to ``n`` validated, distinct paraphrases of one filled-in template."""

@@ -17,17 +17,14 @@ Invalid answers are never dropped: a :class:`Judgement` with ``label=None`` carr
 from __future__ import annotations
 
 import logging
-import os
 import re
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from distalign.core.attributes import Attribute
 from distalign.core.config import schema_defaults
+from distalign.core.endpoints import APIKeyError, ChatEndpoint, EndpointError, EndpointSettings
 from distalign.data.stories import word_count
 
 log = logging.getLogger("distalign.judge")  # logger names are stable: logs are grepped by them
@@ -265,8 +262,10 @@ class LLMJudge:
       (underscores read as spaces). Otherwise the judge re-asks in the same conversation up to
       ``max_reasks`` times; a story still unanswered is invalid (reason ``invalid_reply``) and
       counted in ``stats``.
-    * Connection errors, timeouts, HTTP 429 and 5xx are retried ``max_retries`` times with
-      exponential backoff (``backoff``, doubling, capped at 30 s). If a request still fails, a
+    * Requests go through :class:`distalign.core.endpoints.ChatEndpoint`, the client and retry
+      policy every endpoint caller shares: connection errors, timeouts, HTTP 429 and 5xx are
+      retried ``max_retries`` times with exponential backoff (``backoff``, doubling, capped at
+      30 s; a 429/503 Retry-After header is honoured). If a request still fails, a
       :class:`JudgeError` is raised: the labelling job fails instead of silently losing stories.
       Other HTTP errors (400, 401, 404...) are configuration problems and raise at once.
     * The API key is read from the environment variable ``api_key_env`` only (any non-empty value
@@ -309,8 +308,32 @@ class LLMJudge:
             for form in (cls.label, cls.name, cls.name.replace("_", " ")):
                 self._answers.setdefault(normalise_reply(form), cls.name)
         self.stats: Counter = Counter()
-        self._lock = threading.Lock()
-        self._client = None
+        try:
+            self._endpoint = ChatEndpoint(self._settings(), stats=self.stats, logger=log)
+        except ValueError as err:  # a setting out of range, named by its config key
+            raise JudgeError(str(err)) from None
+
+    def _settings(self) -> EndpointSettings:
+        return EndpointSettings(
+            base_url=self.base_url,
+            model=self.model,
+            api_key_env=self.api_key_env,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            concurrency=self.concurrency,
+            what="LLM judge",
+            config_key="judge.llm",
+        )
+
+    @property
+    def _client(self):
+        """The endpoint's client once created (None before); assigning one injects it (tests use stubs)."""
+        return self._endpoint._client
+
+    @_client.setter
+    def _client(self, client) -> None:
+        self._endpoint = ChatEndpoint(self._endpoint.settings, stats=self.stats, logger=log, client=client)
 
     @classmethod
     def from_config(cls, attribute: Attribute, llm_cfg: Mapping) -> LLMJudge:
@@ -326,25 +349,13 @@ class LLMJudge:
         return cls(attribute, **cfg)
 
     def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.stats[key] += n
+        self._endpoint.count(key, n)  # the endpoint's lock: it counts into the same Counter
 
     def _get_client(self):
-        if self._client is None:
-            import openai
-
-            key = os.environ.get(self.api_key_env, "")
-            if not key.strip():
-                raise JudgeError(
-                    f"environment variable {self.api_key_env} is not set or empty: the LLM judge "
-                    f"needs an API key (config key judge.llm.api_key_env; any non-empty value "
-                    f"works for a local server)"
-                )
-            # Retries are ours (counted, logged, exponential backoff), so the client's are off.
-            self._client = openai.OpenAI(
-                api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
-            )
-        return self._client
+        try:
+            return self._endpoint.client()
+        except APIKeyError as err:
+            raise JudgeError(str(err)) from None
 
     def prompt(self, story: str) -> str:
         return JUDGE_PROMPT.format(story=story.strip(), question=self.question, categories=self.categories)
@@ -353,49 +364,11 @@ class LLMJudge:
         return self._answers.get(normalise_reply(reply))
 
     def _chat(self, messages: list[dict]) -> str:
-        """One chat completion with retries on transient errors; raises JudgeError when they run out."""
-        import openai
-
-        client = self._get_client()
-        transient = (
-            openai.APIConnectionError,
-            openai.APITimeoutError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-        )
-        delay = self.backoff
-        for attempt in range(self.max_retries + 1):
-            try:
-                self._count("requests")
-                resp = client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
-                )
-                return resp.choices[0].message.content or ""
-            except transient as err:
-                self._count("transient_errors")
-                if attempt >= self.max_retries:
-                    raise JudgeError(
-                        f"LLM judge endpoint {self.base_url or '<openai default>'} (model "
-                        f"{self.model!r}) failed after {self.max_retries + 1} attempt(s): "
-                        f"{type(err).__name__}: {err}"
-                    ) from None
-                log.warning(
-                    "judge request failed (%s); retry %d/%d in %.1f s",
-                    type(err).__name__,
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                self._count("retries")
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except openai.APIStatusError as err:
-                raise JudgeError(
-                    f"LLM judge endpoint {self.base_url or '<openai default>'} rejected the request "
-                    f"(HTTP {err.status_code}); check judge.llm.model/base_url and the key in "
-                    f"${self.api_key_env}"
-                ) from None
-        raise AssertionError("unreachable")
+        """One chat completion (retried by the endpoint); JudgeError when it fails for good."""
+        try:
+            return self._endpoint.chat(messages, temperature=0, max_tokens=self.max_tokens).text
+        except (EndpointError, APIKeyError) as err:
+            raise JudgeError(str(err)) from None
 
     def parse(self, text: str | None) -> Judgement:
         if _is_blank(text):
@@ -427,22 +400,8 @@ class LLMJudge:
         self._get_client()  # fail fast on a missing key
         progress = Progress(len(texts), f"LLM judge {self.model} ({self.attribute.name})", log, unit="story")
 
-        def parse(text):
-            out = self.parse(text)
-            progress.update(1)
-            return out
-
         with progress:
-            if self.concurrency == 1 or len(texts) <= 1:
-                return [parse(t) for t in texts]
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                futures = [pool.submit(parse, t) for t in texts]
-                try:
-                    return [f.result() for f in futures]
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            return self._endpoint.map(self.parse, texts, progress=progress)
 
 
 def cohens_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> float | None:
