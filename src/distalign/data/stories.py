@@ -36,7 +36,6 @@ does not write on request; a method that binds tokens to its stories starts from
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import random
@@ -45,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from distalign.core.attributes import Attribute
+from distalign.core.mixtures import mixture_weights
 from distalign.core.seeds import derive_seed
 from distalign.data.datasets import largest_remainder, prompts_by_context
 
@@ -61,35 +61,12 @@ def reachable_mae(
     """The lowest MAE to ``target`` of a mixture of the rows of ``distributions``, and its weights.
 
     ``distributions`` is H x K (one class distribution per source, e.g. per hinted prompt); the
-    mixtures are their convex hull. Minimises mean_k |sum_h w_h d_h[k] - target[k]| over the simplex
-    exactly: the objective is linear on each cell of the arrangement cut by the hyperplanes w_h = 0
-    and (w D)_k = target_k inside sum(w) = 1, so its minimum sits at a vertex of that arrangement;
-    every vertex (H - 1 of those H + K hyperplanes, with sum(w) = 1) is solved and the feasible one
-    with the lowest MAE kept. H and K are a handful of classes here (C(H + K, H - 1) small systems).
+    mixtures are their convex hull. The linear program and its tie rule (of the weights reaching
+    the lowest MAE, those closest to uniform) are :func:`distalign.core.mixtures.mixture_weights`;
+    bad input raises its ``MixtureError`` (a ValueError).
     """
-    d = np.asarray(distributions, dtype=float)
-    t = np.asarray(target, dtype=float)
-    if d.ndim != 2 or d.shape[0] < 1 or d.shape[1] != t.shape[0]:
-        raise ValueError(f"distributions must be H x K with K = {t.shape[0]} classes, got shape {d.shape}")
-    h = d.shape[0]
-    # hyperplanes a . w = b: w_h = 0 for each source, (w D)_k = t_k for each class
-    planes = [(np.eye(h)[i], 0.0) for i in range(h)] + [(d[:, k], t[k]) for k in range(d.shape[1])]
-    best, best_w = math.inf, None
-    for chosen in itertools.combinations(planes, h - 1):
-        a = np.vstack([np.ones(h)] + [c[0] for c in chosen])
-        b = np.array([1.0] + [c[1] for c in chosen])
-        try:
-            w = np.linalg.solve(a, b)
-        except np.linalg.LinAlgError:
-            continue
-        if (w < -1e-9).any():
-            continue
-        w = np.clip(w, 0.0, None)
-        w = w / w.sum()
-        mae = float(np.abs(w @ d - t).mean())
-        if mae < best - 1e-12:
-            best, best_w = mae, w
-    return best, [float(x) for x in best_w]
+    fit = mixture_weights(distributions, target)
+    return fit.mae, list(fit.weights)
 
 
 def hint_text(prompt: str, hint: str) -> str:
