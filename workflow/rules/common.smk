@@ -6,12 +6,15 @@ from snakemake.exceptions import WorkflowError
 
 from distalign.core.config import (
     TASKS,
+    OPERATIONAL_GENERATION_KEYS,
     TRAINED_KINDS,
     ConfigError,
     adapter_dataset,
     dataset_applies,
     guided_tasks,
     inapplicable_reason,
+    is_api_model,
+    needs_weights_reason,
     validate_config,
 )
 from distalign.report.figures import KNOBS
@@ -101,14 +104,15 @@ def method_kind(method):
     return config["methods"][method]["kind"]
 
 
-def applicable(dataset, method, task="attribute"):
-    return dataset_applies(config, dataset, method, task)
+def applicable(dataset, method, task="attribute", model=None):
+    return dataset_applies(config, dataset, method, task, model)
 
 
 def require_applicable(wildcards, task="attribute", what="this file"):
     """Stop at DAG time, with the reason, when a file asked for by path needs a combination that does not apply
     (`all` skips those; without this a path such as race stories would run training and generation first)."""
-    reason = inapplicable_reason(config, wildcards.dataset, wildcards.method, task)
+    model = dict(wildcards.items()).get("model")
+    reason = inapplicable_reason(config, wildcards.dataset, wildcards.method, task, model)
     if reason:
         raise WorkflowError(
             f"cannot build {what} for dataset {wildcards.dataset!r}, method {wildcards.method!r}, "
@@ -116,8 +120,34 @@ def require_applicable(wildcards, task="attribute", what="this file"):
         )
 
 
-# vLLM on a CUDA node asks the scheduler for one GPU; the transformers backend and CPU runs do not.
-GENERATION_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
+def require_weights(wildcards, what):
+    """Stop at DAG time when ``what`` (the probe, the capability check) is asked of an API model."""
+    reason = needs_weights_reason(config, wildcards.model, what)
+    if reason:
+        raise WorkflowError(f"cannot build {what} of model {wildcards.model!r}: {reason}")
+
+
+# API models (source openai) run the prompting methods only; `all` and the artefacts skip the rest, and
+# say so once here. Asked for by path, those files stop at DAG time (require_applicable, require_weights).
+API_MODELS = [m for m in config["run"]["models"] if is_api_model(config, m)]
+if API_MODELS:
+    from snakemake.logging import logger
+
+    _skipped = [m for m in config["run"]["methods"] if method_kind(m) != "prompt"]
+    logger.warning(
+        f"API model(s) {', '.join(API_MODELS)} (source openai): skipping methods "
+        f"{', '.join(_skipped) or '(none)'}, the probe and the capability check on them: they need the "
+        f"model's weights or logits"
+    )
+
+
+# vLLM on a CUDA node asks the scheduler for one GPU; the transformers backend, CPU runs and API
+# models (whose generation job only talks to an endpoint) do not.
+VLLM_GPUS = int(config["generation"]["backend"] == "vllm" and config["training"]["device"] != "cpu")
+
+
+def generation_gpus(wildcards):
+    return 0 if is_api_model(config, wildcards.model) else VLLM_GPUS
 
 
 def method_adapter(wildcards):
@@ -128,8 +158,8 @@ def method_adapter(wildcards):
 
 
 def generation_settings(wildcards):
-    """generation.* without vllm_python (where vLLM lives does not change the samples)."""
-    return {k: v for k, v in config["generation"].items() if k != "vllm_python"}
+    """generation.* without the keys that say where a job runs (vllm_python, api_cache)."""
+    return {k: v for k, v in config["generation"].items() if k not in OPERATIONAL_GENERATION_KEYS}
 
 
 # ---- Target lists of `all` (called after every stage is included) ---------------------------
@@ -143,18 +173,34 @@ def all_targets():
         for model in run["models"]:
             for method in run["methods"]:
                 for task in run["tasks"]:
-                    if applicable(dataset, method, task):
+                    if applicable(dataset, method, task, model):
                         out.append(METRICS.format(dataset=dataset, model=model, method=method, task=task))
-                if applicable(dataset, method):
+                if applicable(dataset, method) and not is_api_model(config, model):
                     out.append(PROBE.format(dataset=dataset, model=model, method=method))
     return out
+
+
+def _reads_nothing(artefact):
+    """Whether a table or figure would read no file (nothing of the run gives it a row)."""
+    proxy = getattr(rules, "judge_check_table" if artefact == "judge_check" else artefact)
+    return not list(proxy.input)
 
 
 def artefact_targets():
     """The files of every table and figure of report.artefacts (fig4: one per sweeps.datasets). Reads REPORT
     and SWEEPS of helpers/report.smk and helpers/sweep.smk: call it after every include, as rule all does."""
     out = []
+    empty = [name for name in REPORT["artefacts"] if name != "fig4" and _reads_nothing(name)]
+    if empty:
+        from snakemake.logging import logger
+
+        logger.warning(
+            f"report.artefacts: skipping {', '.join(empty)}: no model and method of the run gives them a row "
+            f"(an API model has no weights for the trained methods, the probe or the capability check)"
+        )
     for name in REPORT["artefacts"]:
+        if name in empty:
+            continue
         if name == "fig4":
             for dataset in SWEEPS["datasets"]:
                 stem = FIGURE.format(figure=f"fig4-{dataset}")

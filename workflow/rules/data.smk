@@ -122,7 +122,7 @@ rule story_data:
     resources:
         mem_mb=scaled(6000),
         runtime=scaled(120),
-        gpu=GENERATION_GPUS,
+        gpu=VLLM_GPUS,
     params:
         attribute=attribute_spec,
         hints=story_hints,

@@ -118,7 +118,7 @@ rule capabilities:
     resources:
         mem_mb=scaled(8000),
         runtime=scaled(240),
-        gpu=GENERATION_GPUS,
+        gpu=VLLM_GPUS,
     params:
         settings=capabilities_settings,
     script:

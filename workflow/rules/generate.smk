@@ -21,7 +21,7 @@ rule generate:
     resources:
         mem_mb=scaled(6000),
         runtime=scaled(120),
-        gpu=GENERATION_GPUS,
+        gpu=generation_gpus,
     params:
         method=generation_method_spec,
         attribute=attribute_spec,
@@ -35,7 +35,7 @@ rule generate:
 # The model's class-token probabilities at the first answer position, without sampling (Table 4).
 rule probe:
     input:
-        generations=PROBE_GENERATIONS,
+        generations=probe_generations,
     output:
         probe=PROBE,
     log:

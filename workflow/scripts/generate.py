@@ -3,7 +3,7 @@
 from distalign.core.attributes import Attribute
 from distalign.core.config import GenerationSpec
 from distalign.core.io import read_json, write_jsonl
-from distalign.core.scripting import operational, setup_logging
+from distalign.core.scripting import api_call_settings, operational, setup_logging
 from distalign.data.prompts import load_templates
 from distalign.evaluation.validity import read_weights
 from distalign.generation.job import load_requests
@@ -20,6 +20,8 @@ spec = GenerationSpec.from_params(
     placement=p.placement,
     device=operational(snakemake, "training.device"),
     vllm_python=operational(snakemake, "generation.vllm_python"),
+    endpoint=api_call_settings(snakemake, w.model),
+    api_cache=operational(snakemake, "generation.api_cache"),
 )
 attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
 
@@ -49,7 +51,7 @@ log.info(
     len(requests),
     split,
     spec.generation["samples_per_prompt"],
-    spec.generation["backend"],
+    "openai" if spec.endpoint is not None else spec.generation["backend"],
 )
 rows = generate(
     requests,

@@ -431,7 +431,24 @@ def _endpoint_errors(config: dict) -> list[str]:
 
 
 # One checker per section; validate_config runs them all and reports every problem at once.
+def _model_errors(config: dict) -> list[str]:
+    errs: list[str] = []
+    for name, m in config.get("models", {}).items():
+        if m.get("source") == "openai" and not m.get("api"):
+            errs.append(
+                f"config key 'models.{name}.api': a model of source openai needs its endpoint "
+                f"(base_url, api_key_env, ...; base_url null = the openai client's default)"
+            )
+        elif m.get("source") != "openai" and m.get("api"):
+            errs.append(
+                f"config key 'models.{name}.api': only models of source openai are called through an "
+                f"endpoint, not {m.get('source')!r} (remove the key, or set source: openai)"
+            )
+    return errs
+
+
 _SECTION_CHECKS = (
+    _model_errors,
     _attribute_errors,
     _dataset_errors,
     _target_errors,
@@ -623,13 +640,41 @@ def adapter_dataset(config: dict, dataset: str) -> str:
     return config["datasets"][dataset].get("adapters_from") or dataset
 
 
-def dataset_applies(config: dict, dataset: str, method: str, task: str = "attribute") -> bool:
-    """Whether (dataset, method, task) is a meaningful combination (see ``inapplicable_reason``)."""
-    return inapplicable_reason(config, dataset, method, task) is None
+def dataset_applies(
+    config: dict, dataset: str, method: str, task: str = "attribute", model: str | None = None
+) -> bool:
+    """Whether (dataset, method, task) is a meaningful combination, on ``model`` when it is given
+    (see ``inapplicable_reason``)."""
+    return inapplicable_reason(config, dataset, method, task, model) is None
 
 
-def inapplicable_reason(config: dict, dataset: str, method: str, task: str = "attribute") -> str | None:
-    """Why (dataset, method, task) is not a meaningful combination, or None when it is.
+# The keys of models.<name>.api that change answers; the others say how the endpoint is called.
+API_ANSWER_KEYS = ("base_url", "send_seed")
+
+
+def is_api_model(config: Mapping, model: str) -> bool:
+    """Whether ``model`` is served by an OpenAI-compatible endpoint (source openai): no weights here."""
+    return config["models"][model]["source"] == "openai"
+
+
+def needs_weights_reason(config: Mapping, model: str, what: str) -> str | None:
+    """Why ``what`` (a method, the probe, the capability check) cannot run on an API model, or None."""
+    if not is_api_model(config, model):
+        return None
+    return (
+        f"{what} needs the model's weights or logits, and model {model!r} is served by an API "
+        f"(models.{model}.source: openai): only prompting methods run on it"
+    )
+
+
+def inapplicable_reason(
+    config: dict, dataset: str, method: str, task: str = "attribute", model: str | None = None
+) -> str | None:
+    """Why (dataset, method, task) is not a meaningful combination, on ``model`` when it is given, or
+    None when it is.
+
+    A method that is not a prompting method (ift, dpo, ours and its variants) needs weights: not on
+    an API model (source openai).
 
     pe-implicit ("follow real-world statistics") needs real targets; a token-set method needs
     the attribute to define that token set; stories skip race as in the paper (no story
@@ -640,6 +685,10 @@ def inapplicable_reason(config: dict, dataset: str, method: str, task: str = "at
     ds = config["datasets"][dataset]
     m = config["methods"][method]
     attr = config["attributes"][ds["attribute"]]
+    if model is not None and m["kind"] != "prompt":
+        reason = needs_weights_reason(config, model, f"method {method!r} (kind {m['kind']})")
+        if reason:
+            return reason
     if m.get("prompt_style") == "implicit" and ds["target"] != "real":
         return (
             f"method {method!r} (prompt_style implicit) asks to follow real-world statistics, and dataset "
@@ -820,25 +869,35 @@ class GenerationSpec:
     placement: str = "assistant"
     device: str = "auto"
     vllm_python: str | None = None
+    endpoint: dict | None = None  # an API model's call settings (models.<m>.api without API_ANSWER_KEYS)
+    api_cache: str | None = None  # generation.api_cache: where the answers of API models are kept
 
     @property
     def kind(self) -> str:
         return self.spec["kind"]
 
     @classmethod
-    def from_config(cls, config: Mapping, dataset: str, method: str) -> GenerationSpec:
+    def from_config(
+        cls, config: Mapping, dataset: str, method: str, model: str | None = None
+    ) -> GenerationSpec:
+        """``model``: the run's model name, needed for an API model (its call settings)."""
         name = config["datasets"][dataset]["attribute"]
         gen = dict(config["generation"])
+        endpoint = None
+        if model is not None and is_api_model(config, model):
+            endpoint = api_call_settings(config["models"][model]["api"])
         return cls(
             method=method,
             spec=copy.deepcopy(config["methods"][method]),
-            generation={k: v for k, v in gen.items() if k != "vllm_python"},
+            generation={k: v for k, v in gen.items() if k not in OPERATIONAL_GENERATION_KEYS},
             attribute_name=name,
             attribute=copy.deepcopy(config["attributes"][name]),
             seed=int(config["seed"]),
             placement=config["training"].get("steering_placement") or "assistant",
             device=config["training"].get("device") or "auto",
             vllm_python=gen.get("vllm_python"),
+            endpoint=endpoint,
+            api_cache=gen.get("api_cache"),
         )
 
     @classmethod
@@ -853,10 +912,13 @@ class GenerationSpec:
         placement: str | None = None,
         device: str | None = None,
         vllm_python: str | None = None,
+        endpoint: Mapping | None = None,
+        api_cache: str | None = None,
     ) -> GenerationSpec:
         """From a rule's ``params.method``, ``params.generation``, ``params.attribute`` (the attribute
         entry with its ``name``), ``params.seed`` and ``params.placement`` (None for methods without a
-        steering token); ``device`` and ``vllm_python`` are where the job runs."""
+        steering token); ``device``, ``vllm_python``, ``endpoint`` (an API model's call settings) and
+        ``api_cache`` say where and how the job runs."""
         attr = copy.deepcopy(dict(attribute))
         return cls(
             method=method,
@@ -868,7 +930,18 @@ class GenerationSpec:
             placement=placement or "assistant",
             device=device or "auto",
             vllm_python=vllm_python,
+            endpoint=api_call_settings(endpoint) if endpoint else None,
+            api_cache=api_cache,
         )
+
+
+# generation.* keys that say where a job runs, not what it samples: left out of its params.
+OPERATIONAL_GENERATION_KEYS = ("vllm_python", "api_cache")
+
+
+def api_call_settings(api: Mapping) -> dict:
+    """How an API model's endpoint is called (models.<m>.api without the keys that change answers)."""
+    return {k: v for k, v in dict(api).items() if k not in API_ANSWER_KEYS}
 
 
 TASKS = ("attribute", "story")

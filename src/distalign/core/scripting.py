@@ -19,7 +19,8 @@ A script is the glue between one rule and one library function. It
 Two reads of the workflow config are allowed, each through one named helper here:
 
 - :func:`operational`: a setting of :data:`OPERATIONAL`, which says where or how a job runs (an
-  interpreter, a device, an endpoint and how hard to call it), never what it computes. These are
+  interpreter, a device, an endpoint and how hard to call it), never what it computes; and
+  :func:`api_call_settings`, how an API model's endpoint is called. These are
   deliberately not params, so that changing them reruns nothing. One caveat, stated once: a
   generation on a GPU and the same one on a CPU differ in their last floating-point bits, as two
   GPU models do; Snakemake cannot see that either way.
@@ -49,6 +50,7 @@ OPERATIONAL = {
     "re-asks and reply length are params of the label rule, and take precedence)",
     "judge.serve": "how the label job starts its own judge server",
     "capabilities.lm_eval_batch_size": "lm-eval's batch size",
+    "generation.api_cache": "where the answers of API models are kept (a cache: a rerun sends only what is missing)",
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -102,6 +104,16 @@ def operational(smk, key: str):
         )
     section, name = key.split(".")
     return with_schema_defaults(smk.config, section).get(name)
+
+
+def api_call_settings(smk, model: str) -> dict | None:
+    """How an API model's endpoint is called (``models.<model>.api`` without base_url and send_seed,
+    which are in the prepared model's pointer): key variable, timeout, retries, backoff, concurrency,
+    rate. None for a local model. Operational, like :data:`OPERATIONAL`: a change reruns nothing."""
+    from distalign.core.config import api_call_settings as call_settings
+
+    api = smk.config["models"][model].get("api")
+    return call_settings(api) if api else None
 
 
 def whole_config(smk) -> dict:

@@ -16,9 +16,6 @@ from distalign.data.prompts import method_prompt
 log = logging.getLogger("distalign.generate")
 
 
-BACKENDS = ("transformers", "vllm")
-
-
 class GenerationError(RuntimeError):
     """Generation cannot run; the message says what is missing and how to fix it."""
 
@@ -112,6 +109,7 @@ class Job:
     token_weights: list | None = None  # validity correction: draw the token from p_k * w_k, renormalised
     guidance: float | None = None  # steering guidance scale (distalign.generation.guidance); None or 1 = off
     guidance_plausibility: float | None = None  # its plausibility constraint (None = guidance.PLAUSIBILITY)
+    api: dict | None = None  # backend openai: the endpoint's base_url, served model name and send_seed
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -147,6 +145,9 @@ def make_job(
     method = spec.method
     gen = spec.generation
     backend = backend or gen["backend"]
+    pointer = read_pointer(model_dir)
+    if pointer["source"] == "openai":
+        return _api_job(requests, spec, pointer, dataset=dataset, model=model, task=task, threads=threads)
     if spec.kind in TRAINED_KINDS and adapter is None:
         raise GenerationError(f"method {method!r} (kind {spec.kind}) needs its trained adapter")
     if spec.kind == "prompt":
@@ -175,7 +176,7 @@ def make_job(
             backend,
         )
         backend = "transformers"
-    dtype = read_pointer(model_dir).get("dtype", "auto")
+    dtype = pointer.get("dtype", "auto")
     return Job(
         backend=backend,
         model_dir=str(model_dir),
@@ -200,3 +201,34 @@ def make_job(
 def job_label(job: Job) -> str:
     """``dataset/model/method/task`` of a job, for its progress lines."""
     return "/".join(str(x) for x in job.seed_parts[1:5])
+
+
+def _api_job(requests, spec: GenerationSpec, pointer: dict, *, dataset, model, task, threads) -> Job:
+    """The job of a model behind an endpoint (source openai): plain prompts, no steering draw, no
+    probe; its backend is ``openai`` whatever generation.backend says."""
+    if spec.kind != "prompt":
+        raise GenerationError(
+            f"method {spec.method!r} (kind {spec.kind}) needs the model's weights; model {model!r} is "
+            f"served by an API (models.{model}.source: openai)"
+        )
+    api = pointer.get("api") or {}
+    gen = spec.generation
+    return Job(
+        backend="openai",
+        model_dir="",
+        adapter=None,
+        device="cpu",
+        dtype="auto",
+        requests=requests,
+        seed_parts=[spec.seed, dataset, model, spec.method, task],
+        sampling=asdict(sampling_from_config(gen, task)),
+        samples_per_prompt=int(gen["samples_per_prompt"]),
+        batch_size=int(gen["batch_size"]),
+        class_tokens=None,
+        threads=threads,
+        api={
+            "base_url": api.get("base_url"),
+            "model": pointer["path_or_id"],
+            "send_seed": bool(api.get("send_seed", True)),
+        },
+    )

@@ -203,4 +203,8 @@ def generate(requests: list[dict], *, spec: GenerationSpec, **job_fields) -> lis
     ``job_fields`` are those of :func:`~distalign.generation.job.make_job` (dataset, model, task,
     model_dir, adapter, threads, backend, token_weights)."""
     job = make_job(requests, spec=spec, **job_fields)
+    if job.backend == "openai":
+        from distalign.generation.api_backend import run_api_job
+
+        return run_api_job(job, spec.endpoint, spec.api_cache)
     return execute(job, spec.vllm_python, spec.generation.get("vllm_lora", "auto"))

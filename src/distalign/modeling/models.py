@@ -65,7 +65,11 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
-    """Materialise a model spec into ``out_dir`` (atomically). Returns the pointer/metadata."""
+    """Materialise a model spec into ``out_dir`` (atomically). Returns the pointer/metadata.
+
+    Source openai writes the pointer only (the served model name and ``api.base_url``/``send_seed``):
+    the folder then stands for the endpoint in the DAG, so a change of endpoint reruns the model's
+    generations as a change of weights would."""
     from distalign.core.io import atomic_dir
 
     source = spec["source"]
@@ -82,6 +86,10 @@ def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
             meta["path"] = None
         elif source == "hf":
             meta["path"] = _resolve_hf(name, spec["path_or_id"], spec.get("revision"))
+        elif source == "openai":
+            # no weights: the pointer records the endpoint (what changes answers) for the generation jobs
+            meta["path"] = None
+            meta["api"] = {k: (spec.get("api") or {}).get(k) for k in ("base_url", "send_seed")}
         elif source == "path":
             p = Path(spec["path_or_id"]).expanduser().resolve()
             if not (p / "config.json").exists():
@@ -92,7 +100,7 @@ def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
             meta["path"] = str(p)
         else:
             raise ModelError(f"model {name!r}: unknown source {source!r}")
-        if source != "embedded" and spec.get("chat_template"):
+        if source not in ("embedded", "openai") and spec.get("chat_template"):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(meta["path"])

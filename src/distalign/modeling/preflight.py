@@ -126,6 +126,7 @@ class Endpoint:
     base_url: str | None
     model: str | None
     api_key_env: str
+    model_key: str | None = None  # where the model name is set, when not at <key>.model
 
 
 def judge_endpoint(config: Mapping) -> Endpoint | None:
@@ -150,6 +151,22 @@ def paraphraser_endpoint(config: Mapping) -> Endpoint | None:
         o.get("base_url"),
         o.get("model"),
         o.get("api_key_env") or "OPENAI_API_KEY",
+    )
+
+
+def model_endpoint(config: Mapping, model: str) -> Endpoint | None:
+    """The endpoint of an API model (source openai), or None for a model with weights."""
+    m = config["models"][model]
+    if m["source"] != "openai":
+        return None
+    api = m.get("api") or {}
+    return Endpoint(
+        f"model {model}",
+        f"models.{model}.api",
+        api.get("base_url"),
+        m["path_or_id"],
+        api["api_key_env"],
+        model_key=f"models.{model}.path_or_id",
     )
 
 
@@ -216,7 +233,7 @@ def check_endpoints(endpoints: Sequence[Endpoint], *, timeout: float = ENDPOINT_
             continue
         if ep.model not in served:
             problems.append(
-                f"{ep.key}.model: {ep.model!r} is not served by the {ep.what} at {url} "
+                f"{ep.model_key or ep.key + '.model'}: {ep.model!r} is not served by the {ep.what} at {url} "
                 f"(GET {url}/models lists {served})"
             )
     return problems
@@ -482,6 +499,11 @@ def check_model_job(
     ``passed_dir``: where a pass of the tokenizer and module checks is remembered (None: never).
     """
     kind, wildcards = parse_job(job, skip=("model",))
+    api = model_endpoint(config, model)
+    if api is not None:  # an API model: no tokenizer, modules or device here; its endpoint instead
+        endpoints = [api, *job_endpoints(config, kind, wildcards)]
+        _raise(check_endpoints(endpoints, timeout=timeout), job, model)
+        return {"job": job, "model": model, "endpoints": [asdict(e) for e in endpoints]}
     datasets, methods = run_scope(config, wildcards.get("dataset"), wildcards.get("method"))
     token_sets = steering_token_sets(config, datasets, methods)
     targets = lora_targets(config, datasets, methods)

@@ -61,6 +61,8 @@ def mae_table(
     for model in models:
         floors: dict[str, float] = {}
         for method in methods:
+            if not has_row(config, model, method):
+                continue
             row = {"Model": model, "Method": title_of(config, "methods", method)}
             vals = []
             for d, t in zip(datasets, titles, strict=True):
@@ -352,12 +354,21 @@ def report_config(config: Mapping) -> dict:
     """The part of the config the tables and figures read (titles, story_data flags, attributes for
     share classes, the run's models as a fallback row order): what a report rule passes as a param
     instead of the whole config, so a change elsewhere in the config does not rerun the report."""
-    return {
+    out = {
         "datasets": dict(config["datasets"]),
         "methods": dict(config["methods"]),
         "attributes": dict(config["attributes"]),
         "run": {"models": list(config["run"]["models"])},
     }
+    api_models = [m for m in config["run"]["models"] if config["models"][m]["source"] == "openai"]
+    if api_models:  # only when there are some: a run without them keeps its params (and its tables)
+        out["api_models"] = api_models
+    return out
+
+
+def has_row(config: Mapping, model: str, method: str) -> bool:
+    """Whether a table shows (model, method): an API model has no row for a method that needs weights."""
+    return model not in config.get("api_models", ()) or config["methods"][method]["kind"] == "prompt"
 
 
 @dataclass(frozen=True)

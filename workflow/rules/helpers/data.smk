@@ -2,7 +2,7 @@
 # the census, prompts and spec params of the data rules.
 from snakemake.exceptions import WorkflowError
 
-from distalign.core.config import classes_without_story_hint, story_judged
+from distalign.core.config import API_ANSWER_KEYS, classes_without_story_hint, story_judged
 
 
 def census_path(wildcards):
@@ -48,4 +48,10 @@ def story_training_prompts(wildcards):
 
 
 def model_spec(wildcards):
-    return config["models"][wildcards.model]
+    """A model's entry as prepare_model reads it: of an API model's endpoint only what changes answers
+    (base_url, send_seed); no api key at all for a local model (so adding the key reran nothing)."""
+    spec = {k: v for k, v in config["models"][wildcards.model].items() if k != "api"}
+    api = config["models"][wildcards.model].get("api")
+    if api:
+        spec["api"] = {k: api[k] for k in API_ANSWER_KEYS}
+    return spec

@@ -22,6 +22,7 @@ CAPS = config["capabilities"]
 def capabilities_inputs(wildcards):
     """Model, the adapter of trained methods, and the local task files (backend local)."""
     require_applicable(wildcards, "attribute", "the capability check")
+    require_weights(wildcards, "the capability check")
     inputs = {"model": MODEL.format(model=wildcards.model)}
     if method_kind(wildcards.method) in TRAINED_KINDS:
         inputs["adapter"] = method_adapter(wildcards)
@@ -42,6 +43,7 @@ def capabilities_keys():
     return [
         dict(dataset=CAPS["dataset"], model=model, method=method)
         for model in config["run"]["models"]
+        if not is_api_model(config, model)
         for method in CAPS["methods"]
     ]
 

@@ -59,3 +59,10 @@ def validity_generation_inputs(wildcards):
 def steering_placement(wildcards):
     """Where the steering token goes (only methods of kind ours have one; None for the others)."""
     return config["training"]["steering_placement"] if method_kind(wildcards.method) == "ours" else None
+
+
+def probe_generations(wildcards):
+    """The attribute generations the probe reads (their class-token log-probs; an API returns none)."""
+    require_weights(wildcards, "the probe")
+    return PROBE_GENERATIONS.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
+

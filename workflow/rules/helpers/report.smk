@@ -15,13 +15,16 @@ def _ordered(names):
     return [d for d in config["datasets"] if d in names]
 
 
-def artefact_keys(methods, task="attribute", datasets=None):
-    """(dataset, model, method, task) of every applicable combination for one artefact."""
+def artefact_keys(methods, task="attribute", datasets=None, weights=False):
+    """(dataset, model, method, task) of every applicable combination for one artefact (``weights``:
+    an artefact that reads the model's logits, such as the probe, leaves API models out)."""
     keys = []
     for dataset in _ordered(datasets or config["run"]["datasets"]):
         for model in config["run"]["models"]:
+            if weights and is_api_model(config, model):
+                continue
             for method in methods:
-                if applicable(dataset, method, task):
+                if applicable(dataset, method, task, model):
                     keys.append(dict(dataset=dataset, model=model, method=method, task=task))
     return keys
 
@@ -31,7 +34,7 @@ def artefact_metrics(methods, task="attribute", datasets=None):
 
 
 def artefact_probes(methods):
-    return [PROBE.format(**k) for k in artefact_keys(methods)]
+    return [PROBE.format(**k) for k in artefact_keys(methods, weights=True)]
 
 
 def share_figure_keys(fig):
@@ -119,7 +122,7 @@ def mae_table_inputs(spec):
     """The probe files (kind probe) or the metrics files of a table's rows."""
     task, datasets = spec.get("task", "attribute"), spec.get("datasets")
     if spec["kind"] == "probe":
-        return {"probes": [PROBE.format(**k) for k in artefact_keys(spec["methods"], task, datasets)]}
+        return {"probes": [PROBE.format(**k) for k in artefact_keys(spec["methods"], task, datasets, True)]}
     return {"metrics": artefact_metrics(spec["methods"], task, datasets)}
 
 
@@ -130,7 +133,7 @@ def mae_table_params(spec):
     params = {"kind": spec["kind"]}
     if "task" in spec:
         params["task"] = task
-    params["records"] = artefact_keys(spec["methods"], task, datasets)
+    params["records"] = artefact_keys(spec["methods"], task, datasets, spec["kind"] == "probe")
     params["datasets"] = _ordered(config["run"]["datasets"] if datasets is None else datasets)
     params["methods"] = spec["methods"]
     params["title"] = spec["title"]

@@ -32,7 +32,7 @@ def sweep_keys(dataset):
     keys = []
     for model in config["run"]["models"]:
         for method in SWEEPS["methods"]:
-            if not applicable(dataset, method):
+            if not applicable(dataset, method, model=model):
                 continue
             for knob in KNOBS:
                 for value in SWEEPS[knob]:
