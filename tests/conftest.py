@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository, the default config, a workflow working directory, the embedded model."""
+"""Shared fixtures: the repository, the default config, a workflow working directory, the embedded model,
+the logging of a Snakemake script. Plain helper functions shared by test modules are in helpers.py."""
 
 from __future__ import annotations
 
@@ -73,3 +74,38 @@ def embedded_model_dir(tmp_path_factory) -> Path:
         out,
     )
     return out
+
+
+@pytest.fixture()
+def script_logging(tmp_path):
+    """``setup_logging`` as a Snakemake script calls it (log file + console), undone afterwards; the
+    console handler's stream (stderr) is swapped for a buffer that the test reads.
+
+    Yields ``read``: ``read()`` gives (console text, log file text) so far.
+    """
+    import io
+    import logging
+
+    from distalign.core.scripting import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.excepthook)
+    log_path = tmp_path / "job.log"
+    setup_logging(str(log_path))
+    console = io.StringIO()
+    (handler,) = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    assert handler.stream is sys.stderr
+    handler.setStream(console)
+
+    def read():
+        for h in logging.getLogger().handlers:
+            h.flush()
+        return console.getvalue(), log_path.read_text()
+
+    yield read
+    for h in logging.getLogger().handlers:
+        h.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    sys.excepthook = saved[2]
+    logging.captureWarnings(False)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_llama
 
 from distalign.evaluation.capabilities import (
     CapabilityError,
@@ -17,8 +18,9 @@ from distalign.evaluation.capabilities import (
 
 
 def test_shipped_files_load(repo):
-    paras = load_heldout(repo / "resources/capabilities/heldout.txt")
-    items = load_multiple_choice(repo / "resources/capabilities/multiple_choice.jsonl")
+    shipped = repo / "resources" / "capabilities"
+    paras = load_heldout(shipped / "heldout.txt")
+    items = load_multiple_choice(shipped / "multiple_choice.jsonl")
     assert len(paras) >= 10 and all(len(p.split()) > 30 for p in paras)
     assert len(items) >= 40 and len({i["id"] for i in items}) == len(items)
     assert all(len(i["choices"]) == 4 for i in items)
@@ -67,23 +69,6 @@ class _Tok:
         return {"input_ids": [self.vocab[w] for w in text.replace("\n", " ").split()]}
 
 
-def _tiny_lm(vocab, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=64,
-        )
-    ).eval()
-
-
 def _manual_logprob(model, ids, start):
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
@@ -109,7 +94,7 @@ def test_perplexity_and_choice_scores_match_a_manual_computation():
         "c",
     ]
     tok = _Tok(words)
-    model = _tiny_lm(len(words) + 3)
+    model = tiny_llama(len(words) + 3, max_position_embeddings=64).eval()
     paras = ["the sky is blue", "is the sky green or blue ?"]
     got = perplexity(model, tok, paras)
     seqs = [tok(p)["input_ids"] for p in paras]

@@ -194,15 +194,9 @@ def test_strings_stay_strings_where_the_schema_wants_one(repo):
 
 def test_config_on_the_command_line_reaches_the_jobs(workdir, snakemake_run):
     """Before: "config key 'generation.top_p': expected number, got '0.9' (str)"."""
-    proc = snakemake_run(
-        workdir,
-        "-n",
-        "results/generations/uk-real/smollm2-135m-instruct/zero-shot/attribute.jsonl",
-        "--config",
-        "generation={top_p: 0.9, top_k: 5}",
-        "seed=7",
-        timeout=300,
-    )
+    target = "results/generations/uk-real/smollm2-135m-instruct/zero-shot/attribute.jsonl"
+    config = ["generation={top_p: 0.9, top_k: 5}", "seed=7"]
+    proc = snakemake_run(workdir, "-n", target, "--config", *config, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "rule generate" in proc.stdout
 

@@ -7,19 +7,19 @@ tokens the model writes) is known exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from helpers import SMOL_VOCAB, TWO_LAYERS, save_model_dir, tiny_llama  # noqa: E402
+
 from distalign.core.config import GenerationSpec  # noqa: E402
 from distalign.core.io import read_jsonl, write_jsonl  # noqa: E402
-from distalign.generation.job import Job, load_requests, make_job  # noqa: E402
 from distalign.evaluation.probe import probe_from_generations, summarize_probe  # noqa: E402
+from distalign.generation.job import Job, load_requests, make_job  # noqa: E402
 from distalign.generation.runner import generate, run_generation  # noqa: E402
 from distalign.generation.sampling import (  # noqa: E402
     draw_index,
@@ -29,45 +29,18 @@ from distalign.generation.sampling import (  # noqa: E402
 )
 from distalign.generation.transformers_backend import TransformersBackend  # noqa: E402
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 DIGIT = {str(i): 32 + i for i in range(10)}  # SmolLM2: "0".."9" are ids 32..41
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_model_dir):
     """A 2-layer random Llama (hidden 32) saved with the embedded tokenizer as a prepared model folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny")
-    for name in TOKENIZER_FILES:
-        if (embedded_model_dir / name).exists():
-            shutil.copy(embedded_model_dir / name, out / name)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(SMOL_VOCAB, **TWO_LAYERS, max_position_embeddings=512)
     with torch.no_grad():  # larger weights than the default init, so greedy answers depend on the prompt
         for name, w in model.named_parameters():
             if "norm" not in name:
                 w.normal_(0, 0.3)
-    model.save_pretrained(out)
-    (out / "distalign_model.json").write_text(
-        json.dumps(
-            {"name": "tiny", "source": "path", "path_or_id": str(out), "dtype": "float32", "path": None}
-        )
-    )
-    return out
+    return save_model_dir(tmp_path_factory.mktemp("tiny"), model, embedded_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -166,62 +166,39 @@ def _set(data, dotted, value):
     node[int(last) if last.isdigit() else last] = value
 
 
-@pytest.mark.parametrize(
-    "where,text,match",
-    [
-        (
-            "templates.story.gender[3]",
-            'Tell a story about "{ocupation}".',
-            r"placeholder '\{ocupation\}' is not allowed",
-        ),
-        ("templates.attribute.race[0]", "Who works in {occupation!r}?", r"placeholder '\{occupation!r\}'"),
-        (
-            "templates.attribute.race[1]",
-            "Who works in {occupation:>30}?",
-            r"placeholder '\{occupation:>30\}'",
-        ),
-        (
-            "templates.attribute.race[2]",
-            "Who works in {occupation.title}?",
-            r"placeholder '\{occupation\.title\}'",
-        ),
-        ("templates.attribute.gender[4]", "{} works in {occupation}", r"positional placeholder '\{\}'"),
-        ("templates.story.race[0]", "A story about {occupation", r"unbalanced brace"),
-        ("templates.story.race[1]", "A story} about {occupation}", r"unbalanced brace"),
-        (
-            "templates.story.race[2]",
-            "A story about {{occupation}}",
-            r"must be a string containing '\{occupation\}'",
-        ),
-        ("openers.attribute[1]", "About {occupation}:", r"braces are not allowed here"),
-        ("closers.story[0]", "Keep it short :-}", r"braces are not allowed here"),
-        (
-            "answers.default[0]",
-            "{labl}.",
-            r"placeholder '\{labl\}' is not allowed here \(allowed: \{label\}, \{lower\}, "
-            r"\{occupation\}\)",
-        ),
-        (
-            "answers.sentiment[2]",
-            "Their mood is good.",
-            r"must be a string containing '\{label\} or \{lower\}'",
-        ),
-        ("prompt_engineering.explicit", "Follow the distribution {dist}.", r"placeholder '\{dist\}'"),
-        ("prompt_engineering.explicit", "Follow the real distribution.", r"containing '\{distribution\}'"),
-        ("prompt_engineering.implicit", "Follow {distribution}.", r"braces are not allowed here"),
-        ("templates.attribute.gender[0]", 42, r"expected a string, got 42"),
-        ("openers.story", "Hello!", r"openers\.story: expected a non-empty list"),
-        ("answers.sentiment", [], r"answers\.sentiment: expected a non-empty list of strings"),
-    ],
-)
-def test_bad_template_strings_name_their_location_and_file(tmp_path, bank_data, where, text, match):
+ANSWER_FIELDS = "(allowed: {label}, {lower}, {occupation})"
+# (where in the bank, the bad value put there, what the error message says about it)
+BAD_TEMPLATE_STRINGS = [
+    ("templates.story.gender[3]", 'A story about "{ocupation}".', "placeholder '{ocupation}' is not allowed"),
+    ("templates.attribute.race[0]", "Who works in {occupation!r}?", "placeholder '{occupation!r}'"),
+    ("templates.attribute.race[1]", "Who works in {occupation:>30}?", "placeholder '{occupation:>30}'"),
+    ("templates.attribute.race[2]", "Who works in {occupation.title}?", "placeholder '{occupation.title}'"),
+    ("templates.attribute.gender[4]", "{} works in {occupation}", "positional placeholder '{}'"),
+    ("templates.story.race[0]", "A story about {occupation", "unbalanced brace"),
+    ("templates.story.race[1]", "A story} about {occupation}", "unbalanced brace"),
+    ("templates.story.race[2]", "A story about {{occupation}}", "must be a string containing '{occupation}'"),
+    ("openers.attribute[1]", "About {occupation}:", "braces are not allowed here"),
+    ("closers.story[0]", "Keep it short :-}", "braces are not allowed here"),
+    ("answers.sentiment[2]", "Their mood is good.", "must be a string containing '{label} or {lower}'"),
+    ("prompt_engineering.explicit", "Follow the distribution {dist}.", "placeholder '{dist}'"),
+    ("prompt_engineering.explicit", "Follow the real distribution.", "containing '{distribution}'"),
+    ("prompt_engineering.implicit", "Follow {distribution}.", "braces are not allowed here"),
+    ("templates.attribute.gender[0]", 42, "expected a string, got 42"),
+    ("openers.story", "Hello!", "openers.story: expected a non-empty list"),
+    ("answers.sentiment", [], "answers.sentiment: expected a non-empty list of strings"),
+    ("answers.default[0]", "{labl}.", "placeholder '{labl}' is not allowed here " + ANSWER_FIELDS),
+]
+
+
+@pytest.mark.parametrize("where,text,message", BAD_TEMPLATE_STRINGS)
+def test_bad_template_strings_name_their_location_and_file(tmp_path, bank_data, where, text, message):
     _set(bank_data, where, text)
     p = _bank_file(tmp_path, bank_data)
     with pytest.raises(TemplateError) as err:
         load_templates(p)
     msg = str(err.value)
     assert msg.startswith(f"{p}: {where}"), msg
-    assert re.search(match, msg), msg
+    assert message in msg, msg
 
 
 def test_every_template_problem_is_reported_at_once(tmp_path, bank_data):

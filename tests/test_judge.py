@@ -121,10 +121,8 @@ def test_longer_phrase_beats_keyword_inside_it():
 
 def test_sentiment_parser(attrs):
     p = KeywordParser(attrs["sentiment"])
-    assert p.parse("Positive").label == "positive"
-    assert p.parse("The mood is neutral.").label == "neutral"
-    assert p.parse("not positive, rather negative").label == "negative"
-    assert p.parse("positively").label is None
+    replies = ["Positive", "The mood is neutral.", "not positive, rather negative", "positively"]
+    assert [p.parse(r).label for r in replies] == ["positive", "neutral", "negative", None]
 
 
 def test_lexicon_judge(attrs):

@@ -6,27 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from helpers import SMOL_VOCAB, run_python, save_model_dir, tiny_llama, vllm_job, wait_for_file
 
 from distalign.core.io import atomic_dir, atomic_path, write_text
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _python(code: str, env: dict | None = None, wait: bool = True):
-    """Run ``code`` in a fresh interpreter that imports this checkout's distalign."""
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
-    cmd = [sys.executable, "-c", textwrap.dedent(code)]
-    if wait:
-        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _tmp_siblings(folder: Path, name: str) -> list[Path]:
@@ -38,7 +25,7 @@ def _tmp_siblings(folder: Path, name: str) -> list[Path]:
 
 def test_sigkilled_atomic_file_write_is_cleaned_by_the_next_write(tmp_path):
     out = tmp_path / "results" / "gen.jsonl"
-    proc = _python(f"""
+    proc = run_python(f"""
         import os, signal
         from distalign.core.io import atomic_path
         with atomic_path({str(out)!r}) as tmp:
@@ -58,7 +45,7 @@ def test_sigkilled_atomic_file_write_is_cleaned_by_the_next_write(tmp_path):
 
 def test_sigkilled_atomic_dir_write_is_cleaned_by_the_next_write(tmp_path):
     out = tmp_path / "adapters" / "ours"
-    proc = _python(f"""
+    proc = run_python(f"""
         import os, signal
         from distalign.core.io import atomic_dir
         with atomic_dir({str(out)!r}) as tmp:
@@ -88,7 +75,7 @@ def test_two_writers_of_one_path_in_one_process_keep_their_temporaries(tmp_path)
 
 def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
     out, ready, go = tmp_path / "cache.json", tmp_path / "ready", tmp_path / "go"
-    proc = _python(
+    proc = run_python(
         f"""
         import time
         from pathlib import Path
@@ -101,10 +88,7 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
         """,
         wait=False,
     )
-    deadline = time.time() + 120
-    while not ready.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert ready.exists(), proc.communicate()
+    assert wait_for_file(ready, proc), proc.communicate()
     theirs = Path(ready.read_text())
     write_text(out, "this process")  # cleans stale siblings first: theirs is locked, so it stays
     assert theirs.exists() and out.read_text() == "this process"
@@ -114,21 +98,6 @@ def test_a_live_writer_in_another_process_is_left_alone(tmp_path):
 
 
 # ------------------------------------------------------------------- $TMPDIR scratch of vLLM jobs
-
-
-def _vllm_job(adapter="adapter"):
-    from distalign.generation.job import Job
-
-    return Job(
-        backend="vllm",
-        model_dir="model",
-        adapter=adapter,
-        device="cpu",
-        dtype="float32",
-        requests=[],
-        seed_parts=[1, "d", "m", "ours", "attribute"],
-        sampling={},
-    )
 
 
 def _fake_merge_and_worker(monkeypatch, seen: dict):
@@ -156,7 +125,7 @@ def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch)
 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _python(
+    proc = run_python(
         """
         import os, signal
         from distalign.core.scratch import scratch_dir
@@ -182,7 +151,7 @@ def test_sigkilled_scratch_is_removed_by_the_next_execute(tmp_path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     seen: dict = {}
     _fake_merge_and_worker(monkeypatch, seen)
-    assert execute(_vllm_job(), vllm_lora="merge") == [{"ok": True}]
+    assert execute(vllm_job(adapter="adapter"), vllm_lora="merge") == [{"ok": True}]
     assert seen["existed"] and Path(seen["model_dir"]).is_relative_to(tmpdir)
     assert not stale.exists() and not legacy.exists() and unrelated.exists() and recent_legacy.exists()
     assert not Path(seen["model_dir"]).exists(), "this job's merged weights are removed when it ends"
@@ -198,7 +167,7 @@ def test_execute_cleans_even_when_it_merges_nothing(tmp_path, monkeypatch):
     (stale / "result.json").write_text("[]")
     seen: dict = {}
     _fake_merge_and_worker(monkeypatch, seen)
-    assert execute(_vllm_job(adapter=None)) == [{"ok": True}] and seen["model_dir"] == "model"
+    assert execute(vllm_job()) == [{"ok": True}] and seen["model_dir"] == "model"
     assert not stale.exists()
 
 
@@ -206,7 +175,7 @@ def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
     from distalign.core.scratch import remove_stale_scratch
 
     ready, go = tmp_path / "ready", tmp_path / "go"
-    proc = _python(
+    proc = run_python(
         f"""
         import time
         from pathlib import Path
@@ -219,10 +188,7 @@ def test_a_running_jobs_scratch_is_left_alone(tmp_path, monkeypatch):
         env={"TMPDIR": str(tmp_path)},
         wait=False,
     )
-    deadline = time.time() + 120
-    while not ready.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert ready.exists(), proc.communicate()
+    assert wait_for_file(ready, proc), proc.communicate()
     live = Path(ready.read_text())
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert remove_stale_scratch() == [] and live.exists()
@@ -237,43 +203,18 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
 ):
     """The real merge (tiny random Llama + LoRA, ~1 MB of weights): the job is SIGKILLed while its worker
     would run; the merged model is left in $TMPDIR; the next execute() removes it before doing anything."""
-    import shutil
-
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = tmp_path / "tiny"
-    model.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (embedded_model_dir / name).exists():
-            shutil.copy(embedded_model_dir / name, model / name)
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=49152,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=True,
-        )
-    )
-    base.save_pretrained(model)
-    (model / "distalign_model.json").write_text(
-        json.dumps(
-            {"name": "tiny", "source": "path", "dtype": "float32", "path_or_id": str(model), "path": None}
-        )
-    )
+    base = tiny_llama(SMOL_VOCAB)
+    model = save_model_dir(tmp_path / "tiny", base, embedded_model_dir)
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = _python(
+    proc = run_python(
         f"""
         import os, signal
-        from distalign import generate as g
-        from distalign.generation.runner import Job, execute
+        from helpers import vllm_job
+        from distalign.generation import runner as g
 
         def killed(job, python):  # SIGKILL where the vLLM worker would be running
             os.kill(os.getpid(), signal.SIGKILL)
@@ -281,9 +222,7 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
         g.vllm_importable = lambda: False
         g.resolve_vllm_python = lambda configured: "python"
         g.run_in_worker = killed
-        execute(Job(backend="vllm", model_dir={str(model)!r}, adapter={str(tmp_path / "adapter")!r},
-                    device="cpu", dtype="float32", requests=[], seed_parts=[1, "d", "m", "ours", "attribute"],
-                    sampling={{}}), vllm_lora="merge")
+        g.execute(vllm_job({str(model)!r}, {str(tmp_path / "adapter")!r}), vllm_lora="merge")
         """,
         env={"TMPDIR": str(tmpdir)},
     )
@@ -297,7 +236,7 @@ def test_sigkilled_vllm_job_leaves_merged_weights_the_next_job_removes(
     _fake_merge_and_worker(monkeypatch, seen)
     from distalign.generation.runner import execute
 
-    execute(_vllm_job(), vllm_lora="merge")
+    execute(vllm_job(adapter="adapter"), vllm_lora="merge")
     assert not stale.exists() and list(tmpdir.iterdir()) == []
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import yaml
+from helpers import tiny_llama_config
 from openai_server import down_url, openai_server  # noqa: F401  (pytest fixtures)
 
 from distalign.modeling import preflight as preflight
@@ -35,7 +36,7 @@ def _tiny_model(root, chat_template=True):
     """A prepared `path` model with a one-layer Llama config and a word-piece tokenizer in which 'woman'
     is two pieces (wo, ##man) and the other steering tokens of the default config are one."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     src = root / "src"
     vocab = ["[UNK]", "[PAD]", "0", "1", "2", "3", "4", "man", "wo", "##man", "he", "she", "Male", "Female"]
@@ -45,14 +46,7 @@ def _tiny_model(root, chat_template=True):
     if chat_template:
         fast.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     fast.save_pretrained(src)
-    LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    ).save_pretrained(src)
+    tiny_llama_config(len(vocab), kv_heads=2).save_pretrained(src)
     out = root / MODEL
     prepare_model(MODEL, {"source": "path", "path_or_id": str(src)}, out)
     return out

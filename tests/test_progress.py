@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from helpers import SMOL_VOCAB, run_python, save_model_dir, tiny_llama, vllm_job
 
 from distalign.core import progress as progress_mod
 from distalign.core.progress import Progress, format_duration, format_rate, plural
@@ -32,40 +31,6 @@ def lines(caplog):
     """The messages that ``logging.getLogger('test.progress')`` logged."""
     caplog.set_level(logging.INFO, logger="test.progress")
     return lambda: [r.getMessage() for r in caplog.records if r.name == "test.progress"]
-
-
-@pytest.fixture()
-def script_logging(tmp_path):
-    """``setup_logging`` as a Snakemake script calls it (log file + console), undone afterwards; the
-    console handler's stream (stderr) is swapped for a buffer that the test reads.
-
-    Returns ``(log_path, read)``; ``read()`` gives (console text, log file text) so far.
-    """
-    import io
-
-    from distalign.core.scripting import setup_logging
-
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, sys.excepthook)
-    log_path = tmp_path / "job.log"
-    setup_logging(str(log_path))
-    console = io.StringIO()
-    (handler,) = [h for h in root.handlers if type(h) is logging.StreamHandler]
-    assert handler.stream is sys.stderr
-    handler.setStream(console)
-
-    def read():
-        for h in logging.getLogger().handlers:
-            h.flush()
-        return console.getvalue(), log_path.read_text()
-
-    yield log_path, read
-    for h in logging.getLogger().handlers:
-        h.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    sys.excepthook = saved[2]
-    logging.captureWarnings(False)
 
 
 # ------------------------------------------------------------------------------------- the helper
@@ -188,7 +153,7 @@ def test_thread_safe_counting(lines):
 def test_file_only_records_and_vllm_records_stay_off_the_console(script_logging):
     from distalign.core.scripting import FILE_ONLY
 
-    _, read = script_logging
+    read = script_logging
     logging.getLogger("distalign.x").info("for both")
     logging.getLogger("distalign.x").info("file only", extra=FILE_ONLY)
     logging.getLogger("vllm.engine").info("engine step")
@@ -203,21 +168,6 @@ def _fake_worker(tmp_path, body: str) -> str:
     exe.write_text("#!/bin/sh\n" + textwrap.dedent(body))
     exe.chmod(0o755)
     return str(exe)
-
-
-def _job():
-    from distalign.generation.job import Job
-
-    return Job(
-        backend="vllm",
-        model_dir="m",
-        adapter=None,
-        device="cpu",
-        dtype="float32",
-        requests=[],
-        seed_parts=[1, "d", "m", "zero-shot", "attribute"],
-        sampling={},
-    )
 
 
 def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
@@ -238,8 +188,8 @@ def test_worker_progress_reaches_console_and_log_vllm_noise_the_log_only(
         echo '[{"row": 1}]' > "$4"
         """,
     )
-    _, read = script_logging
-    assert run_in_worker(_job(), exe) == [{"row": 1}]
+    read = script_logging
+    assert run_in_worker(vllm_job("m", method="zero-shot"), exe) == [{"row": 1}]
     console, logfile = read()
     assert "generate d/m/zero-shot/attribute: 2/2 rows (100%)" in console
     assert "WARNING distalign.models: a note of ours" in console
@@ -264,7 +214,7 @@ def test_failing_worker_names_its_last_output(tmp_path, monkeypatch):
         """,
     )
     with pytest.raises(GenerationError, match=r"exit code 7(.|\n)*something broke in vLLM"):
-        run_in_worker(_job(), exe)
+        run_in_worker(vllm_job("m", method="zero-shot"), exe)
     assert not list(tmp_path.glob("distalign-scratch-*"))
 
 
@@ -296,7 +246,6 @@ def _state(pid: int) -> str | None:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_worker_exits_when_its_parent_is_killed(tmp_path):
     """A parent SIGKILLed mid-job: its worker (here a sleeping stand-in) exits instead of running on."""
-    src = Path(__file__).resolve().parents[1] / "src"
     child = (
         "import sys, time; from distalign.generation.vllm_worker import exit_with_parent; "
         "exit_with_parent(int(sys.argv[1]), 0.1); time.sleep(60)"
@@ -310,8 +259,7 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path):
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
         """)
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, env=env, timeout=60)
+    proc = run_python(parent, timeout=60)
     assert proc.returncode == -signal.SIGKILL
     worker = int(proc.stdout.split()[0])
     deadline = time.time() + 10
@@ -414,40 +362,10 @@ def test_generation_job_logs_progress_to_console_and_log(
 ):
     """A real transformers-backend generation (tiny random model, 6 rows in batches of 2) logs a line per
     batch when the interval is 0, with done/total and the time left, in the log file and on the console."""
-    import json
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from distalign.core.config import GenerationSpec
     from distalign.generation.runner import generate
 
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (embedded_model_dir / name).exists():
-            shutil.copy(embedded_model_dir / name, tiny / name)
-    torch.manual_seed(0)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=49152,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=True,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=2,
-        )
-    ).save_pretrained(tiny)
-    (tiny / "distalign_model.json").write_text(
-        json.dumps(
-            {"name": "tiny", "source": "path", "dtype": "float32", "path_or_id": str(tiny), "path": None}
-        )
-    )
+    tiny = save_model_dir(tmp_path / "tiny", tiny_llama(SMOL_VOCAB), embedded_model_dir)
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)
     config["generation"].update(
         backend="transformers",
@@ -465,17 +383,12 @@ def test_generation_job_logs_progress_to_console_and_log(
         }
         for i in range(3)
     ]
+    spec = GenerationSpec.from_config(config, "uk-real", "zero-shot")
     rows = generate(
-        reqs,
-        spec=GenerationSpec.from_config(config, "uk-real", "zero-shot"),
-        dataset="uk-real",
-        model="tiny",
-        task="attribute",
-        model_dir=tiny,
-        threads=1,
+        reqs, spec=spec, dataset="uk-real", model="tiny", task="attribute", model_dir=tiny, threads=1
     )
     assert len(rows) == 6
-    console, logfile = script_logging[1]()
+    console, logfile = script_logging()
     for text in (console, logfile):
         got = [
             ln.split("distalign.generate: ")[1]
@@ -497,55 +410,16 @@ def test_training_job_console_has_progress_lines_and_no_metric_dicts(
 ):
     """A real (tiny) IFT run as the train script runs it: progress lines with steps done/total on the
     console and in the log, the per-step metrics in the log only, nothing printed to stdout by HF."""
-    import json
+    from test_train_integration import _tiny_setup, _train_kwargs
 
-    import torch
-    from test_train_integration import _tiny_setup
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from distalign.modeling.models import POINTER, load_tokenizer
     from distalign.training.runner import train_adapter
 
-    model_dir = tmp_path / "tiny-llama"
-    tok = load_tokenizer(embedded_model_dir)
-    torch.manual_seed(0)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=True,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    ).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    (model_dir / POINTER).write_text(
-        json.dumps(
-            {
-                "name": "tiny-llama",
-                "source": "path",
-                "dtype": "float32",
-                "path_or_id": str(model_dir),
-                "path": None,
-            }
-        )
-    )
+    model = tiny_llama(SMOL_VOCAB)  # the folder's name is the model's name in the progress lines
+    model_dir = save_model_dir(tmp_path / "tiny-llama", model, embedded_model_dir, name="tiny-llama")
     _tiny_setup(tmp_path, repo, config, "nll")  # 24 SFT rows, batch 8: 3 steps
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)
-    train_adapter(
-        config=config,
-        dataset="uk-real",
-        method="ift",
-        model_dir=model_dir,
-        sft_path=tmp_path / "sft.jsonl",
-        pref_path=tmp_path / "pref.jsonl",
-        out_dir=tmp_path / "adapter",
-    )
-    console, logfile = script_logging[1]()
+    train_adapter(**_train_kwargs(tmp_path, config, model_dir, tmp_path / "adapter", method="ift"))
+    console, logfile = script_logging()
     assert "{'loss'" not in capsys.readouterr().out
     for text in (console, logfile):
         got = [

@@ -91,6 +91,11 @@ def _wait_gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
+def _fake_server(fake_vllm: Path, **kw):
+    """openai_server on the fake vllm: model "m", its log in s.log, polled every 0.1 s."""
+    return openai_server("m", log_path=fake_vllm / "s.log", poll_interval=0.1, **kw)
+
+
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
@@ -123,7 +128,7 @@ def test_server_serves_then_is_stopped(fake_vllm):
 def test_early_exit_is_an_error_with_the_log_tail(fake_vllm):
     with (
         pytest.raises(ServerError, match=r"(?s)exited with code 3 before it was healthy.*CUDA out of memory"),
-        openai_server("m", env={"FAKE_EXIT": "3"}, log_path=fake_vllm / "s.log", poll_interval=0.1),
+        _fake_server(fake_vllm, env={"FAKE_EXIT": "3"}),
     ):
         pytest.fail("the block must not run")
 
@@ -133,12 +138,8 @@ def test_unhealthy_server_times_out_and_is_killed(fake_vllm):
     t0 = time.monotonic()
     with (
         pytest.raises(ServerError, match=r"not healthy at http://127\.0\.0\.1:\d+/health after 1\.5 s"),
-        openai_server(
-            "m",
-            env={"FAKE_HEALTH_STATUS": "503", "FAKE_PIDFILE": str(pidfile)},
-            health_timeout=1.5,
-            poll_interval=0.1,
-            log_path=fake_vllm / "s.log",
+        _fake_server(
+            fake_vllm, env={"FAKE_HEALTH_STATUS": "503", "FAKE_PIDFILE": str(pidfile)}, health_timeout=1.5
         ),
     ):
         pass
@@ -150,13 +151,7 @@ def test_sigterm_ignored_then_sigkill_and_errors_in_block_still_stop_it(fake_vll
     pidfile = fake_vllm / "pid"
     with (
         pytest.raises(RuntimeError, match="judge crashed"),
-        openai_server(
-            "m",
-            env={"FAKE_IGNORE_TERM": "1", "FAKE_PIDFILE": str(pidfile)},
-            stop_grace=0.5,
-            poll_interval=0.1,
-            log_path=fake_vllm / "s.log",
-        ),
+        _fake_server(fake_vllm, env={"FAKE_IGNORE_TERM": "1", "FAKE_PIDFILE": str(pidfile)}, stop_grace=0.5),
     ):
         raise RuntimeError("judge crashed")
     assert _wait_gone(int(pidfile.read_text()))
@@ -249,9 +244,7 @@ def test_prefetch_cli_checks_the_cache_and_writes_a_marker(tmp_path):
 def test_sigterm_reaches_the_whole_process_group(fake_vllm):
     """vLLM runs engine processes beside the API server: stopping must reach them too."""
     childfile = fake_vllm / "child"
-    with openai_server(
-        "m", env={"FAKE_CHILD": str(childfile)}, poll_interval=0.1, log_path=fake_vllm / "s.log"
-    ):
+    with _fake_server(fake_vllm, env={"FAKE_CHILD": str(childfile)}):
         child = int(childfile.read_text())
         assert os.getpgid(child) != os.getpgid(0)  # its own group, not pytest's
     assert _wait_gone(child)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import TWO_LAYERS, tiny_llama
 
 from distalign.core.attributes import attribute_of_dataset
 from distalign.data.datasets import build_base, build_pref, build_sft
@@ -48,31 +49,11 @@ def tok(embedded_model_dir):
     return t
 
 
-def tiny_llama(vocab: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=256,
-        pad_token_id=2,
-        eos_token_id=2,
-        bos_token_id=1,
-    )
-    return LlamaForCausalLM(cfg)
-
-
 def lora_model(vocab: int, seed: int = 0, nonzero: bool = True):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
-        tiny_llama(vocab, seed),
+        tiny_llama(vocab, seed, **TWO_LAYERS, max_position_embeddings=256),
         LoraConfig(
             r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"
         ),
@@ -208,34 +189,33 @@ def test_z0_pairs_never_share_a_context(tok, config, repo):
 # ------------------------------------------------------------------------------------- trainers
 
 
-def _kto_trainer(tmp_path, tok, rows, **kw):
+# what every trainer of these tests shares: on the CPU, quiet, nothing saved, a log entry per step
+CPU_ARGS = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False, "report_to": "none"}
+QUIET_ARGS = {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "max_length": 256}
+
+
+def _trainer(trainer_cls, args_cls, out, tok, rows, steering_ids=(32, 33), **args):
+    """A steering trainer of ``trainer_cls`` on a fresh LoRA tiny model, ``rows`` its training set; ``args``
+    are the fields of its ``args_cls`` config that a test sets (CPU_ARGS and QUIET_ARGS by default)."""
     from datasets import Dataset
 
-    from distalign.training.trainers import SteeringKTOConfig
-
-    args = SteeringKTOConfig(
-        output_dir=str(tmp_path / "kto"),
-        per_device_train_batch_size=4,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=256,
-        learning_rate=1e-3,
-        precompute_ref_log_probs=kw.pop("precompute", True),
-        save_strategy="no",
-        max_steps=2,
-        logging_steps=1,
-        disable_tqdm=True,
-        **kw,
-    )
-    return SteeringKTOTrainer(
+    config = args_cls(output_dir=str(out), **{**CPU_ARGS, **QUIET_ARGS, **args})
+    steering_ids = None if steering_ids is None else list(steering_ids)
+    return trainer_cls(
         model=lora_model(len(tok)),
-        args=args,
+        args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        steering_ids=[32, 33],
+        steering_ids=steering_ids,
     )
+
+
+def _kto_trainer(tmp_path, tok, rows, **kw):
+    from distalign.training.trainers import SteeringKTOConfig
+
+    fields = dict(per_device_train_batch_size=4, learning_rate=1e-3, max_steps=2, **kw)
+    fields["precompute_ref_log_probs"] = fields.pop("precompute", True)
+    return _trainer(SteeringKTOTrainer, SteeringKTOConfig, tmp_path / "kto", tok, rows, **fields)
 
 
 def _batch(trainer):
@@ -363,7 +343,6 @@ def test_kto_trainer_trains_and_logs(tmp_path, tok, kto_data):
 
 
 def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
-    from datasets import Dataset
     from trl import DPOTrainer
 
     from distalign.training.trainers import SteeringDPOConfig
@@ -371,28 +350,9 @@ def test_dpo_trainer_total_and_plain(tmp_path, tok, config, repo):
     _, _, _, pref = tiny_data(repo, config)
 
     def make(ids, **kw):
-        args = SteeringDPOConfig(
-            output_dir=str(tmp_path / "dpo"),
-            per_device_train_batch_size=3,
-            use_cpu=True,
-            bf16=False,
-            gradient_checkpointing=False,
-            report_to="none",
-            max_length=256,
-            save_strategy="no",
-            max_steps=1,
-            logging_steps=1,
-            disable_tqdm=True,
-            precompute_ref_log_probs=True,
-            **kw,
-        )
-        return SteeringDPOTrainer(
-            model=lora_model(len(tok)),
-            args=args,
-            train_dataset=Dataset.from_list(dpo_rows(pref, tok, ids)),
-            processing_class=tok,
-            steering_ids=ids,
-        )
+        fields = dict(per_device_train_batch_size=3, max_steps=1, precompute_ref_log_probs=True, **kw)
+        rows = dpo_rows(pref, tok, ids)
+        return _trainer(SteeringDPOTrainer, SteeringDPOConfig, tmp_path / "dpo", tok, rows, ids, **fields)
 
     t = make([32, 33], kl_weight=2.0)
     t.model.eval()
@@ -436,33 +396,10 @@ def test_nll_rows_mask_prompt_and_token(tok, config, repo):
 
 
 def _nll_trainer(tmp_path, tok, rows, **kw):
-    from datasets import Dataset
-
     from distalign.training.trainers import SteeringSFTConfig
 
-    args = SteeringSFTConfig(
-        output_dir=str(tmp_path / "nll"),
-        per_device_train_batch_size=4,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        max_length=256,
-        learning_rate=1e-3,
-        save_strategy="no",
-        max_steps=3,
-        logging_steps=1,
-        disable_tqdm=True,
-        dataset_num_proc=None,
-        **kw,
-    )
-    return SteeringSFTTrainer(
-        model=lora_model(len(tok)),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        steering_ids=[32, 33],
-    )
+    fields = dict(per_device_train_batch_size=4, learning_rate=1e-3, max_steps=3, dataset_num_proc=None, **kw)
+    return _trainer(SteeringSFTTrainer, SteeringSFTConfig, tmp_path / "nll", tok, rows, **fields)
 
 
 def test_nll_total_is_answer_nll_plus_kl(tmp_path, tok, config, repo):

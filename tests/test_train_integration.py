@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from helpers import SMOL_VOCAB, TWO_LAYERS, save_model_dir, tiny_llama, wait_for_file
 
 from distalign.core.io import write_jsonl
 from distalign.training.runner import train_adapter, work_dir_of
@@ -49,34 +50,11 @@ def _held_out_kl(model, tok, val, ids):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, embedded_model_dir):
-    """A prepared model folder holding a tiny random Llama and the embedded tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from distalign.modeling.models import POINTER, load_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tok = load_tokenizer(embedded_model_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
+    """A prepared model folder holding a tiny random Llama (2 layers, hidden 64) and the embedded tokenizer."""
+    model = tiny_llama(SMOL_VOCAB, **{**TWO_LAYERS, "hidden": 64}, max_position_embeddings=256)
+    return save_model_dir(
+        tmp_path_factory.mktemp("tiny") / "tiny-llama", model, embedded_model_dir, "tiny-llama"
     )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / POINTER).write_text(
-        json.dumps(
-            {"name": "tiny-llama", "source": "path", "path_or_id": str(out), "dtype": "float32", "path": None}
-        )
-    )
-    return out
 
 
 def _tiny_setup(tmp_path, repo, config, preference):
@@ -108,6 +86,12 @@ def _tiny_setup(tmp_path, repo, config, preference):
     return prompts, targets
 
 
+def _train_kwargs(tmp_path, config, model_dir, out_dir, method="ours") -> dict:
+    """The arguments of train_adapter for the SFT and preference files that _tiny_setup wrote."""
+    data = {"sft_path": tmp_path / "sft.jsonl", "pref_path": tmp_path / "pref.jsonl"}
+    return dict(config=config, dataset="uk-real", method=method, model_dir=model_dir, out_dir=out_dir, **data)
+
+
 @pytest.mark.parametrize("preference", ["kto", "nll"])
 def test_ours_trains_resumes_and_reloads(tmp_path, repo, config, tiny_model_dir, preference):
     from peft import PeftModel
@@ -118,15 +102,7 @@ def test_ours_trains_resumes_and_reloads(tmp_path, repo, config, tiny_model_dir,
     by_ctx = {t["context"]: t["target"] for t in targets}
     val = [{**p, "target": by_ctx[p["context"]]} for p in prompts if p["split"] == "val"]
     out = tmp_path / "adapters" / "uk-real" / "smollm2" / "ours"
-    args = dict(
-        config=config,
-        dataset="uk-real",
-        method="ours",
-        model_dir=tiny_model_dir,
-        sft_path=tmp_path / "sft.jsonl",
-        pref_path=tmp_path / "pref.jsonl",
-        out_dir=out,
-    )
+    args = _train_kwargs(tmp_path, config, tiny_model_dir, out)
 
     with pytest.raises(Killed):
         train_adapter(**args, callbacks=[_killer(3)])
@@ -183,26 +159,14 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
     _tiny_setup(tmp_path, repo, config, "nll")
     (tmp_path / "config.json").write_text(json.dumps(config))
 
-    def args(out):
-        return dict(
-            config=config,
-            dataset="uk-real",
-            method="ours",
-            model_dir=tiny_model_dir,
-            sft_path=tmp_path / "sft.jsonl",
-            pref_path=tmp_path / "pref.jsonl",
-            out_dir=out,
-        )
-
     clean = tmp_path / "clean" / "ours"
-    train_adapter(**args(clean))
+    train_adapter(**_train_kwargs(tmp_path, config, tiny_model_dir, clean))
 
     killed = tmp_path / "killed" / "ours"
     code = (
@@ -215,9 +179,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     ckpt = work_dir_of(killed) / "pref" / "checkpoint-2" / "scheduler.pt"
-    deadline = time.time() + 600
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_file(ckpt, proc, timeout=600, poll=0.05)
     assert proc.poll() is None, "training finished before it could be killed"
     os.killpg(
         proc.pid, signal.SIGKILL
@@ -226,7 +188,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     assert proc.returncode == -signal.SIGKILL
     assert not killed.exists()
 
-    train_adapter(**args(killed))
+    train_adapter(**_train_kwargs(tmp_path, config, tiny_model_dir, killed))
     a = load_file(str(clean / "adapter_model.safetensors"))
     b = load_file(str(killed / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -247,16 +209,7 @@ def test_min_steps_and_scheduler_of_a_stage(tmp_path, repo, config, tiny_model_d
     overrides = config["methods"]["ours"]["train_overrides"]["preference"]
     overrides.update(min_steps=per_epoch + 1, lr_scheduler_type="constant_with_warmup")
     out = tmp_path / "adapter"
-    train_adapter(
-        config=config,
-        dataset="uk-real",
-        method="ours",
-        model_dir=tiny_model_dir,
-        sft_path=tmp_path / "sft.jsonl",
-        pref_path=tmp_path / "pref.jsonl",
-        out_dir=out,
-        log=tmp_path / "train.log",
-    )
+    train_adapter(**_train_kwargs(tmp_path, config, tiny_model_dir, out), log=tmp_path / "train.log")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     ends = {r["stage"]: r for r in rows if r.get("event") == "end"}
     assert ends["pref"]["step"] == 2 * per_epoch  # 1 epoch is one step short: 2 whole epochs

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import io
-import logging
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,33 +55,6 @@ def _transformers_probs(model_dir, adapter, requests):
     ids = b.tokenizer.convert_tokens_to_ids(STEERING)
     lps = b.next_token_logprobs([prompt_ids(b.tokenizer, r["prompt"]) for r in requests], ids)
     return [restricted_probs(lp) for lp in lps]
-
-
-@pytest.fixture()
-def script_logging(tmp_path):
-    """``setup_logging`` as a Snakemake script calls it, undone afterwards; ``read()`` returns (console
-    text, log file text), the console handler's stderr swapped for a buffer."""
-    from distalign.core.scripting import setup_logging
-
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, sys.excepthook)
-    setup_logging(str(tmp_path / "job.log"))
-    console = io.StringIO()
-    (handler,) = [h for h in root.handlers if type(h) is logging.StreamHandler]
-    handler.setStream(console)
-
-    def read():
-        for h in root.handlers:
-            h.flush()
-        return console.getvalue(), (tmp_path / "job.log").read_text()
-
-    yield read
-    for h in root.handlers:
-        h.close()
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    sys.excepthook = saved[2]
-    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="module")

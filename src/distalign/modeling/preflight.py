@@ -156,8 +156,8 @@ def paraphraser_endpoint(config: Mapping) -> Endpoint | None:
 
 def model_endpoint(config: Mapping, model: str) -> Endpoint | None:
     """The endpoint of an API model (source openai), or None for a model with weights."""
-    m = config["models"][model]
-    if m["source"] != "openai":
+    m = config["models"].get(model) or {}
+    if m.get("source") != "openai":
         return None
     api = m.get("api") or {}
     return Endpoint(
