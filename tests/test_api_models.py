@@ -58,6 +58,13 @@ def _requests(n=3):
     ]
 
 
+def _job(config, tmp_path, method):
+    """make_job of ``method`` on the API model (and its spec)."""
+    spec = GenerationSpec.from_config(config, "uk-real", method, model="hosted")
+    kw = dict(dataset="uk-real", model="hosted", task="attribute", model_dir=_pointer(tmp_path, config))
+    return make_job(_requests(), spec=spec, **kw), spec
+
+
 def _generate(config, model_dir, cache_dir, **kw):
     spec = GenerationSpec.from_config(config, "uk-real", "zero-shot", model="hosted")
     spec = GenerationSpec(**{**spec.__dict__, "api_cache": str(cache_dir)})
@@ -127,16 +134,8 @@ def test_send_seed_false_sends_none_and_keys_the_cache_apart(config, tmp_path):
 
 def test_methods_that_need_weights_refuse_an_api_model(config, tmp_path):
     cfg = _config(config, "http://127.0.0.1:9/v1")
-    spec = GenerationSpec.from_config(cfg, "uk-real", "ours", model="hosted")
     with pytest.raises(GenerationError, match=r"method 'ours' \(kind ours\) needs the model's weights"):
-        make_job(
-            _requests(),
-            spec=spec,
-            dataset="uk-real",
-            model="hosted",
-            task="attribute",
-            model_dir=_pointer(tmp_path, cfg),
-        )
+        _job(cfg, tmp_path, "ours")
 
 
 def test_api_key_is_required_exactly_where_the_source_is_openai(config):
@@ -154,15 +153,7 @@ def test_api_key_is_required_exactly_where_the_source_is_openai(config):
 def test_run_api_job_without_a_cache_folder_is_a_clear_error(config, tmp_path):
     with FaultServer() as server:
         cfg = _config(config, server.url)
-        spec = GenerationSpec.from_config(cfg, "uk-real", "zero-shot", model="hosted")
-        job = make_job(
-            _requests(),
-            spec=spec,
-            dataset="uk-real",
-            model="hosted",
-            task="attribute",
-            model_dir=_pointer(tmp_path, cfg),
-        )
+        job, spec = _job(cfg, tmp_path, "zero-shot")
         with pytest.raises(GenerationError, match="generation.api_cache"):
             run_api_job(job, spec.endpoint, None)
 

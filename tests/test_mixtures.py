@@ -13,15 +13,11 @@ from distalign.core.mixtures import MixtureError, MixtureFit, mixture_weights
 from distalign.data.stories import reachable_mae
 
 
-def vertex_enumeration_mae(distributions, target):
-    """The reference: this was the library's code (distalign.data.stories.reachable_mae) before the
-    LP replaced it. Every vertex of the arrangement cut by w_h = 0 and (w D)_k = t_k inside sum(w) = 1
-    is solved and the feasible one with the lowest MAE kept (the first found in combinations order)."""
-    d = np.asarray(distributions, dtype=float)
-    t = np.asarray(target, dtype=float)
+def arrangement_vertices(d: np.ndarray, t: np.ndarray):
+    """Every vertex of the arrangement cut by w_h = 0 and (w D)_k = t_k inside sum(w) = 1 that has
+    no negative weight (beyond rounding), in itertools.combinations order."""
     h = d.shape[0]
     planes = [(np.eye(h)[i], 0.0) for i in range(h)] + [(d[:, k], t[k]) for k in range(d.shape[1])]
-    best, best_w = math.inf, None
     for chosen in itertools.combinations(planes, h - 1):
         a = np.vstack([np.ones(h)] + [c[0] for c in chosen])
         b = np.array([1.0] + [c[1] for c in chosen])
@@ -29,8 +25,18 @@ def vertex_enumeration_mae(distributions, target):
             w = np.linalg.solve(a, b)
         except np.linalg.LinAlgError:
             continue
-        if (w < -1e-9).any():
-            continue
+        if not (w < -1e-9).any():
+            yield w
+
+
+def vertex_enumeration_mae(distributions, target):
+    """The reference: this was the library's code (distalign.data.stories.reachable_mae) before the
+    LP replaced it. Every feasible vertex of the arrangement is solved and the one with the lowest
+    MAE kept (the first found in combinations order)."""
+    d = np.asarray(distributions, dtype=float)
+    t = np.asarray(target, dtype=float)
+    best, best_w = math.inf, None
+    for w in arrangement_vertices(d, t):
         w = np.clip(w, 0.0, None)
         w = w / w.sum()
         mae = float(np.abs(w @ d - t).mean())
@@ -43,19 +49,7 @@ def optimal_vertices(d: np.ndarray, t: np.ndarray, lowest: float) -> list[np.nda
     """All arrangement vertices (as in the reference) whose MAE is the lowest: the extreme points of
     the set of optimal weights, so a convex objective is minimised there iff no direction towards
     one of them descends."""
-    h = d.shape[0]
-    planes = [(np.eye(h)[i], 0.0) for i in range(h)] + [(d[:, k], t[k]) for k in range(d.shape[1])]
-    out = []
-    for chosen in itertools.combinations(planes, h - 1):
-        a = np.vstack([np.ones(h)] + [c[0] for c in chosen])
-        b = np.array([1.0] + [c[1] for c in chosen])
-        try:
-            w = np.linalg.solve(a, b)
-        except np.linalg.LinAlgError:
-            continue
-        if (w >= -1e-9).all() and np.abs(w @ d - t).mean() <= lowest + 1e-9:
-            out.append(w)
-    return out
+    return [w for w in arrangement_vertices(d, t) if np.abs(w @ d - t).mean() <= lowest + 1e-9]
 
 
 def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from distalign.core.endpoints import ChatEndpoint, EndpointSettings
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
-from distalign.generation.job import GenerationError, Job, Sampling, job_label
+from distalign.generation.job import GenerationError, Job, Sampling, job_label, row_head
 
 log = logging.getLogger("distalign.generate")
 
@@ -141,7 +141,6 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
 
     api = job.api or {}
     sampling = Sampling(**job.sampling)
-    dataset, model, method, task = job.seed_parts[1:5]
     items = []
     for r in job.requests:
         messages = [{"role": "user", "content": r["prompt"]}]
@@ -184,16 +183,7 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
         answer = cache.get(key)
         rows.append(
             {
-                "dataset": dataset,
-                "model": model,
-                "method": method,
-                "task": task,
-                "context_id": r["context_id"],
-                "context": r["context"],
-                "prompt_id": r["prompt_id"],
-                "prompt": r["prompt"],
-                "target": r["target"],
-                "sample": s,
+                **row_head(job, r, s),
                 "steering_token": None,
                 "steering_probs": None,
                 "response": answer["text"],

@@ -232,3 +232,21 @@ def _api_job(requests, spec: GenerationSpec, pointer: dict, *, dataset, model, t
             "send_seed": bool(api.get("send_seed", True)),
         },
     )
+
+
+def row_head(job: Job, request: dict, sample: int) -> dict:
+    """The fields every generation row starts with: what was asked of which (dataset, model,
+    method, task), for which request and sample (both backends and the API path)."""
+    dataset, model, method, task = job.seed_parts[1:5]
+    return {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "task": task,
+        "context_id": request["context_id"],
+        "context": request["context"],
+        "prompt_id": request["prompt_id"],
+        "prompt": request["prompt"],
+        "target": request["target"],
+        "sample": sample,
+    }

@@ -14,7 +14,7 @@ from distalign.core.progress import Progress
 from distalign.core.scratch import remove_stale_scratch, scratch_dir
 from distalign.core.seeds import derive_seed
 from distalign.generation.guidance import PLAUSIBILITY, contrast_weights
-from distalign.generation.job import Job, Sampling, job_label, make_job
+from distalign.generation.job import Job, Sampling, job_label, make_job, row_head
 from distalign.generation.sampling import (
     Guidance,
     SampleBatch,
@@ -123,23 +123,13 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
         )
         outs = backend.sample(batch, progress=progress)
     vers = versions()
-    dataset, model, method, task = job.seed_parts[1:5]
     rows = []
     for (i, s, k), (toks, stopped, seed, first) in zip(items, outs, strict=True):
         r = reqs[i]
         probe_lps = steer_lps[i] if steer_lps is not None else first
         rows.append(
             {
-                "dataset": dataset,
-                "model": model,
-                "method": method,
-                "task": task,
-                "context_id": r["context_id"],
-                "context": r["context"],
-                "prompt_id": r["prompt_id"],
-                "prompt": r["prompt"],
-                "target": r["target"],
-                "sample": s,
+                **row_head(job, r, s),
                 "steering_token": job.steering_tokens[k] if k is not None else None,
                 "steering_probs": steer_probs[i] if steer_probs is not None else None,
                 **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
@@ -174,7 +164,12 @@ def make_backend(job: Job):
     need = longest + 2 + job.sampling["max_new_tokens"]
     max_len = int(math.ceil(need / 256) * 256)
     b = VllmBackend(
-        job.model_dir, job.adapter, job.device, job.dtype, max_model_len=max_len, seed=int(job.seed_parts[0])
+        job.model_dir,
+        job.adapter,
+        device=job.device,
+        dtype=job.dtype,
+        max_model_len=max_len,
+        seed=int(job.seed_parts[0]),
     )
     return b, b.tokenizer
 

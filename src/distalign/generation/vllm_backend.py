@@ -60,6 +60,7 @@ class VllmBackend:
         self,
         model_dir,
         adapter=None,
+        *,
         device: str = "auto",
         dtype: str | None = None,
         max_model_len: int = 1024,
