@@ -60,6 +60,12 @@ VALIDITY = "results/validity/{dataset}/{model}/{method}/{task}"
 VALIDITY_GENERATIONS = f"{VALIDITY}/generations.jsonl"
 VALIDITY_LABELS = f"{VALIDITY}/labels.jsonl"
 VALIDITY_WEIGHTS = f"{VALIDITY}/weights.json"
+# Hint calibration (hinted methods with calibrated: true): the model's answers to the validation
+# prompts under every class hint, their labels, and the confusion and draw weights from them.
+HINT_CALIBRATION = "results/calibration/{dataset}/{model}/{method}/{task}"
+HINT_CALIBRATION_GENERATIONS = f"{HINT_CALIBRATION}/generations.jsonl"
+HINT_CALIBRATION_LABELS = f"{HINT_CALIBRATION}/labels.jsonl"
+HINT_CALIBRATION_WEIGHTS = f"{HINT_CALIBRATION}/weights.json"
 TABLE = "results/tables/{table}"  # {table}.csv + {table}.md
 FIGURE = "results/figures/{figure}"  # {figure}.png + {figure}.pdf
 LOGS = "results/logs"

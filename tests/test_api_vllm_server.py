@@ -5,6 +5,7 @@ OpenAI-compatible server on 127.0.0.1 (the embedded SmolLM2, started by the test
 Slow (the server loads in about a minute on 2 cores) and needs .venv-vllm.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,11 @@ def _config(url: str) -> dict:
                 "api": {"base_url": url, "api_key_env": KEY_ENV, "concurrency": 2, "timeout": 120},
             }
         },
-        "generation": {"samples_per_prompt": 2},
-        "report": {"artefacts": ["table1", "table4"], "table1_methods": ["zero-shot", "pe-explicit", "ours"]},
+        "generation": {"samples_per_prompt": 2, "max_new_tokens": {"attribute": 16, "story": 64}},
+        "report": {
+            "artefacts": ["table1", "table2", "table4"],
+            "table1_methods": ["zero-shot", "hinted-calibrated", "ours"],
+        },
     }
 
 
@@ -76,10 +80,26 @@ def test_snakemake_all_on_a_model_behind_a_vllm_server(
         assert (
             len({(r["prompt_id"], r["sample"]) for r in rows}) == 16 and len({r["seed"] for r in rows}) == 16
         )
+        sent = [
+            *(tmp_path / "results/generations").rglob("*.jsonl"),
+            *(tmp_path / "results/calibration").rglob("generations.jsonl"),
+        ]
+        assert len(sent) >= 2 * 2 + 2  # (zero-shot, hinted-calibrated) x 2 tasks, 2 calibration runs, ...
         cache = tmp_path / "results/cache/api/hosted.jsonl"
-        assert len(cache.read_text().splitlines()) == 32  # two methods x 16 requests
-        table = (tmp_path / "results/tables/table1.csv").read_text()
-        assert "Zero-shot" in table and "Ours" not in table
+        assert len(cache.read_text().splitlines()) == sum(len(read_jsonl(f)) for f in sent)
+        hinted = read_jsonl(tmp_path / "results/generations/tiny-real/hosted/hinted-calibrated/story.jsonl")
+        assert {r["hint"] for r in hinted} <= {"male", "female"} and all(
+            r["prompt"].endswith(".") for r in hinted
+        )
+        weights = json.loads(
+            (
+                tmp_path / "results/calibration/tiny-real/hosted/hinted-calibrated/story/weights.json"
+            ).read_text()
+        )
+        assert len(weights["confusion"]) == 2 and 0 <= weights["expected_mae"] <= 1
+        for name in ("table1", "table2"):
+            table = (tmp_path / f"results/tables/{name}.csv").read_text()
+            assert "Zero-shot" in table and "Hinted (calibrated)" in table and "Ours" not in table
         # A forced rerun is answered from the cache, byte for byte.
         before = gen.read_bytes()
         target = str(gen.relative_to(tmp_path))

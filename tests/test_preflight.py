@@ -353,7 +353,11 @@ def test_every_expensive_job_waits_for_its_own_marker(workdir, snakemake_run):
     label jobs read an endpoint marker."""
     proc = snakemake_run(workdir, "-n", "all", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    consumers = [b for r in ("train", "generate", "capabilities") for b in _rule_blocks(proc.stdout, r)]
+    consumers = [
+        b
+        for r in ("train", "generate", "hint_calibration_generate", "capabilities")
+        for b in _rule_blocks(proc.stdout, r)
+    ]
     markers = [re.findall(r"results/preflight/models/[^,\s]+\.json", _input(b)) for b in consumers]
     assert all(len(m) == 1 for m in markers), markers
     made = [re.search(r"output: (\S+)", b).group(1) for b in _rule_blocks(proc.stdout, "preflight")]

@@ -65,19 +65,20 @@ def scaled(base):
 
 
 def attribute_spec(wildcards):
-    """An attribute's settings without its classes' story hints (they change D_story only) and its
-    judge check (read by the judge_check rule only)."""
+    """An attribute's settings without its classes' hints (story_hint changes D_story and the hinted
+    methods only, attribute_hint the hinted methods: they get them in their method spec) and its judge
+    check (read by the judge_check rule only)."""
     name = config["datasets"][wildcards.dataset]["attribute"]
     spec = {k: v for k, v in config["attributes"][name].items() if k != "judge_check"}
-    classes = [{k: v for k, v in c.items() if k != "story_hint"} for c in spec["classes"]]
+    classes = [{k: v for k, v in c.items() if k not in HINT_KEYS.values()} for c in spec["classes"]]
     return {"name": name, **spec, "classes": classes}
 
 
 # Keys of a method that only change the results when set: left out when off, so that methods
 # defined before the key existed keep their results.
-OPTIONAL_METHOD_KEYS = ("story_data", "validity_correction", "steering_guidance")
+OPTIONAL_METHOD_KEYS = ("story_data", "validity_correction", "steering_guidance", "calibrated")
 # Keys that change how a method samples, not its adapter.
-GENERATION_ONLY_METHOD_KEYS = ("validity_correction", "steering_guidance")
+GENERATION_ONLY_METHOD_KEYS = ("validity_correction", "steering_guidance", "calibrated")
 
 
 def _off(key, value):
@@ -133,7 +134,7 @@ API_MODELS = [m for m in config["run"]["models"] if is_api_model(config, m)]
 if API_MODELS:
     from snakemake.logging import logger
 
-    _skipped = [m for m in config["run"]["methods"] if method_kind(m) != "prompt"]
+    _skipped = [m for m in config["run"]["methods"] if method_kind(m) in TRAINED_KINDS]
     logger.warning(
         f"API model(s) {', '.join(API_MODELS)} (source openai): skipping methods "
         f"{', '.join(_skipped) or '(none)'}, the probe and the capability check on them: they need the "

@@ -81,6 +81,38 @@ use rule label as validity_label with:
         f"{BENCHMARKS}/validity/label/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"
 
 
+use rule label as hint_calibration_label with:
+    input:
+        generations=HINT_CALIBRATION_GENERATIONS,
+        preflight=preflight_endpoints_marker("hint_calibration_label"),
+    output:
+        labels=HINT_CALIBRATION_LABELS,
+    log:
+        f"{LOGS}/calibration/label/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/calibration/label/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"
+
+
+# Hint calibration: confusion of hint and judged class -> per-context draw weights (an LP).
+rule hint_calibration:
+    input:
+        labels=HINT_CALIBRATION_LABELS,
+        targets=TARGETS,
+    output:
+        weights=HINT_CALIBRATION_WEIGHTS,
+    log:
+        f"{LOGS}/calibration/weights/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        attribute=attribute_spec,
+    script:
+        "../scripts/hint_calibration.py"
+
+
 # Validity correction: valid share per steering token on the validation answers -> draw weights 1 / v_k.
 rule validity:
     input:

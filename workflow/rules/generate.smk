@@ -70,3 +70,24 @@ use rule generate as validity_generate with:
         placement=steering_placement,
         seed=config["seed"],
         split="val",
+
+
+# Hint calibration: the hinted method answers the validation prompts under every class hint in turn.
+use rule generate as hint_calibration_generate with:
+    input:
+        unpack(hint_calibration_inputs),
+        preflight=preflight_marker("hint_calibration_generate"),
+    output:
+        generations=HINT_CALIBRATION_GENERATIONS,
+    log:
+        f"{LOGS}/calibration/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/calibration/generate/{{dataset}}/{{model}}/{{method}}/{{task}}.tsv"
+    params:
+        method=generation_method_spec,
+        attribute=attribute_spec,
+        generation=generation_settings,
+        placement=steering_placement,
+        seed=config["seed"],
+        split="val",
+        hint_mode="each",

@@ -34,6 +34,16 @@ requests = load_requests(
     spec.spec,
     split=split,
 )
+hint_weights = None
+if snakemake.input.get("hint_weights"):  # a calibrated hinted method: per-context draw weights
+    calibration = read_json(snakemake.input.hint_weights)
+    hint_weights = calibration["weights"]
+    log.info(
+        "hint calibration %s: follow rate per hint %s, expected MAE %.4f",
+        snakemake.input.hint_weights,
+        dict(zip(calibration["classes"], [round(x, 3) for x in calibration["follow_rate"]], strict=True)),
+        calibration["expected_mae"],
+    )
 weights = None
 if snakemake.input.get("validity"):
     weights = read_weights(read_json(snakemake.input.validity), attribute, snakemake.input.validity)
@@ -63,6 +73,8 @@ rows = generate(
     adapter=snakemake.input.get("adapter"),
     threads=snakemake.threads,
     token_weights=weights,
+    hint_weights=hint_weights,
+    hint_mode=p.get("hint_mode", "draw"),
 )
 write_jsonl(snakemake.output.generations, rows)
 log.info("wrote %d rows to %s", len(rows), snakemake.output.generations)

@@ -287,6 +287,11 @@ def _method_errors(config: dict) -> list[str]:
                         f"config key 'attributes.{aname}.classes': class(es) {missing} have no story_hint, "
                         f"which method {name!r} (story_data: true) needs to write D_story"
                     )
+        if m.get("calibrated") and m.get("kind") != "hinted":
+            errs.append(
+                f"config key 'methods.{name}.calibrated': only methods of kind 'hinted' draw a class "
+                f"to calibrate, not {m.get('kind')!r}"
+            )
         corrected = m.get("validity_correction") or []
         if corrected and m.get("kind") != "ours":
             errs.append(
@@ -685,10 +690,19 @@ def inapplicable_reason(
     ds = config["datasets"][dataset]
     m = config["methods"][method]
     attr = config["attributes"][ds["attribute"]]
-    if model is not None and m["kind"] != "prompt":
+    if model is not None and m["kind"] in TRAINED_KINDS:
         reason = needs_weights_reason(config, model, f"method {method!r} (kind {m['kind']})")
         if reason:
             return reason
+    if m["kind"] == "hinted":
+        key = HINT_KEYS[task]
+        missing = [c["name"] for c in attr["classes"] if not c.get(key)]
+        if missing:
+            return (
+                f"method {method!r} (kind hinted) asks for a class with its hint, and class(es) {missing} of "
+                f"attribute {ds['attribute']!r} have no {key} for the {task} task "
+                f"(attributes.{ds['attribute']}.classes[].{key})"
+            )
     if m.get("prompt_style") == "implicit" and ds["target"] != "real":
         return (
             f"method {method!r} (prompt_style implicit) asks to follow real-world statistics, and dataset "
@@ -773,6 +787,8 @@ def schema_markdown(schema: dict | None = None) -> str:
 #: Method kinds that train an adapter (``methods.<m>.kind``); the rest (``prompt``) use the base model.
 #: One list: training, generation, the pre-flight checks and the rules all read this one.
 TRAINED_KINDS = ("ift", "dpo", "ours")
+# The class key holding the hint a hinted method appends, per task.
+HINT_KEYS = {"attribute": "attribute_hint", "story": "story_hint"}
 
 
 @dataclass(frozen=True)

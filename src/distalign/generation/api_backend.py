@@ -38,6 +38,7 @@ from distalign.core.endpoints import ChatEndpoint, EndpointSettings
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
 from distalign.generation.job import GenerationError, Job, Sampling, job_label, row_head
+from distalign.generation.sampling import hinted_prompt
 
 log = logging.getLogger("distalign.generate")
 
@@ -143,12 +144,13 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
     sampling = Sampling(**job.sampling)
     items = []
     for r in job.requests:
-        messages = [{"role": "user", "content": r["prompt"]}]
         for s in range(job.samples_per_prompt):
+            text, hint = hinted_prompt(job, r, s)
+            messages = [{"role": "user", "content": text}]
             seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
             params = request_params(sampling, seed, bool(api.get("send_seed", True)))
             key = request_key(api.get("base_url"), api["model"], messages, params, seed, r["prompt_id"], s)
-            items.append((r, s, seed, messages, params, key))
+            items.append((r, s, seed, messages, params, key, hint))
     missing = [it for it in items if cache.get(it[5]) is None]
     log.info(
         "%s: %d requests, %d answered before (%s), %d to send to %s",
@@ -161,7 +163,7 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
     )
 
     def ask(item):
-        _, _, _, messages, params, key = item
+        _, _, _, messages, params, key, _ = item
         reply = endpoint.chat(messages, **params)
         cache.put(
             key,
@@ -179,11 +181,12 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
             endpoint.map(ask, missing, progress=progress)
     versions = {"openai": openai.__version__}
     rows = []
-    for r, s, seed, _, _, key in items:
+    for r, s, seed, messages, _, key, hint in items:
         answer = cache.get(key)
         rows.append(
             {
-                **row_head(job, r, s),
+                **row_head(job, {**r, "prompt": messages[0]["content"]}, s),
+                **({"hint": hint} if hint is not None else {}),
                 "steering_token": None,
                 "steering_probs": None,
                 "response": answer["text"],

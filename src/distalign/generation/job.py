@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from distalign.core.attributes import Attribute, method_token_set
-from distalign.core.config import TRAINED_KINDS, GenerationSpec, method_guidance
+from distalign.core.config import HINT_KEYS, TRAINED_KINDS, GenerationSpec, method_guidance
 from distalign.data.prompts import method_prompt
 
 log = logging.getLogger("distalign.generate")
@@ -110,6 +110,7 @@ class Job:
     guidance: float | None = None  # steering guidance scale (distalign.generation.guidance); None or 1 = off
     guidance_plausibility: float | None = None  # its plausibility constraint (None = guidance.PLAUSIBILITY)
     api: dict | None = None  # backend openai: the endpoint's base_url, served model name and send_seed
+    hints: dict | None = None  # kind hinted: {"classes", "texts", "mode", "weights"} (see make_hints)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -131,8 +132,15 @@ def make_job(
     threads: int | None = None,
     backend: str | None = None,
     token_weights: Sequence[float] | None = None,
+    hint_weights: Mapping | None = None,
+    hint_mode: str = "draw",
 ) -> Job:
     """Resolve a :class:`GenerationSpec` into a :class:`Job` for one (dataset, model, method, task).
+
+    A method of kind hinted appends a class hint to each request: ``hint_mode`` "draw" draws the
+    class per (prompt, sample) from ``hint_weights`` (context id -> class weights: the calibration)
+    or, without them, from the context's target; "each" asks every class in turn (the calibration
+    run: samples_per_prompt times each, so K x samples_per_prompt samples per prompt).
 
     The spec's values were checked by the schema and ``validate_config``; what is checked here is
     what only the caller knows: an adapter for a trained method, and ``token_weights`` (one positive
@@ -147,10 +155,20 @@ def make_job(
     backend = backend or gen["backend"]
     pointer = read_pointer(model_dir)
     if pointer["source"] == "openai":
-        return _api_job(requests, spec, pointer, dataset=dataset, model=model, task=task, threads=threads)
+        return _api_job(
+            requests,
+            spec,
+            pointer,
+            dataset=dataset,
+            model=model,
+            task=task,
+            threads=threads,
+            hint_mode=hint_mode,
+            hint_weights=hint_weights,
+        )
     if spec.kind in TRAINED_KINDS and adapter is None:
         raise GenerationError(f"method {method!r} (kind {spec.kind}) needs its trained adapter")
-    if spec.kind == "prompt":
+    if spec.kind not in TRAINED_KINDS:
         adapter = None
     attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
     steering = (
@@ -167,6 +185,7 @@ def make_job(
                 f"steering token {steering}), got {list(token_weights)}"
             )
         token_weights = [float(w) for w in token_weights]
+    hints = make_hints(spec, attribute, task, hint_mode, hint_weights)
     guidance, plausibility = method_guidance(spec.spec, task)
     if guidance is not None and backend != "transformers":
         log.info(
@@ -186,7 +205,8 @@ def make_job(
         requests=requests,
         seed_parts=[spec.seed, dataset, model, method, task],
         sampling=asdict(sampling_from_config(gen, task)),
-        samples_per_prompt=int(gen["samples_per_prompt"]),
+        samples_per_prompt=int(gen["samples_per_prompt"])
+        * (len(hints["classes"]) if hints and hints["mode"] == "each" else 1),
         batch_size=int(gen["batch_size"]),
         steering_tokens=steering,
         class_tokens=steering if steering else attribute.labels,
@@ -195,6 +215,7 @@ def make_job(
         token_weights=token_weights,
         guidance=guidance,
         guidance_plausibility=plausibility,
+        hints=hints,
     )
 
 
@@ -203,16 +224,21 @@ def job_label(job: Job) -> str:
     return "/".join(str(x) for x in job.seed_parts[1:5])
 
 
-def _api_job(requests, spec: GenerationSpec, pointer: dict, *, dataset, model, task, threads) -> Job:
+def _api_job(
+    requests, spec: GenerationSpec, pointer: dict, *, dataset, model, task, threads, hint_mode, hint_weights
+) -> Job:
     """The job of a model behind an endpoint (source openai): plain prompts, no steering draw, no
     probe; its backend is ``openai`` whatever generation.backend says."""
-    if spec.kind != "prompt":
+    if spec.kind in TRAINED_KINDS:
         raise GenerationError(
             f"method {spec.method!r} (kind {spec.kind}) needs the model's weights; model {model!r} is "
             f"served by an API (models.{model}.source: openai)"
         )
     api = pointer.get("api") or {}
     gen = spec.generation
+    attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
+    hints = make_hints(spec, attribute, task, hint_mode, hint_weights)
+    each = len(hints["classes"]) if hints and hints["mode"] == "each" else 1
     return Job(
         backend="openai",
         model_dir="",
@@ -222,7 +248,7 @@ def _api_job(requests, spec: GenerationSpec, pointer: dict, *, dataset, model, t
         requests=requests,
         seed_parts=[spec.seed, dataset, model, spec.method, task],
         sampling=asdict(sampling_from_config(gen, task)),
-        samples_per_prompt=int(gen["samples_per_prompt"]),
+        samples_per_prompt=int(gen["samples_per_prompt"]) * each,
         batch_size=int(gen["batch_size"]),
         class_tokens=None,
         threads=threads,
@@ -231,6 +257,7 @@ def _api_job(requests, spec: GenerationSpec, pointer: dict, *, dataset, model, t
             "model": pointer["path_or_id"],
             "send_seed": bool(api.get("send_seed", True)),
         },
+        hints=hints,
     )
 
 
@@ -249,4 +276,34 @@ def row_head(job: Job, request: dict, sample: int) -> dict:
         "prompt": request["prompt"],
         "target": request["target"],
         "sample": sample,
+    }
+
+
+def make_hints(
+    spec: GenerationSpec, attribute: Attribute, task: str, mode: str, weights: Mapping | None
+) -> dict | None:
+    """The hints of a method of kind hinted (None for other kinds): the class names, each class's
+    hint for ``task`` (attribute_hint / story_hint), how a request's class is chosen (``mode``) and
+    the calibrated weights per context id (None: the context's target)."""
+    if spec.kind != "hinted":
+        return None
+    if mode not in ("draw", "each"):
+        raise GenerationError(f"hint mode {mode!r}: expected draw or each")
+    key = HINT_KEYS[task]
+    # a rule passes the task's hints in the method spec (its attribute param leaves hints out)
+    given = spec.spec.get("hints") or {c["name"]: c.get(key) for c in spec.attribute["classes"]}
+    texts = [given.get(name) for name in attribute.names]
+    missing = [n for n, t in zip(attribute.names, texts, strict=True) if not t]
+    if missing:
+        raise GenerationError(
+            f"method {spec.method!r} (kind hinted): class(es) {missing} have no {key} "
+            f"(attributes.{spec.attribute_name}.classes[].{key})"
+        )
+    if spec.spec.get("calibrated") and mode == "draw" and weights is None:
+        raise GenerationError(f"method {spec.method!r} is calibrated: it needs the calibration's weights")
+    return {
+        "classes": list(attribute.names),
+        "texts": texts,
+        "mode": mode,
+        "weights": {str(k): [float(x) for x in v] for k, v in weights.items()} if weights else None,
     }

@@ -20,6 +20,7 @@ from distalign.generation.sampling import (
     SampleBatch,
     draw_index,
     first_token_ids,
+    hinted_prompt,
     restricted_probs,
     steering_draw_seed,
     weighted_probs,
@@ -108,9 +109,11 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
                         ]
                     )
                     guidance.weights.append(contrast_weights(steer_probs[i], k))
+                hint = (r["prompt"], None)
             else:
-                prompts.append(prompt_ids(tokenizer, r["prompt"]))
-            items.append((i, s, tok))
+                hint = hinted_prompt(job, r, s)
+                prompts.append(prompt_ids(tokenizer, hint[0]))
+            items.append((i, s, tok, hint))
             seeds.append(item_seed)
     with Progress(len(prompts), f"generate {job_label(job)}", log, unit="row") as progress:
         batch = SampleBatch(
@@ -124,12 +127,13 @@ def run_generation(backend, tokenizer, job: Job) -> list[dict]:
         outs = backend.sample(batch, progress=progress)
     vers = versions()
     rows = []
-    for (i, s, k), (toks, stopped, seed, first) in zip(items, outs, strict=True):
+    for (i, s, k, (text, hint)), (toks, stopped, seed, first) in zip(items, outs, strict=True):
         r = reqs[i]
         probe_lps = steer_lps[i] if steer_lps is not None else first
         rows.append(
             {
-                **row_head(job, r, s),
+                **row_head(job, {**r, "prompt": text}, s),
+                **({"hint": hint} if hint is not None else {}),
                 "steering_token": job.steering_tokens[k] if k is not None else None,
                 "steering_probs": steer_probs[i] if steer_probs is not None else None,
                 **({"token_weights": job.token_weights} if job.token_weights is not None else {}),
@@ -196,7 +200,7 @@ def execute(job: Job, vllm_python: str | None = None, vllm_lora: str = "auto") -
 def generate(requests: list[dict], *, spec: GenerationSpec, **job_fields) -> list[dict]:
     """Generation rows for one (dataset, model, method, task): one per (test prompt, sample).
     ``job_fields`` are those of :func:`~distalign.generation.job.make_job` (dataset, model, task,
-    model_dir, adapter, threads, backend, token_weights)."""
+    model_dir, adapter, threads, backend, token_weights, hint_weights, hint_mode)."""
     job = make_job(requests, spec=spec, **job_fields)
     if job.backend == "openai":
         from distalign.generation.api_backend import run_api_job

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
-from distalign.generation.job import GenerationError, Sampling
+from distalign.generation.job import GenerationError, Job, Sampling
 from distalign.modeling.chat import prompt_ids
 
 
@@ -121,3 +121,25 @@ class SampleBatch:
     seed_parts: Sequence
     first_ids: Sequence[int] | None = None
     guidance: Guidance | None = None
+
+
+def hinted_prompt(job: Job, request: dict, sample: int) -> tuple[str, str | None]:
+    """The user text sent for one (request, sample), and the class its hint asks for (None: the job
+    has no hints). A drawn class comes from a generator seeded by the job's seed parts, the prompt
+    id, the sample and "hint": the same draw on every backend and on a rerun."""
+    hints = job.hints
+    if not hints:
+        return request["prompt"], None
+    if hints["mode"] == "each":
+        k = sample % len(hints["classes"])
+    else:
+        weights = request["target"]
+        if hints["weights"] is not None:
+            weights = hints["weights"].get(str(request["context_id"]))
+            if weights is None:
+                raise GenerationError(
+                    f"the calibration has no weights for context {request['context_id']} "
+                    f"({request['context']!r}): rerun its hint_calibration job"
+                )
+        k = draw_index(weights, derive_seed(*job.seed_parts, request["prompt_id"], sample, "hint"))
+    return f"{request['prompt'].rstrip()} {hints['texts'][k].strip()}", hints["classes"][k]

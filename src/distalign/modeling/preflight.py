@@ -52,11 +52,18 @@ log = logging.getLogger("distalign.preflight")  # logger names are stable: logs 
 
 # Consumer rules whose jobs load the model (their marker: rule preflight, with the model's checks);
 # sweep_generate inherits generate's input, so its jobs are named generate/... with the sweep wildcards.
-MODEL_JOBS = ("train", "generate", "validity_generate", "story_data", "capabilities")
+MODEL_JOBS = (
+    "train",
+    "generate",
+    "validity_generate",
+    "hint_calibration_generate",
+    "story_data",
+    "capabilities",
+)
 
 
 # Consumer rules that only call an endpoint (their marker: rule preflight_endpoints).
-LABEL_JOBS = ("label", "validity_label", "sweep_label")
+LABEL_JOBS = ("label", "validity_label", "hint_calibration_label", "sweep_label")
 
 
 ENDPOINT_JOBS = (*LABEL_JOBS, "prompts")
@@ -80,10 +87,12 @@ JOB_FIELDS = {
     "train": ("dataset", "method"),
     "generate": ("dataset", "method", "task"),
     "validity_generate": ("dataset", "method", "task"),
+    "hint_calibration_generate": ("dataset", "method", "task"),
     "story_data": ("dataset",),
     "capabilities": ("dataset", "method"),
     "label": ("dataset", "model", "method", "task"),
     "validity_label": ("dataset", "model", "method", "task"),
+    "hint_calibration_label": ("dataset", "model", "method", "task"),
     "sweep_label": ("dataset", "model", "method", "task"),
     "prompts": ("dataset", "task"),
 }

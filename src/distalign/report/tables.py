@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from distalign.core.config import TRAINED_KINDS
 from distalign.core.io import atomic_path
 from distalign.evaluation.metrics import noise_floor
 
@@ -368,7 +369,7 @@ def report_config(config: Mapping) -> dict:
 
 def has_row(config: Mapping, model: str, method: str) -> bool:
     """Whether a table shows (model, method): an API model has no row for a method that needs weights."""
-    return model not in config.get("api_models", ()) or config["methods"][method]["kind"] == "prompt"
+    return model not in config.get("api_models", ()) or config["methods"][method]["kind"] not in TRAINED_KINDS
 
 
 @dataclass(frozen=True)

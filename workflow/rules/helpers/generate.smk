@@ -2,7 +2,7 @@
 # the inputs and sampling params of a generation job.
 from snakemake.exceptions import WorkflowError
 
-from distalign.core.config import guided_tasks
+from distalign.core.config import HINT_KEYS, guided_tasks
 
 
 def generation_method_spec(wildcards):
@@ -13,6 +13,9 @@ def generation_method_spec(wildcards):
     scale = guided_tasks(guidance).get(wildcards.task)
     if scale is not None:
         spec["steering_guidance"] = {wildcards.task: scale, "plausibility": guidance.get("plausibility")}
+    if spec["kind"] == "hinted":  # the task's hint per class (the attribute param leaves hints out)
+        attr = config["attributes"][config["datasets"][wildcards.dataset]["attribute"]]
+        spec["hints"] = {c["name"]: c.get(HINT_KEYS[wildcards.task]) for c in attr["classes"]}
     return spec
 
 
@@ -38,6 +41,8 @@ def generation_inputs(wildcards):
     """Model, test prompts of the task, targets, template bank, (trained methods) the adapter and
     (validity_correction) the draw weights from the method's validation answers."""
     inputs = _stage_inputs(wildcards, wildcards.task)
+    if config["methods"][wildcards.method].get("calibrated"):
+        inputs["hint_weights"] = HINT_CALIBRATION_WEIGHTS.format(**dict(wildcards.items()))
     if validity_corrected(wildcards.method, wildcards.task):
         inputs["validity"] = VALIDITY_WEIGHTS.format(
             dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method, task=wildcards.task
@@ -66,3 +71,12 @@ def probe_generations(wildcards):
     require_weights(wildcards, "the probe")
     return PROBE_GENERATIONS.format(dataset=wildcards.dataset, model=wildcards.model, method=wildcards.method)
 
+
+def hint_calibration_inputs(wildcards):
+    """What the calibration run of a calibrated hinted method reads: as generation, without weights."""
+    if not config["methods"][wildcards.method].get("calibrated"):
+        raise WorkflowError(
+            f"cannot build the hint calibration of method {wildcards.method!r}: it is not a hinted method "
+            f"with calibrated: true (methods.{wildcards.method})"
+        )
+    return _stage_inputs(wildcards, wildcards.task)
