@@ -61,10 +61,10 @@ class VllmBackend:
         model_dir,
         adapter=None,
         *,
-        device: str = "auto",
-        dtype: str | None = None,
         max_model_len: int = 1024,
         seed: int = 0,
+        device: str = "auto",
+        dtype: str | None = None,
     ):
         _vllm_env()
         import torch
