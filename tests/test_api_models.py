@@ -90,6 +90,9 @@ def test_one_request_per_sample_with_its_seed_and_what_the_endpoint_reported(con
     assert (r["endpoint_model"], r["system_fingerprint"], r["backend"]) == (MODEL, FINGERPRINT, "openai")
     assert r["steering_token"] is None and r["probe_logprobs"] is None
     assert [(x["prompt_id"], x["sample"]) for x in rows[:2]] == [("test-0", 0), ("test-0", 1)]
+    import logging
+
+    assert all(logging.getLogger(n).getEffectiveLevel() >= logging.WARNING for n in ("httpx", "openai"))
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,17 @@ class _MinInterval:
             sleep(slot - now)
 
 
+# The HTTP libraries under the openai client log one INFO line per request (thousands per job):
+# an endpoint caller keeps them to warnings and up.
+QUIET_LOGGERS = ("httpx", "httpx2", "openai")
+
+
+def quiet_http_logs() -> None:
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, logging.WARNING))
+
+
 class ChatEndpoint:
     """One OpenAI-compatible chat endpoint: a lazily created shared client, retries, a rate limit.
 
@@ -207,6 +218,7 @@ class ChatEndpoint:
         client=None,
     ):
         self.settings = settings
+        quiet_http_logs()
         self.stats = stats if stats is not None else collections.Counter()
         self.log = logger or logging.getLogger("distalign.endpoints")
         self._client = client
