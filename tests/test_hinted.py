@@ -141,3 +141,42 @@ def test_a_calibrated_hinted_method_on_an_api_model_plans_its_calibration(workdi
     for rule in ("hint_calibration_generate", "hint_calibration_label", "hint_calibration", "generate"):
         assert f"rule {rule}:" in proc.stdout, rule
     assert "rule train:" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_hinted_on_a_local_model_sends_the_same_hinted_prompts(config, tmp_path, embedded_model_dir):
+    """The transformers backend draws the same classes and sends the same texts as the API path."""
+    pytest.importorskip("torch")
+    from helpers import SMOL_VOCAB, TWO_LAYERS, save_model_dir, tiny_llama
+    from test_generate import _requests as local_requests
+    from test_generate import tiny_dir  # noqa: F401  (fixture)
+
+    model_dir = save_model_dir(
+        tmp_path / "tiny",
+        tiny_llama(SMOL_VOCAB, **TWO_LAYERS, max_position_embeddings=512),
+        embedded_model_dir,
+    )
+    config["generation"].update(
+        backend="transformers", samples_per_prompt=4, max_new_tokens={"attribute": 3, "story": 3}
+    )
+    spec = GenerationSpec.from_config(config, "uk-real", "hinted")
+    kw = dict(spec=spec, dataset="uk-real", model="tiny", task="attribute", model_dir=model_dir, threads=2)
+    rows = generate(local_requests(3), **kw)
+    assert rows == generate(local_requests(3), **kw) and len(rows) == 12
+    with FaultServer() as server:
+        cfg = _config(config, server.url)
+        cfg["generation"].update(samples_per_prompt=4)
+        api_spec = GenerationSpec.from_config(cfg, "uk-real", "hinted", model="hosted")
+        api_spec = GenerationSpec(**{**api_spec.__dict__, "api_cache": str(tmp_path / "cache")})
+        api_rows = generate(
+            local_requests(3),
+            spec=api_spec,
+            dataset="uk-real",
+            model="tiny",
+            task="attribute",
+            model_dir=_pointer(tmp_path, cfg),
+        )
+    # the draw is the library's, not the backend's: same classes, same texts (each row's seed is the
+    # one its backend sampled with: a batch seed on transformers, a request seed on the API)
+    assert [(r["hint"], r["prompt"]) for r in rows] == [(r["hint"], r["prompt"]) for r in api_rows]
+    assert {r["hint"] for r in rows} == {"male", "female"}
