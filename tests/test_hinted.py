@@ -149,7 +149,6 @@ def test_hinted_on_a_local_model_sends_the_same_hinted_prompts(config, tmp_path,
     pytest.importorskip("torch")
     from helpers import SMOL_VOCAB, TWO_LAYERS, save_model_dir, tiny_llama
     from test_generate import _requests as local_requests
-    from test_generate import tiny_dir  # noqa: F401  (fixture)
 
     model_dir = save_model_dir(
         tmp_path / "tiny",
