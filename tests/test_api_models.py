@@ -98,7 +98,9 @@ def test_one_request_per_sample_with_its_seed_and_what_the_endpoint_reported(con
 @pytest.mark.parametrize(
     "fault, error", [(("status", 500, {}), "HTTP 500"), (("drop",), "APIConnectionError")]
 )
-def test_a_rerun_sends_nothing_and_a_killed_job_resumes_to_the_same_bytes(config, tmp_path, fault, error):
+def test_a_rerun_sends_nothing_and_a_killed_job_resumes_to_the_same_bytes(
+    config, tmp_path, fault, error, caplog
+):
     with FaultServer() as server:
         cfg = _config(config, server.url)
         model_dir = _pointer(tmp_path, cfg)
@@ -118,6 +120,7 @@ def test_a_rerun_sends_nothing_and_a_killed_job_resumes_to_the_same_bytes(config
             fh.write('{"key": "abc", "answ')
         resumed = _generate(cfg, model_dir, tmp_path / "resumed")
         assert server.count == 3 + 4  # the resumed job sent only what was not answered
+        assert "skipped 1 unreadable line(s)" in caplog.text
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_jsonl(a, whole)
     write_jsonl(b, resumed)

@@ -335,11 +335,8 @@ class OpenAIParaphraser:
         client=None,
     ):
         self.model = model
-        self.base_url = base_url
         self.cache = ParaphraseCache(cache)
-        self.max_retries = max_retries
         self.temperature = temperature
-        self.backoff = backoff
         self.max_attempts = max_attempts_per_template
         self.stats: Counter = Counter()
         settings = EndpointSettings(

@@ -33,6 +33,7 @@ import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from distalign.core.endpoints import ChatEndpoint, EndpointSettings
 from distalign.core.progress import Progress
@@ -85,7 +86,7 @@ class AnswerCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._answers: dict[str, dict] = {}
-        self._torn = 0
+        torn = 0
         if self.path.exists():
             with self.path.open(encoding="utf-8") as fh:
                 for line in fh:
@@ -93,7 +94,13 @@ class AnswerCache:
                         entry = json.loads(line)
                         self._answers.setdefault(entry["key"], entry["answer"])
                     except (json.JSONDecodeError, KeyError, TypeError):
-                        self._torn += 1
+                        torn += 1
+        if torn:
+            log.warning(
+                "%s: skipped %d unreadable line(s) (a job killed mid-write): their requests are sent again",
+                self.path,
+                torn,
+            )
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -136,6 +143,18 @@ def api_cache_path(cache_dir: str | os.PathLike | None, model: str) -> Path:
     return Path(cache_dir) / f"{model}.jsonl"
 
 
+class _Request(NamedTuple):
+    """One (prompt, sample) of a job: what is sent and how its answer is found in the cache."""
+
+    row: dict
+    sample: int
+    seed: int
+    messages: list
+    params: dict
+    key: str
+    hint: str | None
+
+
 def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> list[dict]:
     """Rows of ``job`` (one per request and sample), asking ``endpoint`` only what ``cache`` lacks."""
     import openai
@@ -150,8 +169,8 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
             seed = derive_seed(*job.seed_parts, r["prompt_id"], s)
             params = request_params(sampling, seed, bool(api.get("send_seed", True)))
             key = request_key(api.get("base_url"), api["model"], messages, params, seed, r["prompt_id"], s)
-            items.append((r, s, seed, messages, params, key, hint))
-    missing = [it for it in items if cache.get(it[5]) is None]
+            items.append(_Request(r, s, seed, messages, params, key, hint))
+    missing = [it for it in items if cache.get(it.key) is None]
     log.info(
         "%s: %d requests, %d answered before (%s), %d to send to %s",
         job_label(job),
@@ -162,11 +181,10 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
         endpoint.url,
     )
 
-    def ask(item):
-        _, _, _, messages, params, key, _ = item
-        reply = endpoint.chat(messages, **params)
+    def ask(item: _Request):
+        reply = endpoint.chat(item.messages, **item.params)
         cache.put(
-            key,
+            item.key,
             {
                 "text": reply.text,
                 "model": reply.model,
@@ -181,18 +199,18 @@ def run_api_generation(job: Job, endpoint: ChatEndpoint, cache: AnswerCache) -> 
             endpoint.map(ask, missing, progress=progress)
     versions = {"openai": openai.__version__}
     rows = []
-    for r, s, seed, messages, _, key, hint in items:
-        answer = cache.get(key)
+    for it in items:
+        answer = cache.get(it.key)
         rows.append(
             {
-                **row_head(job, {**r, "prompt": messages[0]["content"]}, s),
-                **({"hint": hint} if hint is not None else {}),
+                **row_head(job, {**it.row, "prompt": it.messages[0]["content"]}, it.sample),
+                **({"hint": it.hint} if it.hint is not None else {}),
                 "steering_token": None,
                 "steering_probs": None,
                 "response": answer["text"],
                 "n_tokens": answer.get("completion_tokens"),
                 "stopped": answer.get("finish_reason") == "stop",
-                "seed": seed,
+                "seed": it.seed,
                 "backend": "openai",
                 "versions": versions,
                 "probe_token_ids": None,

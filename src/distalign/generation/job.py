@@ -205,8 +205,7 @@ def make_job(
         requests=requests,
         seed_parts=[spec.seed, dataset, model, method, task],
         sampling=asdict(sampling_from_config(gen, task)),
-        samples_per_prompt=int(gen["samples_per_prompt"])
-        * (len(hints["classes"]) if hints and hints["mode"] == "each" else 1),
+        samples_per_prompt=samples_per_prompt(gen, hints),
         batch_size=int(gen["batch_size"]),
         steering_tokens=steering,
         class_tokens=steering if steering else attribute.labels,
@@ -217,6 +216,12 @@ def make_job(
         guidance_plausibility=plausibility,
         hints=hints,
     )
+
+
+def samples_per_prompt(gen: Mapping, hints: dict | None) -> int:
+    """generation.samples_per_prompt, times the number of classes when every hint is asked in turn."""
+    each = len(hints["classes"]) if hints and hints["mode"] == "each" else 1
+    return int(gen["samples_per_prompt"]) * each
 
 
 def job_label(job: Job) -> str:
@@ -238,7 +243,6 @@ def _api_job(
     gen = spec.generation
     attribute = Attribute.from_config(spec.attribute_name, spec.attribute)
     hints = make_hints(spec, attribute, task, hint_mode, hint_weights)
-    each = len(hints["classes"]) if hints and hints["mode"] == "each" else 1
     return Job(
         backend="openai",
         model_dir="",
@@ -248,7 +252,7 @@ def _api_job(
         requests=requests,
         seed_parts=[spec.seed, dataset, model, spec.method, task],
         sampling=asdict(sampling_from_config(gen, task)),
-        samples_per_prompt=int(gen["samples_per_prompt"]) * each,
+        samples_per_prompt=samples_per_prompt(gen, hints),
         batch_size=int(gen["batch_size"]),
         class_tokens=None,
         threads=threads,
