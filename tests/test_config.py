@@ -82,7 +82,7 @@ def test_schema_nodes_hold_only_schema_keywords(repo):
     [
         (
             lambda c: c["training"]["sft"].__setitem__("lr", 1e-4),
-            r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, lr_scheduler_type, min_steps\)",
+            r"config key 'training\.sft': unknown key\(s\) 'lr' \(expected one of: batch_size, epochs, learning_rate, lr_scheduler_type, min_steps, warmup_steps\)",
         ),
         (
             lambda c: c["training"]["sft"].__setitem__("learning_rate", "fast"),

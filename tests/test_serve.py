@@ -201,10 +201,13 @@ def test_hf_environment(tmp_path, monkeypatch):
     assert hf_environment({"home": "$SCRATCH/hf", "offline": True}) == {
         "HF_HOME": str((tmp_path / "hf").resolve()),
         "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    assert hf_environment(None) == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    assert hf_environment(None) == offline
     assert hf_environment({"offline": False})["HF_HUB_OFFLINE"] == "0"
+    assert hf_environment({"offline": False})["HF_DATASETS_OFFLINE"] == "0"
 
 
 def test_prefetch_cli_checks_the_cache_and_writes_a_marker(tmp_path):

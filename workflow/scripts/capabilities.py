@@ -9,7 +9,7 @@ from distalign.modeling.models import read_pointer, resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(max(1, int(snakemake.threads)))
-caps = snakemake.params.settings  # backend, and for lm-eval its tasks and limit
+caps = snakemake.params.settings  # backend, and for lm-eval its tasks, limit and extra task folders
 adapter = snakemake.input.get("adapter")
 device = resolve_device(operational(snakemake, "training.device"))
 if caps["backend"] == "local":
@@ -30,6 +30,7 @@ else:
         batch_size=operational(snakemake, "capabilities.lm_eval_batch_size"),
         device=device,
         dtype=dtype,
+        include=caps.get("lm_eval_include") or (),
     )
 out["run"] = dict(snakemake.wildcards.items())
 out["adapter"] = adapter

@@ -304,7 +304,7 @@ def _method_errors(config: dict) -> list[str]:
                 f"steering token to guide by, not {m.get('kind')!r}"
             )
         overrides = m.get("train_overrides") or {}
-        unknown = set(overrides) - set(config.get("training", {}))
+        unknown = set(overrides) - (set(config.get("training", {})) - {"overrides"})
         if unknown:
             errs.append(
                 f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}"
@@ -471,18 +471,89 @@ def _cross_reference_errors(config: dict) -> list[str]:
 def _override_errors(config: dict, schema: dict) -> list[str]:
     """Each method's training section after its ``train_overrides``, checked against the schema of
     ``training`` (an override such as an unknown scheduler name is caught here, not in a job)."""
-    sub = schema.get("properties", {}).get("training")
-    if not sub:
+    validator = _section_validator(schema)
+    if validator is None:
         return []
-    validator = jsonschema.Draft202012Validator(sub)
     errs = []
     for name, m in config.get("methods", {}).items():
         if not m.get("train_overrides"):
             continue
-        merged = deep_merge(config.get("training", {}), m["train_overrides"])
+        merged = deep_merge(_base_training(config), m["train_overrides"])
         for e in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
             text = _describe(e)
             errs.append(text.replace("config key '", f"config key 'methods.{name}.train_overrides.", 1))
+    return errs
+
+
+def _section_validator(schema: dict):
+    """A validator of one resolved training section: the schema of ``training`` less ``overrides`` (what a job
+    gets never holds entries, and an entry or a train_overrides cannot set them), or None without one."""
+    sub = schema.get("properties", {}).get("training")
+    if not sub:
+        return None
+    props = {k: v for k, v in sub.get("properties", {}).items() if k != "overrides"}
+    return jsonschema.Draft202012Validator({**sub, "properties": props})
+
+
+def _under(error: jsonschema.ValidationError, prefix: str) -> str:
+    """``_describe`` of an error found in a sub-document, with its key put under ``prefix``."""
+    text = _describe(error)
+    if text.startswith("config key '<top level>'"):
+        return text.replace("<top level>", prefix, 1)
+    return text.replace("config key '", f"config key '{prefix}.", 1)
+
+
+# The selectors of a training.overrides entry: the config section its names come from, and what a name is.
+_OVERRIDE_SELECTORS = (("models", "model"), ("datasets", "dataset"), ("methods", "method"))
+
+
+def _training_override_errors(config: dict, schema: dict) -> list[str]:
+    """Each entry of ``training.overrides``: its selectors name models, datasets and trained methods that exist,
+    and its ``set`` merged into ``training`` passes the schema of ``training`` (less ``overrides``: an entry
+    cannot hold entries), so a wrong value in an entry stops the run before any job, as one in
+    ``methods.<m>.train_overrides`` does."""
+    validator = _section_validator(schema)
+    entries = (config.get("training") or {}).get("overrides") or []
+    if validator is None or not entries:
+        return []
+    base = _base_training(config)
+    errs: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"training.overrides[{i}]"
+        for key, what in _OVERRIDE_SELECTORS:
+            known = config.get(key, {})
+            for name in entry.get(key) or []:
+                if name not in known:
+                    errs.append(
+                        f"config key '{where}.{key}': unknown {what} {name!r} (defined: {sorted(known)})"
+                    )
+                elif key == "datasets" and known[name].get("adapters_from"):
+                    errs.append(
+                        f"config key '{where}.datasets': dataset {name!r} trains nothing (it uses the adapters "
+                        f"of {known[name]['adapters_from']!r}, datasets.{name}.adapters_from): select "
+                        f"{known[name]['adapters_from']!r}"
+                    )
+                elif key == "methods" and known[name].get("kind") not in TRAINED_KINDS:
+                    errs.append(
+                        f"config key '{where}.methods': method {name!r} is of kind {known[name].get('kind')!r}, "
+                        f"which trains nothing (trained kinds: {', '.join(TRAINED_KINDS)})"
+                    )
+        found = [
+            _under(e, f"{where}.set")
+            for e in sorted(
+                validator.iter_errors(deep_merge(base, entry["set"])),
+                key=lambda e: list(map(str, e.absolute_path)),
+            )
+        ]
+        errs += found
+        if not found and entry["set"].get("kl_weight") == 0:
+            for name in entry.get("methods") or config.get("methods", {}):
+                m = config.get("methods", {}).get(name) or {}
+                if m.get("kind") == "ours" and m.get("preference", "kto") == "none" and m.get("kl", True):
+                    errs.append(
+                        f"config key '{where}.set.kl_weight': 0 leaves method {name!r} (preference 'none') with "
+                        "no loss in its second stage; turn the steering KL on or leave the method out of the entry"
+                    )
     return errs
 
 
@@ -546,8 +617,10 @@ def coerce_strings(config: Mapping, schema: dict) -> None:
             extra = sub.get("additionalProperties")
             for key, item in value.items():
                 child = props.get(key, extra if isinstance(extra, Mapping) else None)
-                if key == "train_overrides" and "properties" not in resolve(child or {}):
-                    child = training  # partial training sections, checked against the training schema
+                if key in ("train_overrides", "set") and "properties" not in resolve(child or {}):
+                    # partial training sections (methods.<m>.train_overrides, training.overrides[].set),
+                    # checked against the training schema
+                    child = training
                 if child is not None:
                     value[key] = walk(item, child)
             return value
@@ -567,7 +640,11 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     coerce_strings(config, schema)
     errs = _schema_errors(config, schema)
     if not errs:
-        errs = _cross_reference_errors(config) + _override_errors(config, schema)
+        errs = (
+            _cross_reference_errors(config)
+            + _override_errors(config, schema)
+            + _training_override_errors(config, schema)
+        )
     if errs:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errs))
     return config
@@ -594,28 +671,61 @@ def load_config(*paths: str | os.PathLike, overrides: Mapping | None = None) -> 
     return validate_config(config)
 
 
-def method_training(config: dict, method: str) -> dict:
-    """The training section with the method's overrides applied."""
-    return deep_merge(config["training"], config["methods"][method].get("train_overrides") or {})
+def _base_training(config: Mapping) -> dict:
+    """The ``training`` section without ``overrides`` (the entries are resolved, never handed to a job)."""
+    return {k: v for k, v in (config.get("training") or {}).items() if k != "overrides"}
+
+
+def training_override_entries(
+    config: Mapping, method: str, model: str | None = None, dataset: str | None = None
+) -> list[int]:
+    """Indices of the ``training.overrides`` entries that apply to the train job of (model, dataset, method),
+    in list order (the order they are merged in).
+
+    An absent selector matches everything. A ``models`` (``datasets``) selector matches only a model
+    (dataset) that is given and listed: resolving without a model gives what the method trains with where
+    no entry names a model, and the workflow always resolves with all three (``training_params``).
+    """
+    picked = []
+    for i, entry in enumerate((config.get("training") or {}).get("overrides") or []):
+        wanted = {"models": model, "datasets": dataset, "methods": method}
+        if all(entry.get(key) is None or wanted[key] in entry[key] for key in wanted):
+            picked.append(i)
+    return picked
+
+
+def method_training(config: dict, method: str, model: str | None = None, dataset: str | None = None) -> dict:
+    """The training section of the train job of (model, dataset, method): ``training``, then the method's
+    ``train_overrides``, then each matching ``training.overrides`` entry in list order (deep merges: a later
+    one wins key by key). Without ``model``/``dataset``, entries that select on them are left out
+    (:func:`training_override_entries`)."""
+    tr = deep_merge(_base_training(config), config["methods"][method].get("train_overrides") or {})
+    entries = config["training"].get("overrides") or []
+    for i in training_override_entries(config, method, model, dataset):
+        tr = deep_merge(tr, entries[i]["set"])
+    return tr
 
 
 # Keys added after results existed: left out of a job's params while they are null (their default),
 # so that adding them to the schema reruns nothing.
-_NULL_DEFAULT_STAGE_KEYS = ("min_steps", "lr_scheduler_type")
+_NULL_DEFAULT_STAGE_KEYS = ("min_steps", "lr_scheduler_type", "warmup_steps")
 
 
-def story_binding_weight(config: dict, method: str) -> float:
+def story_binding_weight(
+    config: dict, method: str, model: str | None = None, dataset: str | None = None
+) -> float:
     """The weight of the story binding term a method trains with: 0 without D_story (no row to bind)."""
     if not config["methods"][method].get("story_data"):
         return 0.0
-    return float(method_training(config, method).get("story_binding_weight") or 0.0)
+    return float(method_training(config, method, model, dataset).get("story_binding_weight") or 0.0)
 
 
-def training_params(config: dict, method: str) -> dict:
-    """What of ``method_training`` changes an adapter: the resolved section without unset new keys
-    (and without ``story_binding_weight`` where it has no effect: 0, or a method without D_story)."""
-    tr = method_training(config, method)
-    if not story_binding_weight(config, method):
+def training_params(config: dict, method: str, model: str | None = None, dataset: str | None = None) -> dict:
+    """What of ``method_training`` changes the adapter of (model, dataset, method): the resolved section
+    without unset new keys (and without ``story_binding_weight`` where it has no effect: 0, or a method
+    without D_story). The train rule's params: per job, so an override entry reruns only the jobs it changes."""
+    tr = method_training(config, method, model, dataset)
+    if not story_binding_weight(config, method, model, dataset):
         tr.pop("story_binding_weight", None)
     for stage in ("sft", "preference"):
         section = tr.get(stage)
@@ -821,12 +931,14 @@ class TrainSpec:
         return float(self.training.get("story_binding_weight") or 0.0)
 
     @classmethod
-    def from_config(cls, config: Mapping, dataset: str, method: str) -> TrainSpec:
+    def from_config(cls, config: Mapping, dataset: str, method: str, model: str | None = None) -> TrainSpec:
+        """``model``: the run's model name, which ``training.overrides`` entries may select on (None:
+        entries that name models are left out, see :func:`method_training`)."""
         name = config["datasets"][dataset]["attribute"]
         return cls(
             method=method,
             spec=copy.deepcopy(config["methods"][method]),
-            training=method_training(config, method),
+            training=method_training(config, method, model, dataset),
             attribute_name=name,
             attribute=copy.deepcopy(config["attributes"][name]),
             seed=int(config["seed"]),

@@ -11,8 +11,10 @@ Two backends (``capabilities.backend``):
   the arg-max of the sum, ``accuracy_norm`` of the sum divided by the choice's character length.
 - ``lm-eval`` (paper configuration): lm-evaluation-harness ``simple_evaluate`` on the configured
   tasks (MMLU, GSM8K, TruthfulQA, IFEval), the model loaded by the harness's ``hf`` backend with
-  the LoRA adapter (``peft=``). lm-eval is not a dependency of the CPU environment; the rule's
-  conda environment (envs/capabilities.yaml) provides it on the cluster.
+  the LoRA adapter (``peft=``). lm-eval (with its IFEval extra) is pinned in requirements/main.txt
+  (the workflow resolves the tasks' datasets at DAG time) and in the rule's conda environment
+  (envs/capabilities.yaml). The tasks' datasets are prefetched on the login node and read offline
+  (see the lm-eval section below and distalign.cluster.prefetch).
 
 Prompting methods share the base model's weights, so their row is the base model's.
 
@@ -23,10 +25,12 @@ embedded model, minutes for a larger one. lm-eval shows its own progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -180,26 +184,265 @@ def lm_eval_model_args(weights: str, adapter: str | None, dtype: str) -> str:
     return args + (f",peft={adapter}" if adapter else "")
 
 
-def evaluate_lm_eval(
-    model_dir, adapter, tasks: Sequence[str], *, limit: int | None, batch_size: str, device: str, dtype: str
-) -> dict:
-    """lm-evaluation-harness on ``tasks`` (the paper's Table 5); returns each task's metrics."""
+# ---- lm-evaluation-harness tasks and their Hugging Face datasets --------------------------------
+# Compute nodes usually have no internet, so the datasets of the configured tasks are fetched on the
+# login node (``snakemake prefetch_models``, distalign.cluster.prefetch) and the capabilities job reads
+# them with HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1. Which datasets a task reads comes from lm-eval's
+# own task index (the YAML configs it ships, plus capabilities.lm_eval_include): a group such as mmlu
+# expands to its subtasks (57 configs of cais/mmlu), and the same repository is fetched once.
+
+LM_EVAL_INSTALL = ".venv/bin/pip install 'lm-eval[ifeval]==0.4.13'"
+# Keys of a leaf task's config that say which data it reads.
+_DATASET_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs")
+
+
+def require_lm_eval():
+    """The ``lm_eval`` module, or a :class:`CapabilityError` naming capabilities.backend and the install."""
     try:
         import lm_eval
     except ImportError:
         raise CapabilityError(
-            "capabilities.backend 'lm-eval' needs lm-evaluation-harness (pip install lm-eval; "
-            "the rule's conda env envs/capabilities.yaml has it)"
+            f"capabilities.backend is 'lm-eval', but lm-evaluation-harness is not installed in the "
+            f"environment of {sys.executable}: install it with `{LM_EVAL_INSTALL}` (pinned in "
+            f"requirements/main.txt, so `make install` does it; the rule's conda env "
+            f"envs/capabilities.yaml has it too), or set capabilities.backend: local"
         ) from None
+    return lm_eval
+
+
+def lm_eval_task_manager(include: Sequence[str] = (), metadata: dict | None = None):
+    """lm-eval's TaskManager over its shipped tasks plus the folders of capabilities.lm_eval_include."""
+    require_lm_eval()
+    for i, folder in enumerate(include):
+        if not Path(folder).is_dir():
+            raise CapabilityError(
+                f"capabilities.lm_eval_include[{i}] = {folder!r}: not a directory (expected a folder of "
+                f"lm-eval task YAML files, relative to the working directory)"
+            )
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(p) for p in include] or None, metadata=metadata)
+
+
+def _task_ref(i: int, name: str) -> str:
+    return f"capabilities.lm_eval_tasks[{i}] {name!r}"
+
+
+def _leaf_configs(task_manager, name: str, ref: str) -> list[tuple[str, dict]]:
+    """(subtask name, merged config) of every leaf task behind ``name`` (a task, group or tag).
+
+    Follows lm-eval's TaskFactory: a group's own non-group keys and a member's dict keys override
+    the member's YAML (the caller's overrides win), a tag stands for its tasks, and a member that is
+    not in the index is an inline task made of the overrides alone. Nothing is instantiated (lm-eval
+    loads a task's dataset when it builds it).
+    """
+    from dataclasses import fields
+
+    from lm_eval.config.group import GroupConfig
+
+    group_keys = {f.name for f in fields(GroupConfig)}
+    index = task_manager.task_index
+    out: list[tuple[str, dict]] = []
+
+    def visit(member: str, overrides: dict, depth: int) -> None:
+        if depth > 20:
+            raise CapabilityError(f"{ref}: lm-eval groups nest more than 20 deep at {member!r} (a cycle?)")
+        entry = index.get(member)
+        if entry is None:
+            out.append((member, dict(overrides)))  # inline task (only its overrides define it)
+            return
+        kind = entry.kind.name
+        if kind == "TAG":
+            for task in sorted(entry.tags):
+                visit(task, overrides, depth + 1)
+        elif kind == "GROUP":
+            own = {k: v for k, v in (entry.cfg or {}).items() if k not in group_keys}
+            members((entry.cfg or {}).get("task") or [], {**own, **overrides}, member, depth)
+        else:
+            cfg = {**(entry.cfg or {}), **overrides}
+            cfg.setdefault("_yaml_path", str(entry.yaml_path))
+            out.append((member, cfg))
+
+    def members(items, overrides: dict, group: str, depth: int) -> None:
+        for item in items if isinstance(items, list) else [items]:
+            if isinstance(item, str):
+                visit(item, overrides, depth + 1)
+            elif isinstance(item, dict) and "group" in item:
+                rest = {k: v for k, v in item.items() if k != "group"}
+                if item["group"] in index:
+                    visit(item["group"], {**overrides, **rest}, depth + 1)
+                else:  # an inline subgroup
+                    own = {k: v for k, v in rest.items() if k not in group_keys}
+                    members(item.get("task") or [], {**own, **overrides}, item["group"], depth + 1)
+            elif isinstance(item, dict) and "task" in item:
+                visit(item["task"], {**overrides, **item}, depth + 1)
+            else:
+                raise CapabilityError(f"{ref}: lm-eval group {group!r} has a member {item!r} without a task")
+
+    if name not in index:
+        import difflib
+
+        close = difflib.get_close_matches(name, task_manager.all_tasks, n=3)
+        extra = " (or of capabilities.lm_eval_include)" if task_manager.include_path else ""
+        raise CapabilityError(
+            f"{ref}: not an lm-eval task, group or tag of lm-eval {_lm_eval_version()}{extra}"
+            + (f"; close names: {', '.join(close)}" if close else "")
+        )
+    visit(name, {}, 0)
+    return out
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def lm_eval_datasets(tasks: Sequence[str], include: Sequence[str] = (), task_manager=None) -> list[dict]:
+    """The Hugging Face datasets that the lm-eval ``tasks`` read, one entry per repository.
+
+    Each entry: ``path`` (dataset_path), ``configs`` (sorted ``{"name": dataset_name, "kwargs":
+    dataset_kwargs}``, the arguments lm-eval passes to ``datasets.load_dataset``) and ``tasks`` (the
+    ``capabilities.lm_eval_tasks[i]`` that need it). A subtask without a ``dataset_path`` (one that
+    builds its data in Python: ``class`` or ``custom_dataset``) cannot be prefetched and is an error.
+    """
+    tm = task_manager or lm_eval_task_manager(include)
+    repos: dict[str, dict] = {}
+    for i, name in enumerate(tasks):
+        ref = _task_ref(i, name)
+        for leaf, cfg in _leaf_configs(tm, name, ref):
+            path = cfg.get("dataset_path")
+            if not isinstance(path, str) or not path:
+                how = "class" if "class" in cfg else "custom_dataset" if "custom_dataset" in cfg else None
+                raise CapabilityError(
+                    f"{ref}: subtask {leaf!r} names no Hugging Face dataset (no dataset_path in its lm-eval "
+                    f"config {cfg.get('_yaml_path', '(inline)')})"
+                    + (f"; it builds its data in Python ({how})" if how else "")
+                    + ": the prefetch cannot fetch its data for offline compute nodes"
+                )
+            kwargs = {k: v for k, v in (cfg.get("dataset_kwargs") or {}).items() if k != "trust_remote_code"}
+            repo = repos.setdefault(path, {"path": path, "configs": [], "tasks": []})
+            config = {"name": cfg.get("dataset_name"), "kwargs": kwargs}
+            if config not in repo["configs"]:
+                repo["configs"].append(config)
+            if ref not in repo["tasks"]:
+                repo["tasks"].append(ref)
+    for repo in repos.values():
+        repo["configs"].sort(key=lambda c: json.dumps(c, sort_keys=True, default=str))
+    return [repos[p] for p in sorted(repos)]
+
+
+@contextlib.contextmanager
+def _nltk_downloads_must_succeed():
+    """Make a failed ``nltk.download`` at task import raise instead of printing and going on.
+
+    IFEval's helpers call ``nltk.download("punkt_tab")`` when lm-eval imports them; offline that only
+    prints an error, and IFEval fails at scoring time, after hours of generation. The prefetch
+    imports them on the login node (the download lands in nltk's data folder, ~/nltk_data unless
+    NLTK_DATA says otherwise, which the compute nodes must see)."""
+    try:
+        import nltk
+    except ImportError:
+        yield
+        return
+    original = nltk.download
+
+    def download(info_or_id=None, *args, **kwargs):
+        ok = original(info_or_id, *args, **kwargs)
+        if ok is False:
+            folders = ", ".join(nltk.data.path[:3])
+            raise CapabilityError(
+                f"NLTK resource {info_or_id!r} is not in nltk's data folders ({folders}) and could not be "
+                f"downloaded"
+            )
+        return ok
+
+    nltk.download = download
+    try:
+        yield
+    finally:
+        nltk.download = original
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def check_lm_eval_tasks(tasks: Sequence[str], include: Sequence[str] = (), task_manager=None) -> dict:
+    """Build every configured task with lm-eval (its datasets, and the helpers it imports) and
+    return ``{task: [subtasks]}``; called before the model is loaded.
+
+    Offline (the capabilities job on a compute node) the datasets come from the local cache; a task
+    whose data is not there fails with one message naming ``capabilities.lm_eval_tasks[i]``, its
+    datasets and the prefetch command, instead of a hub traceback after the model load.
+    """
+    import datasets
+
+    tm = task_manager or lm_eval_task_manager(include)
+    needed = lm_eval_datasets(tasks, include, tm)
+    out = {}
+    for i, name in enumerate(tasks):
+        ref = _task_ref(i, name)
+        try:
+            with _nltk_downloads_must_succeed():
+                loaded = tm.load([name])
+        except Exception as err:  # noqa: BLE001 - re-raised as one message that says what to do
+            repos = [
+                f"{r['path']} ({len(r['configs'])} config{'s' * (len(r['configs']) != 1)})"
+                for r in needed
+                if ref in r["tasks"]
+            ]
+            cache = datasets.config.HF_DATASETS_CACHE
+            where = (
+                f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) from the cache {cache}"
+                if datasets.config.HF_HUB_OFFLINE
+                else f"with the cache {cache}"
+            )
+            raise CapabilityError(
+                f"{ref}: lm-eval cannot load it {where}: {_first_line(err)}\n"
+                f"It reads the Hugging Face dataset(s) {', '.join(repos) or '(none)'}. Fill the cache on a "
+                f"node with internet (the login node): snakemake prefetch_models --cores 1 --configfile "
+                f"<your config> (with the same hf.home / HF_HOME as the compute nodes)"
+            ) from None
+        out[name] = sorted(loaded["tasks"])
+    return out
+
+
+def evaluate_lm_eval(
+    model_dir,
+    adapter,
+    tasks: Sequence[str],
+    *,
+    limit: int | None,
+    batch_size: str,
+    device: str,
+    dtype: str,
+    include: Sequence[str] = (),
+) -> dict:
+    """lm-evaluation-harness on ``tasks`` (the paper's Table 5); returns each task's metrics.
+
+    The tasks (and their datasets, offline on a compute node) are loaded before the model, so a
+    missing dataset stops the job in seconds; lm-eval loads them a second time from the same cache
+    (seconds: the Arrow files are memory-mapped)."""
+    lm_eval = require_lm_eval()
+    from lm_eval.utils import simple_parse_args_string
+
     from distalign.modeling.models import weights_path
 
+    model_args = lm_eval_model_args(weights_path(model_dir), adapter, dtype)
+    # simple_evaluate gives its own TaskManager the model_args as task metadata: so does this one.
+    tm = lm_eval_task_manager(include, metadata=simple_parse_args_string(model_args))
+    subtasks = check_lm_eval_tasks(tasks, include, tm)
+    log.info("lm-eval tasks: %s", {t: len(s) for t, s in subtasks.items()})
     res = lm_eval.simple_evaluate(
         model="hf",
-        model_args=lm_eval_model_args(weights_path(model_dir), adapter, dtype),
+        model_args=model_args,
         tasks=list(tasks),
         limit=limit,
         batch_size=batch_size,
         device=device,
+        task_manager=tm,
     )
     results = {
         t: {k: v for k, v in r.items() if isinstance(v, int | float)} for t, r in res["results"].items()

@@ -45,7 +45,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distalign.core.attributes import method_token_set
-from distalign.core.config import TRAINED_KINDS, dataset_applies, judge_config, method_training
+from distalign.core.config import (
+    TRAINED_KINDS,
+    dataset_applies,
+    judge_config,
+    method_training,
+    training_override_entries,
+)
 
 log = logging.getLogger("distalign.preflight")  # logger names are stable: logs are grepped by them
 
@@ -321,14 +327,28 @@ def steering_token_sets(config: Mapping, datasets: Sequence[str], methods: Seque
     return list(found.values())
 
 
-def _training_key(config: Mapping, method: str, path: Sequence[str]) -> str:
-    """The config key that sets a training value of a method: its train_overrides entry, or training.*."""
-    node = config["methods"][method].get("train_overrides") or {}
+def _sets(node, path: Sequence[str]) -> bool:
     for part in path:
         if not isinstance(node, Mapping) or part not in node:
-            return "training." + ".".join(path)
+            return False
         node = node[part]
-    return f"methods.{method}.train_overrides." + ".".join(path)
+    return True
+
+
+def _training_key(
+    config: Mapping, method: str, path: Sequence[str], model: str | None = None, dataset: str | None = None
+) -> str:
+    """The config key that sets a training value of the train job of (model, dataset, method): the last
+    ``training.overrides`` entry that applies and sets it (the one that wins), else the method's
+    train_overrides entry, else training.*."""
+    dotted = ".".join(path)
+    entries = config["training"].get("overrides") or []
+    for i in reversed(training_override_entries(config, method, model, dataset)):
+        if _sets(entries[i]["set"], path):
+            return f"training.overrides[{i}].set.{dotted}"
+    if _sets(config["methods"][method].get("train_overrides") or {}, path):
+        return f"methods.{method}.train_overrides.{dotted}"
+    return f"training.{dotted}"
 
 
 def _trained(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -> list[str]:
@@ -337,29 +357,39 @@ def _trained(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -
     ]
 
 
-def lora_targets(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -> list[dict]:
-    """The LoRA target-module lists of the trained methods in scope, by the config key that sets them:
-    ``{"key", "targets", "methods"}`` (``[all-linear]`` is peft's own choice and is not listed)."""
+def lora_targets(
+    config: Mapping, datasets: Sequence[str], methods: Sequence[str], model: str | None = None
+) -> list[dict]:
+    """The LoRA target-module lists of the trained methods in scope (on ``model``, each dataset in scope),
+    by the config key that sets them: ``{"key", "targets", "methods"}`` (``[all-linear]`` is peft's own
+    choice and is not listed)."""
     found: dict[tuple, dict] = {}
     for m in _trained(config, datasets, methods):
-        targets = list(method_training(config, m)["lora"]["target_modules"])
-        if targets == ["all-linear"]:
-            continue
-        key = _training_key(config, m, ("lora", "target_modules"))
-        entry = found.setdefault((key, tuple(targets)), {"key": key, "targets": targets, "methods": []})
-        entry["methods"].append(m)
+        for d in _applied(config, datasets, m):
+            targets = list(method_training(config, m, model, d)["lora"]["target_modules"])
+            if targets == ["all-linear"]:
+                continue
+            key = _training_key(config, m, ("lora", "target_modules"), model, d)
+            entry = found.setdefault((key, tuple(targets)), {"key": key, "targets": targets, "methods": []})
+            if m not in entry["methods"]:
+                entry["methods"].append(m)
     return list(found.values())
 
 
-def cuda_requests(config: Mapping, datasets: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
+def cuda_requests(
+    config: Mapping, datasets: Sequence[str], methods: Sequence[str], model: str | None = None
+) -> dict[str, list[str]]:
     """Config keys that ask for ``device: cuda`` -> who uses them (generation, or the methods trained
-    with that value)."""
+    with that value on ``model``)."""
     found: dict[str, list[str]] = {}
     if config["training"].get("device") == "cuda":
         found["training.device"] = ["generation, story data and capabilities jobs"]
     for m in _trained(config, datasets, methods):
-        if method_training(config, m).get("device") == "cuda":
-            found.setdefault(_training_key(config, m, ("device",)), []).append(f"training of {m}")
+        for d in _applied(config, datasets, m):
+            if method_training(config, m, model, d).get("device") == "cuda":
+                users = found.setdefault(_training_key(config, m, ("device",), model, d), [])
+                if f"training of {m}" not in users:
+                    users.append(f"training of {m}")
     return found
 
 
@@ -515,7 +545,7 @@ def check_model_job(
         return {"job": job, "model": model, "endpoints": [asdict(e) for e in endpoints]}
     datasets, methods = run_scope(config, wildcards.get("dataset"), wildcards.get("method"))
     token_sets = steering_token_sets(config, datasets, methods)
-    targets = lora_targets(config, datasets, methods)
+    targets = lora_targets(config, datasets, methods, model)
     key = hashlib.sha256(
         json.dumps(
             {
@@ -542,7 +572,7 @@ def check_model_job(
 
             write_json(remembered, {"model": model, "token_sets": token_sets, "lora_targets": targets})
     if cuda_here:
-        problems += check_cuda(cuda_requests(config, datasets, methods))
+        problems += check_cuda(cuda_requests(config, datasets, methods, model))
     endpoints = job_endpoints(config, kind, wildcards)
     problems += check_endpoints(endpoints, timeout=timeout)
     _raise(problems, job, model)

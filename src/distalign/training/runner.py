@@ -185,7 +185,14 @@ def _hf_args(tr: dict, stage_cfg: dict, stage_dir: Path, seed: int, device: str)
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **{**FIXED, "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER},
+        **{
+            **FIXED,
+            "lr_scheduler_type": stage_cfg.get("lr_scheduler_type") or LR_SCHEDULER,
+            # steps (>= 1) or a fraction of the stage's steps, as transformers reads it; unset: FIXED's 5%
+            "warmup_steps": FIXED["warmup_steps"]
+            if stage_cfg.get("warmup_steps") is None
+            else stage_cfg["warmup_steps"],
+        },
     )
 
 

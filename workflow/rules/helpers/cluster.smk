@@ -1,14 +1,22 @@
 # Helpers of cluster.smk, included at its top (functions and settings only):
-# the Hugging Face environment of every job and the models to prefetch.
+# the Hugging Face environment of every job, the models to prefetch and the lm-eval tasks' datasets.
+import functools
 import os
 
-from distalign.cluster.prefetch import hf_environment, prefetch_specs, run_prefetch
+from distalign.cluster.prefetch import (
+    hf_environment,
+    lm_eval_prefetch_specs,
+    lm_eval_prefetch_wanted,
+    prefetch_specs,
+    run_lm_eval_prefetch,
+    run_prefetch,
+)
 
 HF = config["hf"]
 
-# HF_HOME / HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE of every job. Local jobs are children of this
-# process, and a SLURM job re-parses the Snakefile inside the job (sbatch --export=ALL), so this
-# update runs there too.
+# HF_HOME / HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE of every job. Local jobs are
+# children of this process, and a SLURM job re-parses the Snakefile inside the job (sbatch
+# --export=ALL), so this update runs there too.
 HF_ENV = hf_environment(HF)
 os.environ.update(HF_ENV)
 
@@ -21,3 +29,50 @@ def prefetch_repo_id(wildcards):
 
 def prefetch_revision(wildcards):
     return PREFETCH[wildcards.name][1]
+
+
+# capabilities.backend lm-eval: one marker per dataset repository of capabilities.lm_eval_tasks (its
+# configs loaded into HF_HOME/datasets), and one for the task check (every task built by lm-eval online,
+# then offline as the capabilities job will). The capabilities job depends on all of them.
+PREFETCHED_DATASET = "results/lm_eval/datasets/{name}.json"
+LM_EVAL_CHECKED = "results/lm_eval/tasks.json"
+
+
+@functools.cache
+def lm_eval_dataset_specs():
+    """marker name -> dataset spec, from lm-eval's task configs. Resolved on first use only (lm-eval
+    indexes its task YAMLs: seconds), i.e. when a capabilities or prefetch job is in the DAG; stops
+    there, naming capabilities.lm_eval_tasks[i] or capabilities.backend (lm-eval not installed).
+    The imports are here too: distalign.evaluation.capabilities imports torch (seconds per parse)."""
+    from distalign.evaluation.capabilities import CapabilityError
+
+    try:
+        return lm_eval_prefetch_specs(config)
+    except CapabilityError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def lm_eval_dataset_markers(wildcards=None):
+    return [PREFETCHED_DATASET.format(name=name) for name in sorted(lm_eval_dataset_specs())]
+
+
+def lm_eval_dataset_spec(wildcards):
+    specs = lm_eval_dataset_specs()
+    if wildcards.name not in specs:
+        raise WorkflowError(
+            f"{PREFETCHED_DATASET.format(name=wildcards.name)}: no task of capabilities.lm_eval_tasks "
+            f"reads that dataset (they read: {', '.join(sorted(specs)) or 'none'})"
+        )
+    return specs[wildcards.name]
+
+
+def lm_eval_tasks_spec():
+    return {"tasks": CAPS["lm_eval_tasks"], "include": CAPS["lm_eval_include"]}
+
+
+def prefetch_models_inputs(wildcards):
+    """The model markers, plus the lm-eval markers when `all` builds table5 with lm-eval."""
+    out = [PREFETCHED.format(name=name) for name in sorted(PREFETCH)]
+    if lm_eval_prefetch_wanted(config) and capabilities_keys():
+        out += [*lm_eval_dataset_markers(), LM_EVAL_CHECKED]
+    return out

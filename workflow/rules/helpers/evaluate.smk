@@ -20,7 +20,9 @@ CAPS = config["capabilities"]
 
 
 def capabilities_inputs(wildcards):
-    """Model, the adapter of trained methods, and the local task files (backend local)."""
+    """Model, the adapter of trained methods, and the local task files (backend local) or the lm-eval
+    prefetch markers (backend lm-eval: the tasks' datasets in the cache, and the offline task check).
+    The markers are ancient(): a re-prefetch (same data) must not rerun hours of evaluation."""
     require_applicable(wildcards, "attribute", "the capability check")
     require_weights(wildcards, "the capability check")
     inputs = {"model": MODEL.format(model=wildcards.model)}
@@ -29,14 +31,21 @@ def capabilities_inputs(wildcards):
     if CAPS["backend"] == "local":
         inputs["heldout"] = CAPS["heldout_text"]
         inputs["multiple_choice"] = CAPS["multiple_choice"]
+    else:
+        inputs["lm_eval_datasets"] = [ancient(m) for m in lm_eval_dataset_markers()]
+        inputs["lm_eval_check"] = ancient(LM_EVAL_CHECKED)
     return inputs
 
 
 def capabilities_settings(wildcards):
-    """What changes the scores: the backend and, for lm-eval, its tasks and limit."""
+    """What changes the scores: the backend and, for lm-eval, its tasks and limit (and its extra task
+    folders when there are some: left out when empty, so that earlier lm-eval results stay valid)."""
     if CAPS["backend"] == "local":
         return {"backend": "local"}
-    return {k: CAPS[k] for k in ("backend", "lm_eval_tasks", "lm_eval_limit")}
+    keys = ["backend", "lm_eval_tasks", "lm_eval_limit"]
+    if CAPS["lm_eval_include"]:
+        keys.append("lm_eval_include")
+    return {k: CAPS[k] for k in keys}
 
 
 def capabilities_keys():

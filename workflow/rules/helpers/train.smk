@@ -39,10 +39,15 @@ def train_story_data(wildcards):
 
 
 def train_params(wildcards):
-    """Only what changes the result: the method spec and its resolved training section (a change reruns
-    only that method)."""
-    return {"spec": adapter_method_spec(wildcards), "training": training_params(config, wildcards.method)}
+    """Only what changes the result: the method spec and the training section resolved for this (model,
+    dataset, method), training.overrides included (a change reruns only the jobs whose values it changes)."""
+    w = wildcards
+    return {
+        "spec": adapter_method_spec(w),
+        "training": training_params(config, w.method, w.model, w.dataset),
+    }
 
 
 def train_uses_gpu(wildcards):
-    return 0 if method_training(config, wildcards.method)["device"] == "cpu" else 1
+    w = wildcards
+    return 0 if method_training(config, w.method, w.model, w.dataset)["device"] == "cpu" else 1
