@@ -192,7 +192,7 @@ socket.create_connection = refuse
 from distalign.evaluation.capabilities import check_lm_eval_tasks, lm_eval_task_manager
 
 tasks, include = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-tm = lm_eval_task_manager(include)
+tm = lm_eval_task_manager(include, tasks=tasks)
 subtasks = check_lm_eval_tasks(tasks, include, tm)
 docs = {name: len(list(task.eval_docs)) for name, task in tm.load(tasks)["tasks"].items()}
 print(json.dumps({"subtasks": subtasks, "docs": docs}))
@@ -240,6 +240,37 @@ def test_task_folder_group_resolves_and_bad_tasks_name_their_index(tmp_path):
         lm_eval_datasets(["distalign_tiny_python"], [str(folder)], tm)
     with pytest.raises(CapabilityError, match=r"capabilities.lm_eval_include\[0\] = .*not a directory"):
         lm_eval_task_manager([str(tmp_path / "absent")])
+
+
+def test_tasks_wholly_in_the_include_folders_skip_the_shipped_index(tmp_path):
+    """Local tasks resolve from the include folders alone; a task that reaches lm-eval's own tasks (a
+    group member) or a tag (merged across folders by lm-eval) gets the full index."""
+    from distalign.evaluation.capabilities import (
+        _leaf_configs,
+        _NotLocal,
+        lm_eval_datasets,
+        lm_eval_task_manager,
+    )
+
+    folder = make_task_folder(tmp_path)
+    (folder / "tagged.yaml").write_text(
+        "include: _tiny_template.yaml\ntask: distalign_tagged\ndataset_name: easy\ntag: [distalign_tag]\n"
+    )
+    local = lm_eval_task_manager([str(folder)], tasks=TASKS)
+    assert "gsm8k" not in local.all_tasks and "distalign_tiny" in local.all_tasks
+    (repo,) = lm_eval_datasets(TASKS, [str(folder)], local)
+    assert repo["configs"] == [{"name": "easy", "kwargs": {}}, {"name": "hard", "kwargs": {}}]
+    with pytest.raises(_NotLocal):
+        _leaf_configs(local, "distalign_tag", "ref", local_only=True)
+    (folder / "mixed_group.yaml").write_text(
+        "group: distalign_mixed\ntask: [distalign_tiny_easy, gsm8k]\nmetadata: {version: 1.0}\n"
+    )
+    full = lm_eval_task_manager([str(folder)], tasks=["distalign_mixed"])
+    assert "gsm8k" in full.all_tasks
+    assert {r["path"] for r in lm_eval_datasets(["distalign_mixed"], [str(folder)], full)} == {
+        "org/tiny",
+        "openai/gsm8k",
+    }
 
 
 def test_prefetch_then_offline_load_and_clear_error_without_it(tmp_path, fake_hub):

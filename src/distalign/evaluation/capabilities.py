@@ -210,8 +210,16 @@ def require_lm_eval():
     return lm_eval
 
 
-def lm_eval_task_manager(include: Sequence[str] = (), metadata: dict | None = None):
-    """lm-eval's TaskManager over its shipped tasks plus the folders of capabilities.lm_eval_include."""
+def lm_eval_task_manager(
+    include: Sequence[str] = (), metadata: dict | None = None, tasks: Sequence[str] = ()
+):
+    """lm-eval's TaskManager over its shipped tasks plus the folders of capabilities.lm_eval_include.
+
+    With ``tasks`` given, the include folders are indexed alone first, and that index is used when
+    every task lives wholly in them (no member, tag or group of lm-eval's own): indexing the
+    thousands of shipped task files costs 10-20 s in every process that asks, and an include folder
+    takes precedence over the shipped tasks anyway, so the resolution is the same. A tag is never
+    resolved this way (lm-eval merges a tag across all folders)."""
     require_lm_eval()
     for i, folder in enumerate(include):
         if not Path(folder).is_dir():
@@ -221,20 +229,34 @@ def lm_eval_task_manager(include: Sequence[str] = (), metadata: dict | None = No
             )
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(p) for p in include] or None, metadata=metadata)
+    paths = [str(p) for p in include]
+    if paths and tasks:
+        local = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+        try:
+            for i, name in enumerate(tasks):
+                _leaf_configs(local, name, _task_ref(i, name), local_only=True)
+            return local
+        except _NotLocal:
+            pass
+    return TaskManager(include_path=paths or None, metadata=metadata)
+
+
+class _NotLocal(Exception):
+    """A task reaches outside the include folders (see :func:`lm_eval_task_manager`)."""
 
 
 def _task_ref(i: int, name: str) -> str:
     return f"capabilities.lm_eval_tasks[{i}] {name!r}"
 
 
-def _leaf_configs(task_manager, name: str, ref: str) -> list[tuple[str, dict]]:
+def _leaf_configs(task_manager, name: str, ref: str, local_only: bool = False) -> list[tuple[str, dict]]:
     """(subtask name, merged config) of every leaf task behind ``name`` (a task, group or tag).
 
     Follows lm-eval's TaskFactory: a group's own non-group keys and a member's dict keys override
     the member's YAML (the caller's overrides win), a tag stands for its tasks, and a member that is
     not in the index is an inline task made of the overrides alone. Nothing is instantiated (lm-eval
-    loads a task's dataset when it builds it).
+    loads a task's dataset when it builds it). ``local_only``: raise :class:`_NotLocal` at a name the
+    index lacks or at a tag, instead of resolving it.
     """
     from dataclasses import fields
 
@@ -248,6 +270,8 @@ def _leaf_configs(task_manager, name: str, ref: str) -> list[tuple[str, dict]]:
         if depth > 20:
             raise CapabilityError(f"{ref}: lm-eval groups nest more than 20 deep at {member!r} (a cycle?)")
         entry = index.get(member)
+        if local_only and (entry is None or entry.kind.name == "TAG"):
+            raise _NotLocal(member)
         if entry is None:
             out.append((member, dict(overrides)))  # inline task (only its overrides define it)
             return
@@ -279,6 +303,8 @@ def _leaf_configs(task_manager, name: str, ref: str) -> list[tuple[str, dict]]:
             else:
                 raise CapabilityError(f"{ref}: lm-eval group {group!r} has a member {item!r} without a task")
 
+    if local_only and name not in index:
+        raise _NotLocal(name)
     if name not in index:
         import difflib
 
@@ -306,7 +332,7 @@ def lm_eval_datasets(tasks: Sequence[str], include: Sequence[str] = (), task_man
     ``capabilities.lm_eval_tasks[i]`` that need it). A subtask without a ``dataset_path`` (one that
     builds its data in Python: ``class`` or ``custom_dataset``) cannot be prefetched and is an error.
     """
-    tm = task_manager or lm_eval_task_manager(include)
+    tm = task_manager or lm_eval_task_manager(include, tasks=tasks)
     repos: dict[str, dict] = {}
     for i, name in enumerate(tasks):
         ref = _task_ref(i, name)
@@ -379,7 +405,7 @@ def check_lm_eval_tasks(tasks: Sequence[str], include: Sequence[str] = (), task_
     """
     import datasets
 
-    tm = task_manager or lm_eval_task_manager(include)
+    tm = task_manager or lm_eval_task_manager(include, tasks=tasks)
     needed = lm_eval_datasets(tasks, include, tm)
     out = {}
     for i, name in enumerate(tasks):
@@ -432,7 +458,7 @@ def evaluate_lm_eval(
 
     model_args = lm_eval_model_args(weights_path(model_dir), adapter, dtype)
     # simple_evaluate gives its own TaskManager the model_args as task metadata: so does this one.
-    tm = lm_eval_task_manager(include, metadata=simple_parse_args_string(model_args))
+    tm = lm_eval_task_manager(include, metadata=simple_parse_args_string(model_args), tasks=tasks)
     subtasks = check_lm_eval_tasks(tasks, include, tm)
     log.info("lm-eval tasks: %s", {t: len(s) for t, s in subtasks.items()})
     res = lm_eval.simple_evaluate(
