@@ -120,9 +120,16 @@ def prefetch_specs(config: Mapping) -> dict[str, tuple[str, str | None]]:
         spec = config["models"][name]
         if spec["source"] == "hf":
             out[name] = (spec["path_or_id"], spec.get("revision"))
-    if judge_starts_server(config):
+    if judge_starts_server(config) and not is_local_model(config["judge"]["llm"]["model"]):
         out[PREFETCH_JUDGE] = (config["judge"]["llm"]["model"], None)
     return out
+
+
+def is_local_model(name: str) -> bool:
+    """Whether ``judge.llm.model`` names a local model folder (vLLM's ``--model`` takes either) rather
+    than a hub id: an existing directory, or a spelling no hub id has (absolute or ``./``/``~`` relative,
+    or more than one ``/``; a hub id is ``name`` or ``org/name``). A local folder has nothing to fetch."""
+    return Path(name).expanduser().is_dir() or name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def prefetch_markers(config: Mapping, model: str, pattern: str) -> list[str]:
