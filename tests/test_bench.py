@@ -137,3 +137,122 @@ def test_floor_spread_matches_the_binomial_floor():
     expected = (exact(0.9) + exact(0.5) + exact(0.2)) / 3
     assert spread["floor"] == pytest.approx(expected, rel=1e-9)  # exact, as in the metrics
     assert 0 < spread["p_above_1_25"] < 0.5 and spread["floor_sd"] > 0
+
+
+# ------------------------------------------------------------------------------ bench/gpu_check.py
+
+GPU_CHECKS = [
+    *(f"train.{kind}.step1" for kind in ("sft", "dpo", "ours-nll", "ours-kto")),
+    *(f"train.{kind}.later" for kind in ("sft", "dpo", "ours-nll", "ours-kto")),
+    "logprob.answer",
+    "probe.probs",
+    "probe.log_mass",
+    "generate.greedy.equal",
+    "generate.greedy.margin",
+    "generate.sampled.repeat",
+    "generate.sampled.equal",
+]
+
+
+@pytest.fixture(scope="module")
+def gpu_check_run(embedded_model_dir, tmp_path_factory):
+    """bench/gpu_check.py run on the CPU against itself at its smallest size: (process, JSON record)."""
+    import json
+    import subprocess
+
+    out = tmp_path_factory.mktemp("gpu_check") / "table.json"
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--size", "tiny"]
+    # one torch thread: on two cores shared with other jobs, two spinning OpenMP threads ran this 20x slower
+    cmd += ["--threads", "1", "--model-dir", str(embedded_model_dir), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.mark.slow
+def test_gpu_check_on_cpu_passes_against_itself(gpu_check_run):
+    import math
+
+    proc, record = gpu_check_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert [r["check"] for r in record["checks"]] == GPU_CHECKS
+    assert record["ok"] and all(r["ok"] is not False for r in record["checks"])
+    assert {r["check"] for r in record["checks"] if r["ok"] is None} == {
+        "generate.greedy.equal",
+        "generate.sampled.equal",
+    }
+    # float32 on the same CPU twice: the same numbers, so every difference is exactly 0
+    assert all(r["difference"] == 0 for r in record["checks"])
+    ref = record["reference"]
+    for kind in ("sft", "dpo", "ours-nll", "ours-kto"):
+        losses = ref["train"][kind]
+        assert len(losses) == 2 and all(math.isfinite(x) for x in losses), kind  # one per step
+    assert record["size"]["name"] == "tiny" and record["candidate"]["dtype"] == "float32"
+    # the table on stdout, progress on stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["check", "metric", "reference"]
+    assert len(lines) == 2 + len(GPU_CHECKS) and all(c in proc.stdout for c in GPU_CHECKS)
+    assert "FAIL" not in proc.stdout and "[gpu_check" in proc.stderr and "[gpu_check" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_fails_a_perturbed_or_broken_candidate(gpu_check_run):
+    import copy
+    import math
+
+    import gpu_check
+
+    _, record = gpu_check_run
+    ref, cand = record["reference"], record["candidate"]
+    tol = gpu_check.TOLERANCES
+
+    def verdicts(candidate):
+        rows = gpu_check.compare(ref, candidate)
+        return {r["check"]: r["ok"] for r in rows}, gpu_check.passed(rows)
+
+    # perturb(amount) moves each number by exactly ``amount`` in its gate's unit (all losses here exceed
+    # the relative floor), so a gate fails exactly when amount exceeds its tolerance
+    assert min(abs(x) for v in ref["train"].values() for x in v) >= tol["loss_floor"]
+    gate = {f"train.{k}.step1": "loss_first_rel" for k in gpu_check.TRAINERS}
+    gate.update({f"train.{k}.later": "loss_rel" for k in gpu_check.TRAINERS})
+    gate.update({"logprob.answer": "logprob_abs", "probe.probs": "probe_prob_abs"})
+    gate["probe.log_mass"] = "probe_log_mass_abs"
+    for amount in sorted({0.8 * min(tol[g] for g in gate.values())} | {1.2 * tol[g] for g in gate.values()}):
+        ok, passed = verdicts(gpu_check.perturb(cand, amount))
+        assert {c: ok[c] for c in gate} == {c: amount <= tol[g] for c, g in gate.items()}, amount
+        assert passed == all(amount <= tol[g] for g in gate.values())
+        assert ok["generate.greedy.margin"] and ok["generate.sampled.repeat"]  # not perturbed
+    # a NaN loss, a missing step, a greedy flip the float32 model is sure about, a sampling that
+    # does not repeat: each fails its own gate only
+    broken = copy.deepcopy(cand)
+    broken["train"]["dpo"][1] = math.nan
+    broken["train"]["sft"] = broken["train"]["sft"][:1]
+    broken["greedy_divergence"][0] = {"at": 3, "gap": 2 * tol["greedy_gap"]}
+    broken["sampled_repeat"][1] = {"ids": [0], "text": "x"}
+    ok, passed = verdicts(broken)
+    failed = {c for c, v in ok.items() if v is False}
+    assert failed == {
+        "train.dpo.later",
+        "train.sft.later",
+        "generate.greedy.margin",
+        "generate.sampled.repeat",
+    }
+    assert not passed
+    # the table marks the failures
+    text = gpu_check.table(gpu_check.compare(ref, broken))
+    assert sum("FAIL" in line for line in text.splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_gpu_check_refuses_a_bad_setup_before_loading_anything(tmp_path):
+    import subprocess
+
+    script = str(REPO / "bench" / "gpu_check.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--device", "cpu", "--model-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"--model-dir: {tmp_path}: not a prepared model folder" in proc.stderr
+    assert "[gpu_check" not in proc.stderr  # nothing ran
