@@ -245,16 +245,15 @@ def prefetch_lm_eval_tasks(spec: Mapping, *, download: bool = True, marker=None)
     subtasks = check_lm_eval_tasks(tasks, include)
     if download:  # the check offline, in a fresh interpreter (datasets reads the flags at import)
         with tempfile.TemporaryDirectory() as tmp:
-            spec_file, out = Path(tmp) / "spec.json", Path(tmp) / "offline.json"
+            spec_file = Path(tmp) / "spec.json"
             spec_file.write_text(json.dumps({"tasks": tasks, "include": include}))
-            cmd = [sys.executable, "-m", "distalign.cluster.prefetch", "lm-eval-tasks", str(spec_file)]
-            proc = subprocess.run(
-                [*cmd, "--no-download", "--marker", str(out)], capture_output=True, text=True
+            _run_cli(
+                ["lm-eval-tasks", str(spec_file)],
+                False,
+                Path(tmp) / "offline.json",
+                Path(tmp) / "offline.log",
+                "the lm-eval tasks loaded online, but their offline check",
             )
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"the lm-eval tasks loaded online but not offline:\n{proc.stderr.strip()[-3000:]}"
-                )
     info = {
         "tasks": tasks,
         "include": include,

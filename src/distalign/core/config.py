@@ -309,7 +309,7 @@ def _method_errors(config: dict) -> list[str]:
             errs.append(
                 f"config key 'methods.{name}.train_overrides': unknown training key(s) {sorted(unknown)}"
             )
-        elif m.get("kind") == "ours" and m.get("preference", "kto") == "none":
+        elif _second_stage_is_kl_only(m):
             kl_weight = float(deep_merge(config.get("training", {}), overrides).get("kl_weight", 1.0))
             if not m.get("kl", True) or kl_weight == 0:
                 why = "kl: false" if not m.get("kl", True) else "training.kl_weight 0"
@@ -319,6 +319,11 @@ def _method_errors(config: dict) -> list[str]:
                     "choose a preference loss (kto, dpo, nll)"
                 )
     return errs
+
+
+def _second_stage_is_kl_only(method: Mapping) -> bool:
+    """An ours method with preference 'none': its second stage has the steering KL as its only loss."""
+    return method.get("kind") == "ours" and method.get("preference", "kto") == "none"
 
 
 def _run_errors(config: dict) -> list[str]:
@@ -476,12 +481,9 @@ def _override_errors(config: dict, schema: dict) -> list[str]:
         return []
     errs = []
     for name, m in config.get("methods", {}).items():
-        if not m.get("train_overrides"):
-            continue
-        merged = deep_merge(_base_training(config), m["train_overrides"])
-        for e in sorted(validator.iter_errors(merged), key=lambda e: list(map(str, e.absolute_path))):
-            text = _describe(e)
-            errs.append(text.replace("config key '", f"config key 'methods.{name}.train_overrides.", 1))
+        if m.get("train_overrides"):
+            merged = deep_merge(_base_training(config), m["train_overrides"])
+            errs += _section_errors(validator, merged, f"methods.{name}.train_overrides")
     return errs
 
 
@@ -495,12 +497,17 @@ def _section_validator(schema: dict):
     return jsonschema.Draft202012Validator({**sub, "properties": props})
 
 
-def _under(error: jsonschema.ValidationError, prefix: str) -> str:
-    """``_describe`` of an error found in a sub-document, with its key put under ``prefix``."""
-    text = _describe(error)
-    if text.startswith("config key '<top level>'"):
-        return text.replace("<top level>", prefix, 1)
-    return text.replace("config key '", f"config key '{prefix}.", 1)
+def _section_errors(validator, section: Mapping, prefix: str) -> list[str]:
+    """``_describe`` of each error of a resolved training section, in key order, with its key put under
+    ``prefix`` (the config key the section's values came from)."""
+    out = []
+    for e in sorted(validator.iter_errors(section), key=lambda e: list(map(str, e.absolute_path))):
+        text = _describe(e)
+        if text.startswith("config key '<top level>'"):
+            out.append(text.replace("<top level>", prefix, 1))
+        else:
+            out.append(text.replace("config key '", f"config key '{prefix}.", 1))
+    return out
 
 
 # The selectors of a training.overrides entry: the config section its names come from, and what a name is.
@@ -538,18 +545,12 @@ def _training_override_errors(config: dict, schema: dict) -> list[str]:
                         f"config key '{where}.methods': method {name!r} is of kind {known[name].get('kind')!r}, "
                         f"which trains nothing (trained kinds: {', '.join(TRAINED_KINDS)})"
                     )
-        found = [
-            _under(e, f"{where}.set")
-            for e in sorted(
-                validator.iter_errors(deep_merge(base, entry["set"])),
-                key=lambda e: list(map(str, e.absolute_path)),
-            )
-        ]
+        found = _section_errors(validator, deep_merge(base, entry["set"]), f"{where}.set")
         errs += found
         if not found and entry["set"].get("kl_weight") == 0:
             for name in entry.get("methods") or config.get("methods", {}):
                 m = config.get("methods", {}).get(name) or {}
-                if m.get("kind") == "ours" and m.get("preference", "kto") == "none" and m.get("kl", True):
+                if _second_stage_is_kl_only(m) and m.get("kl", True):
                     errs.append(
                         f"config key '{where}.set.kl_weight': 0 leaves method {name!r} (preference 'none') with "
                         "no loss in its second stage; turn the steering KL on or leave the method out of the entry"

@@ -192,8 +192,6 @@ def lm_eval_model_args(weights: str, adapter: str | None, dtype: str) -> str:
 # expands to its subtasks (57 configs of cais/mmlu), and the same repository is fetched once.
 
 LM_EVAL_INSTALL = ".venv/bin/pip install 'lm-eval[ifeval]==0.4.13'"
-# Keys of a leaf task's config that say which data it reads.
-_DATASET_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs")
 
 
 def require_lm_eval():
