@@ -117,12 +117,23 @@ EOF
 }
 
 down() {
-  local name pid
+  local name pid i
+  # Cancel every job first (a test that timed out leaves its jobs running): stopping slurmd alone leaves
+  # the job's processes (srun, the job's snakemake and its script) behind.
+  if alive "$(cat "$BASE/run/slurmctld.pid" 2>/dev/null)"; then
+    scancel --full --quiet $(squeue -h -o %i 2>/dev/null) 2>/dev/null || true
+    for i in $(seq 1 30); do
+      [ -z "$(squeue -h -t PD,R,CG -o %i 2>/dev/null)" ] && break
+      sleep 1
+    done
+  fi
   for name in slurmd slurmctld munged; do
     pid=$(cat "$BASE/run/$name.pid" 2>/dev/null || true)
     [ -n "$pid" ] && stop_pid "$name" "$pid"
     rm -f "$BASE/run/$name.pid"
   done
+  # Job step daemons that outlived slurmd (only this cluster's: `up` refuses to start beside another one).
+  pkill -KILL -x slurmstepd 2>/dev/null || true
   for f in slurm.conf gres.conf; do
     if [ -e "$BASE/backup/$f" ]; then
       mv -f "$BASE/backup/$f" "/etc/slurm/$f"

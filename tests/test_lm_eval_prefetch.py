@@ -398,6 +398,18 @@ def test_paper_dry_run_plans_capabilities_and_dataset_prefetch(repo, workdir, sn
     caps = re.search(r"rule capabilities:\n\s+input: ([^\n]+)", proc.stdout)[1]
     assert "results/lm_eval/datasets/cais--mmlu.json" in caps and "results/lm_eval/tasks.json" in caps
 
+    # Every job that asks for a GPU gets its size from slurm/config.yaml's set-resources, not the rule's CPU
+    # defaults (a capabilities job of an 8B model with the rule's 8 GB would die on the cluster).
+    profile = yaml.safe_load((repo / "slurm" / "config.yaml").read_text())
+    blocks = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=\n\n)", proc.stdout, re.M | re.S)
+    gpu_rules = {rule for rule, body in blocks if re.search(r"resources: .*\bgpu=[1-9]", body)}
+    assert {"train", "generate", "capabilities"} <= gpu_rules
+    assert gpu_rules <= set(profile["set-resources"]), gpu_rules - set(profile["set-resources"])
+    for rule, body in blocks:
+        if rule == "capabilities":
+            resources = re.search(r"resources: ([^\n]*)", body)[1]
+            assert re.search(r"\bgpu=1\b", resources) and re.search(r"\bmem_mb=64000\b", resources), body
+
 
 def test_prefetch_models_fetches_lm_eval_datasets_only_for_table5(repo, workdir, snakemake_run):
     """prefetch_models gets the lm-eval jobs when `all` builds table5 with lm-eval, not otherwise."""
@@ -437,42 +449,3 @@ def test_missing_lm_eval_stops_the_dag_naming_the_backend(tmp_path, workdir, sna
     assert "capabilities.backend is 'lm-eval', but lm-evaluation-harness is not installed" in proc.stdout
     assert "pip install 'lm-eval[ifeval]==0.4.13'" in proc.stdout
     assert "Job stats:" not in proc.stdout  # stopped before any job was planned
-
-
-@pytest.mark.slow
-def test_capabilities_job_reads_the_prefetched_datasets_offline(tmp_path, workdir, snakemake_run, fake_hub):
-    """The workflow end to end on the embedded model: prefetch_models fills the caches from the Hub; with
-    the Hub gone, the capabilities job (hf.offline: HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1) runs lm-eval
-    on the tiny task group."""
-    endpoint, requests, stop = fake_hub
-    make_task_folder(workdir)
-    overlay = workdir / "config" / "lm.yaml"
-    caps = {
-        "backend": "lm-eval",
-        "lm_eval_tasks": TASKS,
-        "lm_eval_include": ["lm_eval_tasks"],
-        "lm_eval_limit": 2,
-        "lm_eval_batch_size": "1",
-    }
-    hf = {"home": str(tmp_path / "hf"), "offline": True, "prefetch": True}
-    overlay.write_text(yaml.safe_dump({"capabilities": caps, "hf": hf}))
-    config = ("--configfile", "config/config.yaml", str(overlay))
-    env = {"HF_ENDPOINT": endpoint, "HOME": str(tmp_path), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    proc = snakemake_run(workdir, "--cores", "1", "prefetch_models", *config, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    marker = json.loads((workdir / "results/lm_eval/datasets/org--tiny.json").read_text())
-    assert [c["splits"] for c in marker["configs"]] == [{"test": 2}, {"test": 3}]
-    assert json.loads((workdir / "results/lm_eval/tasks.json").read_text())["checked_offline"] is True
-    assert any(r.endswith("/data/easy.jsonl") for r in requests)
-
-    stop()
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
-    target = "results/capabilities/uk-real/smollm2-135m-instruct/zero-shot.json"
-    proc = snakemake_run(workdir, "--cores", "2", target, *config, env=env, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    jobs = _jobs(proc.stdout)
-    assert jobs["capabilities"] == 1 and "prefetch_lm_eval_dataset" not in jobs
-    out = json.loads((workdir / target).read_text())
-    assert out["backend"] == "lm-eval" and out["lm_eval_version"]
-    assert {"distalign_tiny_easy", "distalign_tiny_hard"} <= set(out["tasks"])
-    assert 0.0 <= out["tasks"]["distalign_tiny_easy"]["exact_match,none"] <= 1.0

@@ -59,16 +59,11 @@ def _servers_left(workdir) -> list[str]:
 def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     """config/rehearsal.yaml end to end, as its header says: prepare the embedded model, prefetch_models
     against the stand-in hub (tests/rehearsal_hub.py), then `all` offline. Every artefact of paper.yaml's
-    report list is built and non-empty, no judge server is left, and table5 has lm-eval rows.
-
-    Opt-in (DISTALIGN_REHEARSAL=1) until it is CI-sized: at the sizes of config/rehearsal.yaml it is
-    77-85 jobs, several hours on a 2-core CPU (issue 25), and it has not yet run to the end."""
-    import os
-
-    if os.environ.get("DISTALIGN_REHEARSAL") != "1":
-        pytest.skip("the full rehearsal takes hours on 2 cores; set DISTALIGN_REHEARSAL=1 to run it")
+    report list is built and non-empty, each story label job started, health-checked and stopped its own
+    judge server (and none is left), and table5 has lm-eval rows. 58 jobs, about 10 minutes on 2 cores."""
     import csv
     import json
+    import re
     import subprocess
     import sys
     import time
@@ -92,13 +87,19 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
         env = {"HF_ENDPOINT": url_file.read_text().strip(), "HF_HUB_DISABLE_TELEMETRY": "1"}
         proc = snakemake_run(workdir, "--cores", "1", "prefetch_models", *configs, env=env, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:]
+        # The login node fetched arc_easy's dataset and checked both tasks build offline.
+        marker = json.loads((workdir / "results/lm_eval/datasets/allenai--ai2_arc.json").read_text())
+        assert [c["splits"] for c in marker["configs"] if c["name"] == "ARC-Easy"], marker
+        assert json.loads((workdir / "results/lm_eval/tasks.json").read_text())["checked_offline"] is True
     finally:
         hub.terminate()
         hub.wait(timeout=30)
 
     env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens: the jobs must read the caches
-    proc = snakemake_run(workdir, "--cores", "2", "all", "--keep-going", *configs, env=env, timeout=3600)
+    proc = snakemake_run(workdir, "--cores", "2", "all", "--keep-going", *configs, env=env, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-5000:]
+    jobs = proc.stdout[proc.stdout.index("Job stats:") :].split("\n\n")[0]
+    assert re.search(r"^capabilities\s+2$", jobs, re.M) and "prefetch_lm_eval" not in jobs, jobs
 
     paper = load_config(repo / "config/config.yaml", repo / "config/paper.yaml")
     rehearsal = load_config(
@@ -111,10 +112,23 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     ]
     assert not missing and not empty, (missing, empty)
     assert not _servers_left(workdir)
+    story_labels = sorted((workdir / "results/logs/evaluate/label").glob("*/*/*/story.log"))
+    assert len(story_labels) == 2, story_labels  # zero-shot and ours (table2)
+    for log in story_labels:
+        text = log.read_text()
+        assert re.search(r"model server for \S+ starting on http://127\.0\.0\.1:\d+ \(pid \d+, log ", text), (
+            log
+        )
+        assert "model server healthy at" in text and re.search(r"model server \(pid \d+\) stopped", text), log
+        server_log = log.with_name("story.judge-server.log")
+        assert f"log {server_log.relative_to(workdir)})" in text and server_log.stat().st_size, log
 
     with open(workdir / "results/tables/table5.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert rows, "table5 is empty"
     tasks = set(rehearsal["capabilities"]["lm_eval_tasks"])
-    cap = json.loads((workdir / "results/capabilities/uk-real/smollm2-bf16/ours.json").read_text())
-    assert cap["backend"] == "lm-eval" and tasks <= set(cap["tasks"])
+    for method in ("zero-shot", "ours"):
+        cap = json.loads((workdir / f"results/capabilities/uk-real/smollm2-bf16/{method}.json").read_text())
+        assert cap["backend"] == "lm-eval" and cap["lm_eval_version"] and tasks <= set(cap["tasks"]), cap
+        assert 0.0 <= cap["tasks"]["arc_easy"]["acc,none"] <= 1.0, cap
+    assert {r["Method"] for r in rows} == {"Zero-shot", "Ours"}

@@ -125,6 +125,22 @@ def test_server_serves_then_is_stopped(fake_vllm):
     assert "fake vllm argv" in text
 
 
+def test_the_job_log_says_when_the_server_started_was_healthy_and_stopped(fake_vllm, caplog):
+    """A label job's log names the server's PID and log file, and its health and stop (rehearsal finding:
+    the job log said nothing of the server, whose output was in a temporary file)."""
+    caplog.set_level("INFO", logger="distalign.judge_server")
+    with _fake_server(fake_vllm, env={"FAKE_PIDFILE": str(fake_vllm / "pid")}, health_timeout=30):
+        pid = int((fake_vllm / "pid").read_text())
+    messages = [r.getMessage() for r in caplog.records if r.name == "distalign.judge_server"]
+    assert len(messages) == 3, messages
+    assert (
+        f"(pid {pid}, log {fake_vllm / 's.log'})" in messages[0]
+        and "starting on http://127.0.0.1:" in messages[0]
+    )
+    assert "healthy at http://127.0.0.1:" in messages[1]
+    assert messages[2] == f"model server (pid {pid}) stopped"
+
+
 def test_early_exit_is_an_error_with_the_log_tail(fake_vllm):
     with (
         pytest.raises(ServerError, match=r"(?s)exited with code 3 before it was healthy.*CUDA out of memory"),

@@ -2,13 +2,15 @@
 
 Brings the cluster up with slurm/ci-cluster.sh (installs the Debian packages if missing, writes
 /etc/slurm/slurm.conf + gres.conf with one fake GPU, backs up and restores existing files, starts the
-daemons by hand and stops them by PID), then runs the data rules and prepare_model with
-``snakemake --profile <test profile>``. The test profile is slurm/config.yaml with the CI cluster's
-settings (partition debug, no account, squeue status checks) and a GPU request on prepare_model, so
-the resource -> sbatch mapping of the production profile is exercised for real.
+daemons by hand and stops them by PID), then runs a tiny grid through sbatch with
+``snakemake --profile <test profile>``: the data rules, prepare_model, a training of ours (both stages)
+and its vLLM generation. The test profile is slurm/config.yaml with only what this one-node cluster
+needs changed (partition debug, no account, squeue status checks, memory, wall time and threads that
+fit the node); the production profile's GPU requests of train and generate are kept, so its
+resource -> sbatch mapping is exercised for real, and each job's log is in results/logs as on a cluster.
 
 Skipped when not root, when SLURM is neither installed nor installable with apt-get, when a SLURM
-cluster already runs on this machine, or with DISTALIGN_SKIP_SLURM=1. About 1-2 minutes.
+cluster already runs on this machine, or with DISTALIGN_SKIP_SLURM=1. About 3-4 minutes.
 """
 
 from __future__ import annotations
@@ -93,13 +95,16 @@ def make_test_profile(repo) -> dict:
             "slurm-keep-successful-logs": True,
         }
     )
-    # The fake-GPU node: exercise gpu -> --gpus on a quick rule, with sizes that fit the node.
-    profile["set-resources"]["prepare_model"] = {
-        "gpu": 1,
-        "mem_mb": "3000 * attempt",
-        "runtime": "10 * attempt",
-    }
-    profile["set-threads"]["prepare_model"] = min(2, os.cpu_count() or 1)
+    # Sizes that fit the one node (the production ones are for 7-8B models on 80 GB GPUs); the
+    # production profile's `gpu` of train and generate stays, so --gpus comes from slurm/config.yaml.
+    cpus = min(2, os.cpu_count() or 1)
+    for rule, mem in (("prepare_model", 3000), ("train", 4000), ("generate", 6000)):
+        profile["set-resources"][rule] = {
+            **profile["set-resources"][rule],
+            "mem_mb": f"{mem} * attempt",
+            "runtime": "20 * attempt",
+        }
+    profile["set-threads"] = {rule: min(n, cpus) for rule, n in profile["set-threads"].items()}
     return profile
 
 
@@ -107,13 +112,21 @@ TINY = {
     "run": {
         "datasets": ["us-even"],
         "models": ["smollm2-135m-instruct"],
-        "methods": ["zero-shot"],
+        "methods": ["ours"],
         "tasks": ["attribute"],
     },
-    "prompts": {"per_split": {"train": 5, "val": 5, "test": 5}},
-    "data": {"responses_per_context": 10},
+    # Three US occupations (the rehearsal's census), 2 train / 1 val / 2 test prompts, 4 answers each.
+    "census": {"us": "config/rehearsal_census/us.csv"},
+    "prompts": {"per_split": {"train": 2, "val": 1, "test": 2}},
+    "data": {"responses_per_context": 4},
+    # One epoch per stage (2 SFT and 3 steering steps): the default ours asks for 126 steering steps.
+    "training": {"preference": {"epochs": 1}, "max_length": 128, "logging_steps": 1},
+    "methods": {"ours": {"train_overrides": {"preference": {"min_steps": None}}}},
+    "generation": {"max_new_tokens": {"attribute": 8}},
     "cluster": {"local_rules": False},  # every job through sbatch, the cheap ones too
 }
+ADAPTER = "results/adapters/us-even/smollm2-135m-instruct/ours"
+GENERATIONS = "results/generations/us-even/smollm2-135m-instruct/ours/attribute.jsonl"
 
 
 def _sbatch_calls(output: str) -> list[str]:
@@ -125,12 +138,7 @@ def test_workflow_through_slurm(slurm_cluster, repo, workdir, snakemake_run):
     profile_dir.mkdir()
     (profile_dir / "config.yaml").write_text(yaml.safe_dump(make_test_profile(repo), sort_keys=False))
     (workdir / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(TINY))
-    targets = [
-        "results/datasets/us-even/base.jsonl",
-        "results/datasets/us-even/sft.jsonl",
-        "results/datasets/us-even/pref.jsonl",
-        "results/models/smollm2-135m-instruct",
-    ]
+    targets = ["results/datasets/us-even/base.jsonl", "results/models/smollm2-135m-instruct", GENERATIONS]
 
     proc = snakemake_run(
         workdir,
@@ -140,7 +148,7 @@ def test_workflow_through_slurm(slurm_cluster, repo, workdir, snakemake_run):
         "config/slurm-test.yaml",
         "--verbose",
         *targets,
-        timeout=240,
+        timeout=900,
     )
     out = proc.stdout
     diag = (
@@ -152,34 +160,51 @@ def test_workflow_through_slurm(slurm_cluster, repo, workdir, snakemake_run):
 
     # Outputs are there and correct.
     base = [json.loads(line) for line in (workdir / targets[0]).read_text().splitlines()]
-    assert len(base) == 14 * 10, diag  # 14 US occupations x responses_per_context
-    assert (workdir / targets[1]).stat().st_size > 0 and (workdir / targets[2]).stat().st_size > 0
-    model = workdir / targets[3]
+    assert len(base) == 3 * 4, diag  # 3 US occupations x responses_per_context
+    model = workdir / targets[1]
     meta = json.loads((model / "distalign_model.json").read_text())
     assert meta["source"] == "embedded" and (model / "model.safetensors").exists()
+    assert (workdir / ADAPTER / "adapter_config.json").is_file(), diag
+    rows = [json.loads(line) for line in (workdir / GENERATIONS).read_text().splitlines()]
+    assert len(rows) == 3 * 2 and all(r["method"] == "ours" for r in rows), rows[:2]
 
-    # Every non-local job went through sbatch, and the GPU rule carried the profile's resources.
+    # Every job went through sbatch; train and generate carried the production profile's GPU request,
+    # prepare_model (CPU only in slurm/config.yaml) none.
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", out)
     assert submitted, diag
-    for rule in ("prepare_model", "targets", "prompts", "datasets"):
+    for rule in ("prepare_model", "targets", "prompts", "datasets", "preflight", "train", "generate"):
         assert any(f"rule_{rule}/" in log for _, log in submitted), (rule, diag)
     assert "localrule" not in out, diag
     calls = _sbatch_calls(out)
-    gpu_calls = [c for c in calls if "rule_prepare_model" in c]
-    assert gpu_calls, diag
-    call = gpu_calls[0]
-    print(f"{len(submitted)} job(s) submitted; sbatch call of prepare_model:\n{call}")
-    assert "--gpus=1" in call or "--gres=gpu:1" in call, call
-    assert re.search(r"--mem 3000\b", call), call
-    assert re.search(r"-t 10\b", call), call
-    assert " -p debug" in call and " -A " not in call, call
-    assert f"--cpus-per-task={min(2, os.cpu_count() or 1)}" in call, call  # = set-threads via cpus_per_task
+    by_rule = {
+        rule: [c for c in calls if f"rule_{rule}" in c] for rule in ("prepare_model", "train", "generate")
+    }
+    assert all(by_rule.values()), (by_rule, diag)
+    print(f"{len(submitted)} job(s) submitted; sbatch call of train:\n{by_rule['train'][0]}")
+    for rule, mem in (("train", 4000), ("generate", 6000)):
+        call = by_rule[rule][0]
+        assert "--gpus=1" in call or "--gres=gpu:1" in call, call
+        assert re.search(rf"--mem {mem}\b", call), call
+        assert re.search(r"-t 20\b", call), call
+        assert " -p debug" in call and " -A " not in call, call
+        assert f"--cpus-per-task={min(2, os.cpu_count() or 1)}" in call, call  # set-threads via cpus_per_task
+    assert "--gpus" not in by_rule["prepare_model"][0] and "gres" not in by_rule["prepare_model"][0]
 
-    # SLURM's own record of the GPU job (kept MinJobAge=600 s): it asked for and got the GPU.
-    jobid = next(j for j, log in submitted if "rule_prepare_model" in log)
-    record = subprocess.run(["scontrol", "show", "job", "-o", jobid], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in record, record
-    assert re.search(r"gres[/:]gpu[:=]1", record), record
+    # SLURM's own record of the GPU jobs (kept MinJobAge=600 s): they asked for and got the GPU.
+    for rule in ("train", "generate"):
+        jobid = next(j for j, log in submitted if f"rule_{rule}/" in log)
+        record = subprocess.run(
+            ["scontrol", "show", "job", "-o", jobid], capture_output=True, text=True
+        ).stdout
+        assert "JobState=COMPLETED" in record, record
+        assert re.search(r"gres[/:]gpu[:=]1", record), record
+
+    # The rules' logs are where a cluster user reads them (results/logs), with the job's own lines.
+    train_log = workdir / "results/logs/train/us-even/smollm2-135m-instruct/ours.log"
+    generate_log = workdir / "results/logs/generate/us-even/smollm2-135m-instruct/ours/attribute.log"
+    for log in (train_log, generate_log):
+        assert log.is_file() and log.stat().st_size, log
+    assert "us-even/smollm2-135m-instruct/ours" in generate_log.read_text()
 
     # Nothing is left in the queue.
     queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True).stdout

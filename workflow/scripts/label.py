@@ -4,6 +4,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from distalign.core.attributes import Attribute
 from distalign.core.config import judge_config
@@ -40,7 +41,11 @@ rows = read_jsonl(snakemake.input.generations)
 t0 = time.perf_counter()
 # With an LLM story judge and no external endpoint, a vLLM server is started on this node for the
 # duration of the job (distalign.evaluation.judge_server.judge_endpoint); otherwise the configured endpoint is used.
-with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python()) as llm:
+# Decision: the server's own output goes beside the job's log (<log stem>.judge-server.log), not to a
+# temporary file: on a cluster the node's /tmp is gone when the job ends, and the path is in every error.
+job_log = Path(snakemake.log[0])
+server_log = job_log.with_name(f"{job_log.stem}.judge-server.log")
+with judge_endpoint(jcfg if task == "story" else {}, python=vllm_python(), log_path=server_log) as llm:
     judges, primary = judges_for(attribute, task, {**jcfg, "llm": llm} if llm else jcfg)
     labelled = label_generations(
         rows,

@@ -11,6 +11,7 @@ and GPU(s). With a URL in the config an external endpoint is used and nothing is
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ from pathlib import Path
 from distalign.core.config import schema_defaults
 
 STOP_GRACE = 30.0
+
+logger = logging.getLogger("distalign.judge_server")
 
 
 class ServerError(RuntimeError):
@@ -58,6 +61,7 @@ def _healthy(url: str, timeout: float = 5.0) -> bool:
 def _stop(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM the server's process group (vLLM has engine children), SIGKILL it after ``grace`` s."""
     if proc.poll() is not None:
+        logger.info("model server (pid %d) had already exited with code %s", proc.pid, proc.returncode)
         return
     pgid = proc.pid  # started with start_new_session=True: the group id is the server's PID
     with contextlib.suppress(ProcessLookupError):
@@ -68,9 +72,11 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         proc.wait(timeout=30)
+        logger.warning("model server (pid %d) ignored SIGTERM for %g s: killed", proc.pid, grace)
     # Children that outlived the leader are still in the group: make sure none is left.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    logger.info("model server (pid %d) stopped", proc.pid)
 
 
 @contextlib.contextmanager
@@ -94,7 +100,8 @@ def openai_server(
     one. ``served_model_name``: the name clients send (default ``model``). ``extra_args`` are
     appended verbatim (e.g. ``["--max-model-len", "8192", "--tensor-parallel-size", "2"]``).
     ``env`` is added to this process's environment. Output goes to ``log_path`` (default: a temporary
-    file that is kept, its path is in every error). Raises :class:`ServerError` with the log tail when
+    file that is kept, its path is in every error); the start, the health check and the stop are
+    logged to the ``distalign.judge_server`` logger. Raises :class:`ServerError` with the log tail when
     the process exits before it is healthy or ``health_timeout`` seconds pass (default: that of
     ``judge.serve.health_timeout`` in the schema).
     """
@@ -135,12 +142,19 @@ def openai_server(
             )
         except OSError as err:
             raise ServerError(f"cannot start the model server ({cmd[0]}): {err}") from err
+    # The job's own log says what was started and where its output goes (the server's lines stay in
+    # log_path: a vLLM start is hundreds of lines).
+    logger.info("model server for %s starting on %s (pid %d, log %s)", model, base, proc.pid, log_path)
     try:
         if health_timeout is None:
             health_timeout = float(schema_defaults("judge")["serve"]["health_timeout"])
-        deadline = time.monotonic() + health_timeout
+        started = time.monotonic()
+        deadline = started + health_timeout
         while True:
             if _healthy(f"{base}/health"):
+                logger.info(
+                    "model server healthy at %s/health after %.0f s", base, time.monotonic() - started
+                )
                 break
             code = proc.poll()
             if code is not None:
@@ -169,7 +183,8 @@ def judge_endpoint(
     uses the LLM (``judge.story`` llm or both): a vLLM server for ``judge.llm.model`` is started here
     with ``judge.serve`` (python, port, extra_args, health_timeout), and ``base_url`` points at it;
     the API-key variable gets the placeholder ``EMPTY`` if unset (the local server checks no key).
-    ``python`` is the fallback interpreter when ``judge.serve.python`` is null.
+    ``python`` is the fallback interpreter when ``judge.serve.python`` is null; ``log_path`` is the
+    server log when ``judge.serve.log`` is null (the label job passes one beside its own log).
     """
     llm = dict(judge_cfg.get("llm") or {})
     if llm.get("base_url") or judge_cfg.get("story", "lexicon") not in ("llm", "both"):
