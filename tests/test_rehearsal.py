@@ -68,6 +68,8 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     import sys
     import time
 
+    from test_lm_eval_prefetch import _jobs
+
     from distalign.core.config import load_config
 
     if not (repo / ".venv-vllm" / "bin" / "python").exists():
@@ -98,8 +100,8 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     env = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens: the jobs must read the caches
     proc = snakemake_run(workdir, "--cores", "2", "all", "--keep-going", *configs, env=env, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    jobs = proc.stdout[proc.stdout.index("Job stats:") :].split("\n\n")[0]
-    assert re.search(r"^capabilities\s+2$", jobs, re.M) and "prefetch_lm_eval" not in jobs, jobs
+    jobs = _jobs(proc.stdout)
+    assert jobs["capabilities"] == 2 and not [j for j in jobs if j.startswith("prefetch_lm_eval")], jobs
 
     paper = load_config(repo / "config/config.yaml", repo / "config/paper.yaml")
     rehearsal = load_config(

@@ -23,7 +23,7 @@ import string
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import bootstrap, norm
 
 Z95 = float(norm.ppf(0.975))  # 1.959963...
 LEAK_KINDS = ("steering_token", "class_answer", "short")
@@ -116,7 +116,8 @@ def paired_perplexity_change(
     ``100 * (ppl_other / ppl_base - 1)`` (positive: the fine-tuned model predicts the text worse).
 
     The interval resamples *paragraphs* with replacement, the same draw for both models (paired), and
-    takes the 2.5th and 97.5th percentiles of the recomputed change: paragraphs differ in length and
+    takes the 2.5th and 97.5th percentiles of the recomputed change (``scipy.stats.bootstrap``,
+    ``paired=True``, percentile method): paragraphs differ in length and
     difficulty far more than the two models differ on any one of them, and resampling them together
     keeps that shared variation out of the interval. Draws come from ``numpy.random.default_rng(seed)``,
     so the same inputs and seed give the same numbers.
@@ -152,14 +153,19 @@ def paired_perplexity_change(
     diff = o - b
     n = len(diff)
     point = float(change(diff.sum(), t.sum()))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    rows = max(1, 2_000_000 // n)  # resample in blocks so a large corpus does not build one huge index
-    for start in range(0, n_boot, rows):
-        k = min(rows, n_boot - start)
-        idx = rng.integers(0, n, size=(k, n))
-        boots[start : start + k] = change(diff[idx].sum(axis=1), t[idx].sum(axis=1))
-    low, high = np.percentile(boots, [2.5, 97.5])
+    if n == 1:  # one paragraph: every resample is that paragraph (scipy needs two observations)
+        low = high = point
+    else:
+        res = bootstrap(
+            (diff, t),
+            lambda d, k, axis: change(d.sum(axis=axis), k.sum(axis=axis)),
+            paired=True,
+            vectorized=True,
+            n_resamples=n_boot,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = res.confidence_interval
     return {
         "change": point,
         "low": float(low),
