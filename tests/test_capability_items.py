@@ -119,11 +119,12 @@ def test_items_are_shuffled_across_categories(mc_items):
     assert len({it["category"] for it in mc_items[:100]}) >= 8
 
 
-def test_the_local_backend_reads_the_file_too(mc_items):
-    from distalign.evaluation.capabilities import load_multiple_choice
+def test_the_leak_check_reads_the_shipped_instructions():
+    from distalign.evaluation.capabilities import load_instructions
 
-    loaded = load_multiple_choice(CAP / "general_mc.jsonl")
-    assert [it["answer"] for it in loaded] == [it["answer"] for it in mc_items]
+    rows = load_instructions(CAP / "general_instructions.jsonl")
+    assert len(rows) == len(_jsonl(CAP / "general_instructions.jsonl")) >= 150
+    assert all(set(r) == {"id", "instruction"} for r in rows)
 
 
 # ---- held-out text and ordinary instructions ---------------------------------------------------

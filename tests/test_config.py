@@ -182,6 +182,11 @@ def test_schema_nodes_hold_only_schema_keywords(repo):
             r"config key 'capabilities\.dataset': unknown dataset 'mars-even'",
         ),
         (
+            lambda c: c.__setitem__("capabilities", {"backend": "local"}),
+            r"config key 'capabilities': unknown key\(s\) 'backend' .*; 'capabilities\.backend' was removed: "
+            r"table5 always runs lm-evaluation-harness now",
+        ),
+        (
             lambda c: c["methods"].__setitem__("dpo", {"kind": "dpo", "story_data": True}),
             r"config key 'methods\.dpo\.story_data': only methods of kind 'ift' or 'ours' train on D_story, not 'dpo'",
         ),

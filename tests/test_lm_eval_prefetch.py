@@ -1,4 +1,4 @@
-"""capabilities.backend lm-eval on offline compute nodes: the datasets of the configured lm-eval tasks are
+"""table5's lm-eval tasks on offline compute nodes: the datasets of the configured lm-eval tasks are
 found through lm-eval's own task configs, prefetched on the login node (distalign.cluster.prefetch) and
 read offline by the capabilities job (distalign.evaluation.capabilities.check_lm_eval_tasks).
 
@@ -412,40 +412,40 @@ def test_paper_dry_run_plans_capabilities_and_dataset_prefetch(repo, workdir, sn
 
 
 def test_prefetch_models_fetches_lm_eval_datasets_only_for_table5(repo, workdir, snakemake_run):
-    """prefetch_models gets the lm-eval jobs when `all` builds table5 with lm-eval, not otherwise."""
+    """prefetch_models gets the lm-eval jobs when `all` builds table5 with tasks over hub datasets, not
+    for the default's local tasks, and not without table5."""
+    proc = snakemake_run(workdir, "-n", "prefetch_models", "--configfile", "config/config.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "prefetch_lm_eval" not in proc.stdout  # distalign_general_mc / distalign_heldout read local files
     overlay = workdir / "config" / "lm.yaml"
-    overlay.write_text(yaml.safe_dump({"capabilities": {"backend": "lm-eval", "lm_eval_tasks": ["gsm8k"]}}))
+    overlay.write_text(yaml.safe_dump({"capabilities": {"lm_eval_tasks": ["gsm8k"]}}))
     proc = snakemake_run(workdir, "-n", "prefetch_models", "--configfile", "config/config.yaml", str(overlay))
     assert proc.returncode == 0, proc.stdout[-3000:]
     jobs = _jobs(proc.stdout)
     assert jobs["prefetch_lm_eval_dataset"] == 1 and jobs["prefetch_lm_eval_tasks"] == 1
     assert "output: results/lm_eval/datasets/openai--gsm8k.json" in proc.stdout
     overlay.write_text(
-        yaml.safe_dump({"capabilities": {"backend": "lm-eval"}, "report": {"artefacts": ["table1"]}})
+        yaml.safe_dump({"capabilities": {"lm_eval_tasks": ["gsm8k"]}, "report": {"artefacts": ["table1"]}})
     )
     proc = snakemake_run(workdir, "-n", "prefetch_models", "--configfile", "config/config.yaml", str(overlay))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "prefetch_lm_eval" not in proc.stdout
 
 
-def test_missing_lm_eval_stops_the_dag_naming_the_backend(tmp_path, workdir, snakemake_run):
-    """Without lm-eval in Snakemake's environment, a capabilities job of backend lm-eval stops the DAG."""
+def test_missing_lm_eval_stops_the_dag_naming_table5(tmp_path, workdir, snakemake_run):
+    """Without lm-eval in Snakemake's environment, a capabilities job stops the DAG."""
     fake = tmp_path / "no_lm_eval" / "lm_eval"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('lm_eval hidden by the test')\n")
-    overlay = workdir / "config" / "lm.yaml"
-    overlay.write_text(yaml.safe_dump({"capabilities": {"backend": "lm-eval"}}))
     env = {"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
     proc = snakemake_run(
         workdir,
         "-n",
         "results/tables/table5.csv",
-        "--configfile",
-        "config/config.yaml",
-        str(overlay),
         env=env,
     )
     assert proc.returncode != 0
-    assert "capabilities.backend is 'lm-eval', but lm-evaluation-harness is not installed" in proc.stdout
+    assert "table5 (the capabilities jobs) runs lm-evaluation-harness" in proc.stdout
+    assert "but it is not installed" in proc.stdout
     assert "pip install 'lm-eval[ifeval]==0.4.13'" in proc.stdout
     assert "Job stats:" not in proc.stdout  # stopped before any job was planned

@@ -60,7 +60,7 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     """config/rehearsal.yaml end to end, as its header says: prepare the embedded model, prefetch_models
     against the stand-in hub (tests/rehearsal_hub.py), then `all` offline. Every artefact of paper.yaml's
     report list is built and non-empty, each story label job started, health-checked and stopped its own
-    judge server (and none is left), and table5 has lm-eval rows. 58 jobs, about 10 minutes on 2 cores."""
+    judge server (and none is left), and table5 has lm-eval rows paired with the base, and a leak column. 58 jobs, about 10 minutes on 2 cores."""
     import csv
     import json
     import re
@@ -131,6 +131,8 @@ def test_rehearsal_builds_every_paper_artefact(repo, workdir, snakemake_run):
     tasks = set(rehearsal["capabilities"]["lm_eval_tasks"])
     for method in ("zero-shot", "ours"):
         cap = json.loads((workdir / f"results/capabilities/uk-real/smollm2-bf16/{method}.json").read_text())
-        assert cap["backend"] == "lm-eval" and cap["lm_eval_version"] and tasks <= set(cap["tasks"]), cap
+        assert cap["lm_eval_version"] and tasks <= set(cap["tasks"]), cap
         assert 0.0 <= cap["tasks"]["arc_easy"]["acc,none"] <= 1.0, cap
+        assert len(cap["items"]["arc_easy"]) == 2 and cap["leak"]["n"] == 3, cap  # per item; the leak check
+    assert {"Δ arc_easy acc", "Δ arc_easy acc CI low", "Leak", "Δ Leak"} <= set(rows[0]), rows[0]
     assert {r["Method"] for r in rows} == {"Zero-shot", "Ours"}

@@ -163,52 +163,114 @@ def test_sweep_points_mean_sd_and_order(tmp_path, config):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
-def test_capabilities_table_cells_and_deltas(config):
+def _cap(acc, rolling, leaks, **extra):
+    """A capabilities JSON with per-item results: ``acc`` 0/1 per question of task "mc", ``rolling``
+    (loglikelihood, tokens) per paragraph of task "held", ``leaks`` one leak kind (or None) per request."""
+    return {
+        "tasks": {"mc": {"acc,none": sum(acc) / len(acc)}, "held": {"word_perplexity,none": 9.9}},
+        "items": {
+            "mc": [{"doc_id": i, "filter": "none", "acc": float(a)} for i, a in enumerate(acc)],
+            "held": [
+                {"doc_id": i, "filter": "none", "loglikelihood": ll, "tokens": t, "words": 3}
+                for i, (ll, t) in enumerate(rolling)
+            ],
+        },
+        "leak": {
+            "share": sum(x is not None for x in leaks) / len(leaks),
+            "items": [{"id": f"gi-{i}", "answer": "...", "leak": x} for i, x in enumerate(leaks)],
+        },
+        **extra,
+    }
+
+
+def test_capabilities_table_pairs_every_row_with_the_base(config):
+    from distalign.report.tables import capabilities_table, to_markdown
+
+    base = _cap([1, 1, 0, 0, 1, 0, 1, 1, 0, 1], [(-10.0, 5), (-20.0, 10)], [None, "short", None, None])
+    ours = _cap(
+        [1, 0, 0, 1, 1, 0, 0, 1, 0, 1],
+        [(-12.0, 5), (-21.0, 10)],
+        ["steering_token", "short", "class_answer", None],
+    )
+    recs = [
+        {"model": "m", "method": "zero-shot", "capabilities": base},
+        {"model": "m", "method": "ours", "capabilities": ours},
+    ]
+    df = capabilities_table(
+        recs, config, models=["m"], methods=["zero-shot", "ift", "ours"], tasks=["mc", "held"]
+    )
+    assert list(df.columns[:5]) == ["Model", "Method", "mc acc", "held perplexity", "Leak"]
+    row = df[df.Method == "Ours"].iloc[0]
+    # accuracy: d = [0,-1,0,1,0,0,-1,0,0,0]: mean -.1, plug-in variance .3 - .01 = .29
+    half = 1.959964 * math.sqrt(0.29 / 10)
+    assert row["mc acc"] == pytest.approx(50.0) and row["Δ mc acc"] == pytest.approx(-10.0)
+    assert row["Δ mc acc CI low"] == pytest.approx(100 * (-0.1 - half), abs=1e-3)
+    assert row["Δ mc acc CI high"] == pytest.approx(100 * (-0.1 + half), abs=1e-3)
+    # perplexity per token: exp(33 / 15) against exp(30 / 15); the change is exp(3 / 15) - 1
+    assert row["held perplexity"] == pytest.approx(math.exp(33 / 15))
+    assert row["Δ% held perplexity"] == pytest.approx(100 * math.expm1(3 / 15))
+    assert row["Δ% held perplexity CI low"] <= row["Δ% held perplexity"] <= row["Δ% held perplexity CI high"]
+    # leak: 75% against 25%, d = [1, 0, 1, 0]
+    assert row["Leak"] == pytest.approx(75.0) and row["Δ Leak"] == pytest.approx(50.0)
+    assert row["Δ Leak CI low"] == pytest.approx(100 * (0.5 - 1.959964 * math.sqrt(0.25 / 4)), abs=1e-3)
+    first = df.iloc[0]  # the base against itself: no change, a zero-width interval
+    assert first["Δ mc acc"] == first["Δ mc acc CI low"] == first["Δ mc acc CI high"] == 0
+    assert math.isnan(df[df.Method == "IFT"].iloc[0]["mc acc"])  # missing: empty, never 0
+    md = to_markdown(df)
+    assert "| -10.0 [-43.4, +23.4] |" in md and "| 0.0 [0.0, 0.0] |" in md and "paired 95% interval" in md
+
+
+def test_capabilities_table_groups_filters_and_old_files(config):
     from distalign.report.tables import capabilities_table
 
-    def local(ppl, acc):
-        return {"backend": "local", "perplexity": {"perplexity": ppl}, "multiple_choice": {"accuracy": acc}}
-
-    recs = [
-        {"model": "m", "method": "zero-shot", "capabilities": local(40.0, 0.50)},
-        {"model": "m", "method": "ours", "capabilities": local(44.0, 0.45)},
-    ]
-    df = capabilities_table(recs, config, models=["m"], methods=["zero-shot", "ift", "ours"])
-    assert list(df.columns) == [
-        "Model",
-        "Method",
-        "Perplexity",
-        "MC accuracy",
-        "Δ Perplexity",
-        "Δ MC accuracy",
-    ]
-    ours = df[df.Method == "Ours"].iloc[0]
-    assert ours["Perplexity"] == 44.0 and ours["MC accuracy"] == pytest.approx(45.0)
-    assert ours["Δ Perplexity"] == pytest.approx(4.0) and ours["Δ MC accuracy"] == pytest.approx(-5.0)
-    assert math.isnan(df[df.Method == "IFT"].iloc[0]["Perplexity"])  # missing: empty, never 0
-    lm = [
-        {
-            "model": "m",
-            "method": "zero-shot",
-            "capabilities": {
-                "backend": "lm-eval",
-                "tasks": {
-                    "gsm8k": {"exact_match,strict-match": 0.40, "exact_match_stderr,strict-match": 0.01},
-                    "mmlu": {"acc,none": 0.60},
+    def lm(acc_a, acc_b, strict, flexible):
+        items = {
+            "mmlu_a": [{"doc_id": i, "filter": "none", "acc": float(x)} for i, x in enumerate(acc_a)],
+            "mmlu_b": [{"doc_id": i, "filter": "none", "acc": float(x)} for i, x in enumerate(acc_b)],
+            "gsm8k": [
+                {"doc_id": i, "filter": "strict-match", "exact_match": float(x)} for i, x in enumerate(strict)
+            ]
+            + [
+                {"doc_id": i, "filter": "flexible-extract", "exact_match": float(x)}
+                for i, x in enumerate(flexible)
+            ],
+        }
+        acc = [*acc_a, *acc_b]
+        return {
+            "tasks": {
+                "mmlu": {"acc,none": sum(acc) / len(acc)},
+                "gsm8k": {
+                    "exact_match,flexible-extract": 0.9,
+                    "exact_match,strict-match": sum(strict) / len(strict),
                 },
             },
-        },
-        {
-            "model": "m",
-            "method": "ours",
-            "capabilities": {
-                "backend": "lm-eval",
-                "tasks": {"gsm8k": {"exact_match,strict-match": 0.38}, "mmlu": {"acc,none": 0.61}},
-            },
-        },
+            "subtasks": {"mmlu": ["mmlu_a", "mmlu_b"], "gsm8k": ["gsm8k"]},
+            "items": items,
+        }
+
+    recs = [
+        {"model": "m", "method": "zero-shot", "capabilities": lm([1, 0], [1, 1], [0, 0], [1, 1])},
+        {"model": "m", "method": "ours", "capabilities": lm([1, 1], [0, 1], [1, 0], [0, 0])},
     ]
-    df = capabilities_table(lm, config, models=["m"], methods=["zero-shot", "ours"])
-    assert df.iloc[1]["gsm8k"] == pytest.approx(38.0) and df.iloc[1]["Δ mmlu"] == pytest.approx(1.0)
+    df = capabilities_table(
+        recs, config, models=["m"], methods=["zero-shot", "ours"], tasks=["mmlu", "gsm8k"]
+    )
+    row = df.iloc[1]
+    assert row["mmlu acc"] == pytest.approx(75.0) and row["Δ mmlu acc"] == pytest.approx(0.0)
+    assert (
+        row["Δ mmlu acc CI low"] < 0 < row["Δ mmlu acc CI high"]
+    )  # pooled over both subtasks: d = [0, 1, -1, 0]
+    # gsm8k: the strict-match filter only (its flexible-extract rows went from 1 to 0)
+    assert row["gsm8k exact_match"] == pytest.approx(50.0) and row["Δ gsm8k exact_match"] == pytest.approx(
+        50.0
+    )
+    # results written before per-item results were kept: the change of the aggregates, no interval
+    old = [
+        {"model": "m", "method": "zero-shot", "capabilities": {"tasks": {"mmlu": {"acc,none": 0.60}}}},
+        {"model": "m", "method": "ours", "capabilities": {"tasks": {"mmlu": {"acc,none": 0.61}}}},
+    ]
+    df = capabilities_table(old, config, models=["m"], methods=["zero-shot", "ours"])
+    assert df.iloc[1]["Δ mmlu acc"] == pytest.approx(1.0) and "Δ mmlu acc CI low" not in df.columns
 
 
 def test_steering_diagnosis_table(records, config):

@@ -146,7 +146,14 @@ TINY = {
             "adapters_from": "tiny-real",
         },
     },
-    "capabilities": {"dataset": "tiny-real", "methods": ["zero-shot", "ift", "ours"]},
+    # table5 on the first 10 questions and paragraphs, the leak check on 3 requests of 8 tokens
+    "capabilities": {
+        "dataset": "tiny-real",
+        "methods": ["zero-shot", "ift", "ours"],
+        "lm_eval_limit": 10,
+        "instructions": "config/rehearsal_lm_eval/instructions.jsonl",
+        "leak_max_new_tokens": 8,
+    },
     "sweeps": {
         "datasets": ["tiny-real"],
         "methods": ["ours"],
@@ -235,15 +242,23 @@ def test_end_to_end_tiny_run(tiny_run, snakemake_run):
         assert (res / f"tables/{name}.csv").exists() and (res / f"tables/{name}.md").exists()
     for name in ("fig3", "fig4-tiny-real", "fig5", "calibration"):
         assert (res / f"figures/{name}.png").stat().st_size > 1000
-    # table5: real perplexity and accuracy for the base model and both adapters
+    # table5: lm-eval's scores on the local tasks for the base model and both adapters, each paired
+    # with the base on the same 10 items, and the leak column
     import pandas as pd
 
     t5 = pd.read_csv(res / "tables/table5.csv")
     assert list(t5["Method"]) == ["Zero-shot", "IFT", "Ours"]
-    assert (t5["Perplexity"] > 1).all() and t5["MC accuracy"].between(0, 100).all()
-    assert t5.loc[0, "Δ Perplexity"] == 0 and t5["Δ Perplexity"].notna().all()
+    ppl, acc = "distalign_heldout perplexity", "distalign_general_mc acc"
+    assert (t5[ppl] > 1).all() and t5[acc].between(0, 100).all() and t5["Leak"].between(0, 100).all()
+    assert t5.loc[0, f"Δ% {ppl}"] == 0 and t5[f"Δ% {ppl}"].notna().all()
+    assert (t5[f"Δ {acc} CI low"] <= t5[f"Δ {acc}"]).all() and (
+        t5[f"Δ {acc}"] <= t5[f"Δ {acc} CI high"]
+    ).all()
+    assert t5["Δ Leak CI high"].notna().all()
     caps = res / "capabilities/tiny-real/smollm2-135m-instruct"
-    assert json.loads((caps / "zero-shot.json").read_text())["adapter"] is None
+    base = json.loads((caps / "zero-shot.json").read_text())
+    assert base["adapter"] is None and len(base["items"]["distalign_general_mc"]) == 10
+    assert [it["id"] for it in base["leak"]["items"]] == ["gi-000", "gi-001", "gi-002"]
     assert json.loads((caps / "ift.json").read_text())["adapter"].endswith(
         "adapters/tiny-real/smollm2-135m-instruct/ift"
     )

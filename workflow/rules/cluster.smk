@@ -6,7 +6,7 @@
 #     snakemake prefetch_models --cores 1 --configfile config/paper.yaml
 # It downloads every Hugging Face model of run.models (and the story judge's model when the label
 # job starts its own server) into the hub cache (hf.home, or HF_HOME, or ~/.cache/huggingface) and
-# writes results/models/.prefetched/{name}.json. With capabilities.backend lm-eval and table5 in
+# writes results/models/.prefetched/{name}.json. With table5 in
 # report.artefacts it also loads the datasets of capabilities.lm_eval_tasks into HF_HOME/datasets
 # (results/lm_eval/datasets/{name}.json, one per repository) and checks that lm-eval builds the tasks
 # offline (results/lm_eval/tasks.json). Jobs then read the caches with HF_HUB_OFFLINE=1 and

@@ -169,7 +169,7 @@ rule table11:
         "../scripts/table.py"
 
 
-# Table 5: general capabilities after fine-tuning (perplexity + local multiple choice, or lm-eval).
+# Table 5: general capabilities after fine-tuning (lm-eval tasks + leak check), paired with the base model.
 rule table5:
     input:
         capabilities=[CAPABILITIES.format(**k) for k in capabilities_keys()],
@@ -183,6 +183,8 @@ rule table5:
         kind="capabilities",
         records=capabilities_keys(),
         methods=CAPS["methods"],
+        tasks=CAPS["lm_eval_tasks"],
+        seed=config["seed"],
         title="Table 5: general capabilities after fine-tuning",
         report_config=REPORT_CONFIG,
     script:

@@ -21,6 +21,8 @@ options = {
     "methods": p.get("methods"),
     "models": table_models(p.records, config),
     "task": p.get("task", "attribute"),
+    "tasks": p.get("tasks"),
+    "seed": p.get("seed"),
 }
 if p.kind == "steering_diagnosis":
     options["hint_reach"] = {

@@ -5,7 +5,7 @@ of every job, and the login-node prefetch of hub snapshots and of the lm-eval ta
 TRANSFORMERS_OFFLINE; :func:`prefetch_hf_model` downloads a hub snapshot on the login node
 (``snakemake prefetch_models --cores 1``) and writes a marker file.
 
-With ``capabilities.backend: lm-eval`` the prefetch also fills the datasets cache (HF_HOME/datasets)
+With table5 in report.artefacts the prefetch also fills the datasets cache (HF_HOME/datasets)
 for the configured lm-eval tasks (:func:`lm_eval_prefetch_specs`, from lm-eval's own task configs:
 one job per dataset repository, :func:`prefetch_lm_eval_dataset`), then builds the tasks with
 lm-eval once online (their helpers' own downloads, e.g. IFEval's NLTK data) and once offline, as the
@@ -157,10 +157,11 @@ def _run_cli(args: list[str], download: bool, marker: str, log: str, what: str) 
 
 
 def lm_eval_prefetch_wanted(config: Mapping) -> bool:
-    """Whether ``prefetch_models`` fetches the lm-eval tasks' datasets: capabilities.backend is lm-eval
-    and table5 is in report.artefacts (what `all` builds). A capabilities job asked for by path
-    depends on the same markers, so their prefetch jobs run before it either way (on the submit host)."""
-    return config["capabilities"]["backend"] == "lm-eval" and "table5" in config["report"]["artefacts"]
+    """Whether ``prefetch_models`` fetches the lm-eval tasks' hub datasets: table5 is in
+    report.artefacts (what `all` builds). Tasks over local files (the CPU default's) need nothing. A
+    capabilities job asked for by path depends on the same markers, so their prefetch jobs run before
+    it either way (on the submit host)."""
+    return "table5" in config["report"]["artefacts"]
 
 
 def dataset_marker_name(path: str) -> str:

@@ -79,6 +79,18 @@ def _key(path) -> str:
     return ".".join(parts) if parts else "<top level>"
 
 
+# Keys that existed once, and what replaced them: a config written for an older distalign gets this
+# instead of a bare "unknown key".
+REMOVED_KEYS = {
+    "capabilities.backend": "table5 always runs lm-evaluation-harness now (capabilities.lm_eval_tasks); "
+    "the CPU default's tasks are our offline distalign_general_mc and distalign_heldout",
+    "capabilities.heldout_text": "the held-out text is the lm-eval task distalign_heldout "
+    "(resources/capabilities/lm_eval, its items in resources/capabilities/heldout_long.jsonl)",
+    "capabilities.multiple_choice": "the questions are the lm-eval task distalign_general_mc "
+    "(resources/capabilities/lm_eval, its items in resources/capabilities/general_mc.jsonl)",
+}
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     key = _key(error.absolute_path)
     v = error.validator
@@ -92,6 +104,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        removed = [f"{key}.{k}" for k in extra if f"{key}.{k}" in REMOVED_KEYS]
+        hint += "".join(f"; '{k}' was removed: {REMOVED_KEYS[k]}" for k in removed)
         return f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
     if v == "type":
         return (

@@ -1,26 +1,34 @@
-"""General capabilities after fine-tuning (paper Table 5).
+"""General capabilities after fine-tuning (paper Table 5), through lm-evaluation-harness.
 
-Two backends (``capabilities.backend``):
+One code path for every configuration: lm-eval's ``hf`` backend scores ``capabilities.lm_eval_tasks``
+on the base model (prompting methods, whose weights are the base model's) or on the base model with
+a method's LoRA adapter. The embedded CPU default runs two offline tasks of our own
+(resources/capabilities/lm_eval: ``distalign_general_mc``, 1,391 four-way questions, and
+``distalign_heldout``, the rolling log-likelihood of 134 held-out paragraphs, both read from local
+JSONL files with the packaged ``json`` builder); config/paper.yaml runs the paper's MMLU, GSM8K,
+TruthfulQA and IFEval. Why lm-eval and not a scorer of our own: the CPU default and the paper then
+share the prompt format, the scoring rules and the code, and a number here means what it means in
+any lm-eval report.
 
-- ``local`` (offline; the embedded default): perplexity on a held-out text shipped in
-  ``resources/capabilities/`` and accuracy on a local four-way multiple-choice task. Each
-  paragraph of the text is scored as its own sequence (token-level NLL of every token after the
-  first); perplexity = exp(total NLL / scored tokens). A question is scored as
-  lm-evaluation-harness scores multiple choice: the summed log-probability of each choice
-  (" {choice}") after ``"Question: {q}\\nAnswer:"``, without the chat template; ``accuracy`` takes
-  the arg-max of the sum, ``accuracy_norm`` of the sum divided by the choice's character length.
-- ``lm-eval`` (paper configuration): lm-evaluation-harness ``simple_evaluate`` on the configured
-  tasks (MMLU, GSM8K, TruthfulQA, IFEval), the model loaded by the harness's ``hf`` backend with
-  the LoRA adapter (``peft=``). lm-eval (with its IFEval extra) is pinned in requirements/main.txt
-  (the workflow resolves the tasks' datasets at DAG time) and in the rule's conda environment
-  (envs/capabilities.yaml). The tasks' datasets are prefetched on the login node and read offline
-  (see the lm-eval section below and distalign.cluster.prefetch).
+Per-item results are kept (lm-eval's ``log_samples``): each document's 0/1 (or numeric) metric, and
+for a rolling log-likelihood task its summed log-likelihood and scored token count. table5 pairs
+each fine-tuned row with the base row on the same items
+(:mod:`distalign.evaluation.capability_stats`), which is what lets ~1,400 questions resolve a
+2-point change.
 
-Prompting methods share the base model's weights, so their row is the base model's.
+The leak check (``capabilities.instructions``; not in the paper): the same model answers ordinary
+requests (resources/capabilities/general_instructions.jsonl) with one free sampling step, the chat
+template and no steering draw, and each answer is read by
+:func:`~distalign.evaluation.capability_stats.leak_kind` (a steering token first, a bare class word,
+or under ``capabilities.leak_min_words`` words). The seed does not depend on the method, so every
+row draws with the same random stream and the check is paired too.
 
-Progress: the local backend logs sequences scored of all (paragraphs + one per answer choice),
-rate and time left at most every 30 s and at the end (``distalign.core.progress``): seconds for the
-embedded model, minutes for a larger one. lm-eval shows its own progress bars.
+Hub datasets of lm-eval tasks are prefetched on the login node and read offline (see the section
+below and distalign.cluster.prefetch); tasks over local files (a packaged builder such as ``json``
+with ``data_files``) need no prefetch, and their files are inputs of the capabilities job.
+
+Progress: lm-eval shows its own progress bars; the leak check logs answers written, rate and time
+left (``distalign.core.progress``).
 """
 
 from __future__ import annotations
@@ -28,13 +36,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import torch
 
 from distalign.core.progress import Progress
 
@@ -42,140 +47,129 @@ log = logging.getLogger("distalign.capabilities")
 
 
 class CapabilityError(ValueError):
-    """A held-out or multiple-choice file that cannot be used (names the file, line and key)."""
+    """A capability input that cannot be used (names the file, line or config key)."""
 
 
-def load_heldout(path: str | os.PathLike) -> list[str]:
-    """Paragraphs (separated by blank lines) of a held-out text file."""
-    text = Path(path).read_text(encoding="utf-8")
-    paras = [" ".join(p.split()) for p in text.split("\n\n")]
-    paras = [p for p in paras if p]
-    if not paras:
-        raise CapabilityError(f"{path}: empty held-out text (expected paragraphs separated by blank lines)")
-    return paras
+def load_instructions(path: str | os.PathLike) -> list[dict]:
+    """Validated ``{id, instruction}`` rows of a JSONL file of ordinary requests (the leak check)."""
+    rows, seen = [], {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise CapabilityError(
+            f"capabilities.instructions = {str(path)!r}: cannot read it ({why}); expected a JSONL "
+            f"file of {{'id', 'instruction'}} rows, or null for no leak check"
+        ) from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CapabilityError(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise CapabilityError(f"{where}: expected an object with keys 'id' and 'instruction'")
+        text = row.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise CapabilityError(f"{where}: key 'instruction' must be a non-empty string, got {text!r}")
+        rid = str(row.get("id", f"line-{n}"))
+        if rid in seen:
+            raise CapabilityError(f"{where}: id {rid!r} repeats line {seen[rid]}")
+        seen[rid] = n
+        rows.append({"id": rid, "instruction": text})
+    if not rows:
+        raise CapabilityError(f"{path}: no instructions (expected one JSON object per line)")
+    return rows
 
 
-def load_multiple_choice(path: str | os.PathLike) -> list[dict]:
-    """Validated items {id, question, choices, answer} of a JSONL multiple-choice file."""
-    items = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {n}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CapabilityError(f"{where}: not JSON ({err.msg})") from None
-            for key, kind in (("question", str), ("choices", list), ("answer", int)):
-                if not isinstance(item.get(key), kind) or isinstance(item.get(key), bool):
-                    raise CapabilityError(
-                        f"{where}: key {key!r} must be a {kind.__name__}, got {item.get(key)!r}"
-                    )
-            if len(item["choices"]) < 2 or not all(isinstance(c, str) and c for c in item["choices"]):
-                raise CapabilityError(f"{where}: key 'choices' must hold at least two non-empty strings")
-            if not 0 <= item["answer"] < len(item["choices"]):
-                raise CapabilityError(
-                    f"{where}: key 'answer' = {item['answer']} is not an index of 'choices' "
-                    f"(0..{len(item['choices']) - 1})"
-                )
-            items.append(
-                {"id": item.get("id", f"line-{n}"), **{k: item[k] for k in ("question", "choices", "answer")}}
-            )
-    if not items:
-        raise CapabilityError(f"{path}: no multiple-choice items")
-    return items
+def leak_vocabulary(attribute: dict) -> tuple[list[str], list[str]]:
+    """(steering tokens, class words) that the leak check looks for, from an attribute's config.
+
+    The tokens of *every* token set of the attribute (digits, words, pronouns), so that each row of
+    table5 is read by the same rule (the base row too, and a method with another token set); the
+    class words are each class's name, label and parser keywords."""
+    tokens: list[str] = []
+    words: list[str] = []
+    for cls in attribute["classes"]:
+        tokens += [t for t in (cls.get("tokens") or {}).values() if t]
+        words += [cls["name"], cls.get("label") or cls["name"], *(cls.get("keywords") or [])]
+    return list(dict.fromkeys(tokens)), list(dict.fromkeys(words))
 
 
-def _sequence_logprobs(
+def leak_check(
     model,
-    sequences: Sequence[Sequence[int]],
-    scored_from: Sequence[int],
-    batch_size: int = 16,
-    progress: Progress | None = None,
-) -> list[float]:
-    """Sum of log P(token | prefix) over positions >= scored_from[i] of each sequence (right-padded batches)."""
-    out: list[float] = []
-    device = next(model.parameters()).device
-    for b in range(0, len(sequences), batch_size):
-        chunk = sequences[b : b + batch_size]
-        starts = scored_from[b : b + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, s in enumerate(chunk):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-        for i, s in enumerate(chunk):
-            lo = max(int(starts[i]), 1)
-            out.append(float(tok[i, lo - 1 : len(s) - 1].sum()))
-        if progress is not None:
-            progress.update(len(chunk))
-    return out
-
-
-def perplexity(
-    model, tokenizer, paragraphs: Sequence[str], max_length: int = 512, progress: Progress | None = None
+    tokenizer,
+    model_dir,
+    instructions: Sequence[dict],
+    *,
+    sampling,
+    seed: int,
+    steering_tokens: Sequence[str],
+    class_words: Sequence[str],
+    min_words: int,
+    batch_size: int = 64,
+    progress_label: str = "leak check",
 ) -> dict:
-    """exp(mean token NLL) over paragraphs scored independently (each cut to ``max_length`` tokens)."""
-    seqs = [tokenizer(p, add_special_tokens=False)["input_ids"][:max_length] for p in paragraphs]
-    seqs = [s for s in seqs if len(s) > 1]
-    if progress is not None:
-        progress.update(len(paragraphs) - len(seqs))  # paragraphs of one token: nothing to score
-    total = -sum(_sequence_logprobs(model, seqs, [1] * len(seqs), batch_size=4, progress=progress))
-    n = sum(len(s) - 1 for s in seqs)
-    return {
-        "perplexity": math.exp(total / n),
-        "nll_per_token": total / n,
-        "tokens": n,
-        "paragraphs": len(seqs),
-    }
+    """Answer every instruction once (chat template, free sampling) and read the answers for leaks.
 
+    ``sampling``: a :class:`distalign.generation.job.Sampling`; ``seed``: the seed of the draws (the
+    same for every model, so rows are paired). Returns ``share``, ``n``, ``counts`` per kind (as
+    :func:`~distalign.evaluation.capability_stats.leak_share`) and ``items`` (id, answer, leak kind or
+    None), in instruction order."""
+    from distalign.evaluation.capability_stats import leak_kind, leak_share
+    from distalign.generation.sampling import SampleBatch
+    from distalign.generation.transformers_backend import TransformersBackend
+    from distalign.modeling.chat import prompt_ids
 
-def multiple_choice(model, tokenizer, items: Sequence[dict], progress: Progress | None = None) -> dict:
-    """Accuracy (sum of log-probs) and length-normalised accuracy on multiple-choice items."""
-    seqs, starts, owners = [], [], []
-    for i, item in enumerate(items):
-        ctx = tokenizer(f"Question: {item['question']}\nAnswer:", add_special_tokens=False)["input_ids"]
-        for c in item["choices"]:
-            cont = tokenizer(f" {c}", add_special_tokens=False)["input_ids"]
-            seqs.append(ctx + cont)
-            starts.append(len(ctx))
-            owners.append(i)
-    scores = _sequence_logprobs(model, seqs, starts, progress=progress)
-    per_item: list[list[float]] = [[] for _ in items]
-    for i, s in zip(owners, scores, strict=True):
-        per_item[i].append(s)
-    correct = correct_norm = 0
-    for item, sc in zip(items, per_item, strict=True):
-        correct += int(max(range(len(sc)), key=sc.__getitem__) == item["answer"])
-        norm = [s / len(c) for s, c in zip(sc, item["choices"], strict=True)]
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == item["answer"])
-    return {"accuracy": correct / len(items), "accuracy_norm": correct_norm / len(items), "items": len(items)}
-
-
-def evaluate_local(model_dir, adapter, heldout_path, mc_path, device: str = "cpu") -> dict:
-    """Perplexity and multiple-choice accuracy of the base model (adapter None) or base + adapter."""
-    from distalign.modeling.models import load_model
-
-    paragraphs = load_heldout(heldout_path)
-    items = load_multiple_choice(mc_path)  # both files are checked before the model is loaded
-    tok, model = load_model(
-        model_dir, device=device, dtype="float32" if device == "cpu" else None, adapter=adapter
+    backend = TransformersBackend(model_dir, tokenizer=tokenizer, model=model, batch_size=batch_size)
+    prompts = [prompt_ids(tokenizer, row["instruction"]) for row in instructions]
+    batch = SampleBatch(
+        prompts=prompts, seeds=[seed] * len(prompts), sampling=sampling, seed_parts=(seed, "leak-check")
     )
-    total = len(paragraphs) + sum(len(item["choices"]) for item in items)
-    # results/adapters/{dataset}/{model}/{method} -> "dataset/model/method"
-    name = "/".join(Path(adapter).parts[-3:]) if adapter else Path(model_dir).name
-    with Progress(total, f"capabilities {name}", log, unit="sequence") as progress:
-        return {
-            "backend": "local",
-            "perplexity": perplexity(model, tok, paragraphs, progress=progress),
-            "multiple_choice": multiple_choice(model, tok, items, progress=progress),
-        }
+    with Progress(len(prompts), progress_label, log, unit="answer") as progress:
+        results = backend.sample(batch, progress=progress)
+    answers = [tokenizer.decode(toks, skip_special_tokens=True) for toks, *_ in results]
+    kw = dict(steering_tokens=steering_tokens, class_words=class_words, min_words=min_words)
+    summary = leak_share(answers, **kw)
+    summary["items"] = [
+        {"id": row["id"], "answer": a, "leak": leak_kind(a, **kw)}
+        for row, a in zip(instructions, answers, strict=True)
+    ]
+    return summary
+
+
+def per_item_results(samples: dict, count_tokens: Callable[[str], int]) -> dict[str, list[dict]]:
+    """Per-document results of lm-eval's logged samples, by task, in document order.
+
+    Each entry has ``doc_id``, ``filter`` (lm-eval logs a document once per filter of its task, e.g.
+    gsm8k's strict-match and flexible-extract) and every per-document metric lm-eval logged: a number or bool as a
+    float (``acc``, ``exact_match``, ``prompt_level_strict_acc``, ...); a rolling log-likelihood
+    metric, logged as ``(loglikelihood, units)``, becomes ``loglikelihood`` plus ``words`` /
+    ``bytes``, and such a document also gets ``tokens``, the number of tokens lm-eval scored
+    (``count_tokens`` of its text: the model's tokenizer, which is what per-token perplexity needs).
+    Lists (IFEval's per-instruction results) are left out: their task-level numbers are in the
+    results."""
+    units = {"word_perplexity": "words", "byte_perplexity": "bytes", "bits_per_byte": "bytes"}
+    out: dict[str, list[dict]] = {}
+    for task, rows in samples.items():
+        items = []
+        for s in sorted(rows, key=lambda r: (str(r.get("filter", "none")), r["doc_id"])):
+            item: dict = {"doc_id": int(s["doc_id"]), "filter": str(s.get("filter", "none"))}
+            for metric in s.get("metrics") or []:
+                value = s.get(metric)
+                if metric in units and isinstance(value, list | tuple) and len(value) == 2:
+                    item["loglikelihood"] = float(value[0])
+                    item[units[metric]] = int(value[1])
+                elif isinstance(value, bool | int | float):
+                    item[metric] = float(value)
+            if "loglikelihood" in item:
+                text = s["arguments"][0][0] if s.get("arguments") else s.get("target", "")
+                item["tokens"] = int(count_tokens(text))
+            items.append(item)
+        out[task] = items
+    return out
 
 
 def lm_eval_model_args(weights: str, adapter: str | None, dtype: str) -> str:
@@ -195,15 +189,15 @@ LM_EVAL_INSTALL = ".venv/bin/pip install 'lm-eval[ifeval]==0.4.13'"
 
 
 def require_lm_eval():
-    """The ``lm_eval`` module, or a :class:`CapabilityError` naming capabilities.backend and the install."""
+    """The ``lm_eval`` module, or a :class:`CapabilityError` naming table5 and the install."""
     try:
         import lm_eval
     except ImportError:
         raise CapabilityError(
-            f"capabilities.backend is 'lm-eval', but lm-evaluation-harness is not installed in the "
-            f"environment of {sys.executable}: install it with `{LM_EVAL_INSTALL}` (pinned in "
-            f"requirements/main.txt, so `make install` does it; the rule's conda env "
-            f"envs/capabilities.yaml has it too), or set capabilities.backend: local"
+            f"table5 (the capabilities jobs) runs lm-evaluation-harness on capabilities.lm_eval_tasks, but it "
+            f"is not installed in the environment of {sys.executable}: install it with `{LM_EVAL_INSTALL}` "
+            f"(pinned in requirements/main.txt, so `make install` does it; the rule's conda env "
+            f"envs/capabilities.yaml has it too), or leave table5 out of report.artefacts"
         ) from None
     return lm_eval
 
@@ -322,19 +316,33 @@ def _lm_eval_version() -> str:
     return version("lm_eval")
 
 
-def lm_eval_datasets(tasks: Sequence[str], include: Sequence[str] = (), task_manager=None) -> list[dict]:
-    """The Hugging Face datasets that the lm-eval ``tasks`` read, one entry per repository.
+def _local_builder(path: str) -> bool:
+    """Whether ``dataset_path`` names one of the ``datasets`` library's packaged builders (json, csv,
+    parquet, text, ...), which read local ``data_files`` rather than a hub repository."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-    Each entry: ``path`` (dataset_path), ``configs`` (sorted ``{"name": dataset_name, "kwargs":
-    dataset_kwargs}``, the arguments lm-eval passes to ``datasets.load_dataset``) and ``tasks`` (the
-    ``capabilities.lm_eval_tasks[i]`` that need it). A subtask without a ``dataset_path`` (one that
-    builds its data in Python: ``class`` or ``custom_dataset``) cannot be prefetched and is an error.
-    """
-    tm = task_manager or lm_eval_task_manager(include, tasks=tasks)
-    repos: dict[str, dict] = {}
+    return path in _PACKAGED_DATASETS_MODULES
+
+
+def _data_files(kwargs: dict) -> list[str]:
+    """The file paths of a ``data_files`` argument (a path, a list, or a split -> path(s) mapping)."""
+    files = (kwargs or {}).get("data_files")
+    if files is None:
+        return []
+    values = files.values() if isinstance(files, dict) else [files]
+    out: list[str] = []
+    for v in values:
+        out += [str(x) for x in v] if isinstance(v, list | tuple) else [str(v)]
+    return out
+
+
+def _task_datasets(tasks: Sequence[str], include: Sequence[str], task_manager) -> list[tuple[str, str, dict]]:
+    """(task reference, subtask, merged config) of every leaf task; a subtask with no ``dataset_path``
+    (one that builds its data in Python) is an error: nothing could fetch or track its data."""
+    out = []
     for i, name in enumerate(tasks):
         ref = _task_ref(i, name)
-        for leaf, cfg in _leaf_configs(tm, name, ref):
+        for leaf, cfg in _leaf_configs(task_manager, name, ref):
             path = cfg.get("dataset_path")
             if not isinstance(path, str) or not path:
                 how = "class" if "class" in cfg else "custom_dataset" if "custom_dataset" in cfg else None
@@ -344,16 +352,56 @@ def lm_eval_datasets(tasks: Sequence[str], include: Sequence[str] = (), task_man
                     + (f"; it builds its data in Python ({how})" if how else "")
                     + ": the prefetch cannot fetch its data for offline compute nodes"
                 )
-            kwargs = {k: v for k, v in (cfg.get("dataset_kwargs") or {}).items() if k != "trust_remote_code"}
-            repo = repos.setdefault(path, {"path": path, "configs": [], "tasks": []})
-            config = {"name": cfg.get("dataset_name"), "kwargs": kwargs}
-            if config not in repo["configs"]:
-                repo["configs"].append(config)
-            if ref not in repo["tasks"]:
-                repo["tasks"].append(ref)
+            out.append((ref, leaf, cfg))
+    return out
+
+
+def lm_eval_datasets(tasks: Sequence[str], include: Sequence[str] = (), task_manager=None) -> list[dict]:
+    """The Hugging Face hub datasets that the lm-eval ``tasks`` read, one entry per repository.
+
+    Each entry: ``path`` (dataset_path), ``configs`` (sorted ``{"name": dataset_name, "kwargs":
+    dataset_kwargs}``, the arguments lm-eval passes to ``datasets.load_dataset``) and ``tasks`` (the
+    ``capabilities.lm_eval_tasks[i]`` that need it). A subtask without a ``dataset_path`` (one that
+    builds its data in Python: ``class`` or ``custom_dataset``) cannot be prefetched and is an error.
+    Subtasks over local files (a packaged builder such as ``json``) are not hub datasets: see
+    :func:`lm_eval_data_files`.
+    """
+    tm = task_manager or lm_eval_task_manager(include, tasks=tasks)
+    repos: dict[str, dict] = {}
+    for ref, _leaf, cfg in _task_datasets(tasks, include, tm):
+        path = cfg["dataset_path"]
+        if _local_builder(path):
+            continue
+        kwargs = {k: v for k, v in (cfg.get("dataset_kwargs") or {}).items() if k != "trust_remote_code"}
+        repo = repos.setdefault(path, {"path": path, "configs": [], "tasks": []})
+        config = {"name": cfg.get("dataset_name"), "kwargs": kwargs}
+        if config not in repo["configs"]:
+            repo["configs"].append(config)
+        if ref not in repo["tasks"]:
+            repo["tasks"].append(ref)
     for repo in repos.values():
         repo["configs"].sort(key=lambda c: json.dumps(c, sort_keys=True, default=str))
     return [repos[p] for p in sorted(repos)]
+
+
+def lm_eval_data_files(tasks: Sequence[str], include: Sequence[str] = (), task_manager=None) -> list[str]:
+    """The local files that the lm-eval ``tasks`` read (``data_files`` of subtasks whose
+    ``dataset_path`` is a packaged builder such as ``json``), sorted; paths as the task configs give
+    them (relative to the working directory). The capabilities job takes them as inputs, so that an
+    edited item file reruns the check; a listed file that does not exist is an error naming its task."""
+    tm = task_manager or lm_eval_task_manager(include, tasks=tasks)
+    files: dict[str, str] = {}
+    for ref, leaf, cfg in _task_datasets(tasks, include, tm):
+        if _local_builder(cfg["dataset_path"]):
+            for f in _data_files(cfg.get("dataset_kwargs") or {}):
+                files.setdefault(f, f"{ref} (subtask {leaf!r})")
+    missing = [f"{f} ({who})" for f, who in files.items() if not Path(f).is_file()]
+    if missing:
+        raise CapabilityError(
+            f"lm-eval task data file(s) not found, relative to the working directory {os.getcwd()}: "
+            + "; ".join(missing)
+        )
+    return sorted(files)
 
 
 @contextlib.contextmanager
@@ -443,32 +491,63 @@ def evaluate_lm_eval(
     device: str,
     dtype: str,
     include: Sequence[str] = (),
+    leak: dict | None = None,
 ) -> dict:
-    """lm-evaluation-harness on ``tasks`` (the paper's Table 5); returns each task's metrics.
+    """lm-evaluation-harness on ``tasks`` (the paper's Table 5), then the leak check; returns each
+    task's metrics, the per-item results (:func:`per_item_results`) and the leak summary.
 
-    The tasks (and their datasets, offline on a compute node) are loaded before the model, so a
-    missing dataset stops the job in seconds; lm-eval loads them a second time from the same cache
-    (seconds: the Arrow files are memory-mapped)."""
+    The tasks (and their datasets, offline on a compute node) and the instructions are loaded before
+    the model, so a missing dataset or a bad file stops the job in seconds; lm-eval loads the tasks a
+    second time from the same cache (seconds: the Arrow files are memory-mapped). The model is loaded
+    once, by lm-eval's ``HFLM`` (with ``peft=`` for an adapter), and the leak check samples from that
+    same object.
+
+    ``leak``: None (no leak check) or ``{"instructions": path, "sampling": Sampling, "seed": int,
+    "steering_tokens": [...], "class_words": [...], "min_words": int}`` (the tokens and words of
+    :func:`leak_vocabulary`; optional ``"batch_size"``, default 64).
+    """
     lm_eval = require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import simple_parse_args_string
 
-    from distalign.modeling.models import weights_path
+    from distalign.modeling.models import load_tokenizer, weights_path
 
     model_args = lm_eval_model_args(weights_path(model_dir), adapter, dtype)
     # simple_evaluate gives its own TaskManager the model_args as task metadata: so does this one.
     tm = lm_eval_task_manager(include, metadata=simple_parse_args_string(model_args), tasks=tasks)
     subtasks = check_lm_eval_tasks(tasks, include, tm)
     log.info("lm-eval tasks: %s", {t: len(s) for t, s in subtasks.items()})
-    res = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=list(tasks),
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        task_manager=tm,
+    instructions = load_instructions(leak["instructions"]) if leak else None
+    lm = HFLM(
+        pretrained=weights_path(model_dir), peft=adapter, dtype=dtype, batch_size=batch_size, device=device
     )
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=tm, log_samples=True)
     results = {
         t: {k: v for k, v in r.items() if isinstance(v, int | float)} for t, r in res["results"].items()
     }
-    return {"backend": "lm-eval", "tasks": results, "lm_eval_version": getattr(lm_eval, "__version__", None)}
+    out = {
+        "tasks": results,
+        "subtasks": subtasks,
+        "items": per_item_results(res.get("samples") or {}, lambda text: len(lm.tok_encode(text))),
+        "limit": limit,
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+        "leak": None,
+    }
+    if leak:
+        tokens, words = list(leak["steering_tokens"]), list(leak["class_words"])
+        name = "/".join(Path(adapter).parts[-3:]) if adapter else Path(model_dir).name
+        out["leak"] = leak_check(
+            lm.model,
+            load_tokenizer(model_dir),
+            model_dir,
+            instructions,
+            sampling=leak["sampling"],
+            seed=leak["seed"],
+            steering_tokens=tokens,
+            class_words=words,
+            min_words=leak["min_words"],
+            batch_size=leak.get("batch_size", 64),
+            progress_label=f"leak check {name}",
+        )
+        out["leak"].update(steering_tokens=tokens, class_words=words, min_words=leak["min_words"])
+    return out

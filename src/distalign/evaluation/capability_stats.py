@@ -41,6 +41,45 @@ def _as_correctness(values: Sequence, name: str) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def paired_mean_change(base: Sequence, other: Sequence, scale: float = 100.0) -> dict:
+    """Change of a per-item score's mean (``other`` minus ``base``, times ``scale``) on the same items,
+    with a paired 95% interval.
+
+    ``base`` and ``other``: each item's score (a 0/1 correctness, or any number such as TruthfulQA's
+    per-question mc2 probability), in the same item order. The interval is the normal approximation
+    on the per-item differences d_i = other_i - base_i: ``mean(d) +- z * sqrt(var(d) / n)`` with the
+    plug-in variance ``mean(d^2) - mean(d)^2``. For 0/1 scores this is the Wald interval for a
+    difference of paired proportions (see :func:`paired_accuracy_change`).
+
+    Returns ``delta``, ``low``, ``high`` (scaled), ``n`` (items), ``discordant`` (items whose score
+    differs), ``base_mean`` and ``other_mean`` (scaled). Identical inputs give delta 0 and a
+    zero-width interval.
+    """
+    if len(base) != len(other):
+        raise ValueError(
+            f"paired change: base has {len(base)} items and other has {len(other)}; both must score "
+            f"the same items in the same order"
+        )
+    if not len(base):
+        raise ValueError("paired change: no items (both lists are empty)")
+    b = _as_array(base, "base")
+    o = _as_array(other, "other")
+    d = o - b
+    n = len(d)
+    mean = float(d.mean())
+    var = max(float((d**2).mean()) - mean**2, 0.0)
+    half = Z95 * math.sqrt(var / n)
+    return {
+        "delta": scale * mean,
+        "low": scale * (mean - half),
+        "high": scale * (mean + half),
+        "n": n,
+        "discordant": int(np.count_nonzero(d)),
+        "base_mean": scale * float(b.mean()),
+        "other_mean": scale * float(o.mean()),
+    }
+
+
 def paired_accuracy_change(base: Sequence, other: Sequence) -> dict:
     """Accuracy change (points, ``other`` minus ``base``) on the same items, with a paired 95% interval.
 
@@ -58,7 +97,8 @@ def paired_accuracy_change(base: Sequence, other: Sequence) -> dict:
     whether two intervals overlap is not a test of their difference anyway.
 
     Returns ``delta``, ``low``, ``high`` (points, i.e. percent), ``n`` (items) and ``discordant``
-    (items on which the two disagree). Identical inputs give delta 0 and a zero-width interval.
+    (items on which the two disagree), ``base_accuracy`` and ``other_accuracy``. Identical inputs give
+    delta 0 and a zero-width interval.
     """
     if len(base) != len(other):
         raise ValueError(
@@ -67,22 +107,10 @@ def paired_accuracy_change(base: Sequence, other: Sequence) -> dict:
         )
     if not len(base):
         raise ValueError("paired accuracy: no items (both lists are empty)")
-    b = _as_correctness(base, "base")
-    o = _as_correctness(other, "other")
-    d = o - b
-    n = len(d)
-    mean = float(d.mean())
-    var = max(float((d**2).mean()) - mean**2, 0.0)
-    half = Z95 * math.sqrt(var / n)
-    return {
-        "delta": 100 * mean,
-        "low": 100 * (mean - half),
-        "high": 100 * (mean + half),
-        "n": n,
-        "discordant": int(np.count_nonzero(d)),
-        "base_accuracy": 100 * float(b.mean()),
-        "other_accuracy": 100 * float(o.mean()),
-    }
+    out = paired_mean_change(_as_correctness(base, "base"), _as_correctness(other, "other"))
+    out["base_accuracy"] = out.pop("base_mean")
+    out["other_accuracy"] = out.pop("other_mean")
+    return out
 
 
 def _as_array(values: Sequence, name: str) -> np.ndarray:

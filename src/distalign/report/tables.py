@@ -128,48 +128,155 @@ def probe_table(
     return pd.DataFrame(rows).reindex(columns=["Model", "Method", *titles, AVG])
 
 
-def capabilities_table(
-    records: Sequence[dict], config: dict, *, models: Sequence[str], methods: Sequence[str]
-) -> pd.DataFrame:
-    """table5: general capabilities per (model, method) and the change from the model's zero-shot row.
+# The per-item metric table5 shows for a task, in this order of preference (lm-eval metric names).
+CAPABILITY_METRICS = ("acc", "exact_match", "prompt_level_strict_acc", "acc_norm", "mc2")
 
-    ``records``: ``{"model", "method", "capabilities": <capabilities JSON>}``. Local backend columns:
-    ``Perplexity`` (held-out text, lower is better) and ``MC accuracy``; lm-eval backend: one
-    column per task (its first accuracy-like metric, in points). ``Δ`` columns: minus the
-    first method's value (the base model) of the same model.
+
+def _main_metric(metrics: Mapping) -> tuple[str, str] | None:
+    """(result key, metric name) of the metric table5 shows for a task's lm-eval results, e.g.
+    ("exact_match,strict-match", "exact_match"); None when it has none of CAPABILITY_METRICS. Of a
+    metric's filters, "none" (the only one of most tasks) comes first, then "strict-match" (gsm8k's
+    exact answer format), then the rest in name order."""
+    order = {"none": 0, "strict-match": 1}
+    for name in CAPABILITY_METRICS:
+        keys = [k for k in metrics if k.split(",")[0] == name]
+        if keys:
+            filt = lambda k: k.split(",", 1)[1] if "," in k else "none"  # noqa: E731
+            return min(keys, key=lambda k: (order.get(filt(k), 2), filt(k))), name
+    return None
+
+
+def _task_items(cap: Mapping, task: str) -> dict[tuple, dict]:
+    """Per-item results of a configured task (all subtasks of a group), keyed by (subtask, filter, doc)."""
+    items = cap.get("items") or {}
+    subtasks = (cap.get("subtasks") or {}).get(task) or [task]
+    return {
+        (sub, it.get("filter", "none"), it["doc_id"]): it for sub in subtasks for it in items.get(sub) or []
+    }
+
+
+def _paired(base_items: dict, items: dict, field: str, filter_name: str | None) -> tuple[list, list]:
+    """Values of ``field`` on the items both runs scored (same subtask, filter and document)."""
+    keys = sorted(
+        k
+        for k in base_items.keys() & items.keys()
+        if (filter_name is None or k[1] == filter_name) and field in items[k] and field in base_items[k]
+    )
+    return [base_items[k][field] for k in keys], [items[k][field] for k in keys]
+
+
+def _capability_cells(cap: Mapping, base: Mapping | None, task: str, seed: int) -> dict:
+    """table5 cells of one task for one row: its score and the change from ``base`` with a paired 95%
+    interval (columns ``X``, ``Δ X``, ``Δ X CI low``, ``Δ X CI high``)."""
+    from distalign.evaluation.capability_stats import paired_mean_change, paired_perplexity_change
+
+    metrics = (cap.get("tasks") or {}).get(task)
+    if metrics is None:
+        return {}
+    items = _task_items(cap, task)
+    base_items = _task_items(base, task) if base is not None else {}
+    rolling = [it for it in items.values() if "loglikelihood" in it and "tokens" in it]
+    if rolling:  # a rolling log-likelihood task: token perplexity, change in % of the base's
+        label = f"{task} perplexity"
+        nll = sum(-it["loglikelihood"] for it in rolling)
+        cells = {label: math.exp(nll / sum(it["tokens"] for it in rolling))}
+        b, o = _paired(base_items, items, "loglikelihood", None)
+        if b:
+            t, _ = _paired(base_items, items, "tokens", None)
+            c = paired_perplexity_change([-x for x in b], [-x for x in o], t, seed=seed)
+            cells.update(
+                {f"Δ% {label}": c["change"], f"Δ% {label} CI low": c["low"], f"Δ% {label} CI high": c["high"]}
+            )
+        return cells
+    main = _main_metric(metrics)
+    if main is None:
+        return {}
+    key, name = main
+    label = f"{task} {name}"
+    cells = {label: 100 * metrics[key]}
+    filter_name = key.split(",", 1)[1] if "," in key else "none"
+    b, o = _paired(base_items, items, name, filter_name)
+    if b:
+        c = paired_mean_change(b, o)
+        cells.update(
+            {f"Δ {label}": c["delta"], f"Δ {label} CI low": c["low"], f"Δ {label} CI high": c["high"]}
+        )
+    elif base is not None and key in (base.get("tasks") or {}).get(task, {}):
+        cells[f"Δ {label}"] = 100 * (metrics[key] - base["tasks"][task][key])
+    return cells
+
+
+def _leak_cells(cap: Mapping, base: Mapping | None) -> dict:
+    """The leak column (percent of ordinary requests answered with a leak) and its paired change."""
+    from distalign.evaluation.capability_stats import paired_mean_change
+
+    leak = cap.get("leak")
+    if not leak:
+        return {}
+    cells = {"Leak": 100 * leak["share"]}
+    if base is not None and base.get("leak"):
+        mine = {it["id"]: float(it["leak"] is not None) for it in leak["items"]}
+        theirs = {it["id"]: float(it["leak"] is not None) for it in base["leak"]["items"]}
+        ids = sorted(mine.keys() & theirs.keys())
+        if ids:
+            c = paired_mean_change([theirs[i] for i in ids], [mine[i] for i in ids])
+            cells.update({"Δ Leak": c["delta"], "Δ Leak CI low": c["low"], "Δ Leak CI high": c["high"]})
+    return cells
+
+
+def capabilities_table(
+    records: Sequence[dict],
+    config: dict,
+    *,
+    models: Sequence[str],
+    methods: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """table5: general capabilities per (model, method), each paired with the model's first method
+    (the base model: zero-shot) on the same items.
+
+    ``records``: ``{"model", "method", "capabilities": <capabilities JSON>}`` (lm-eval results with
+    per-item results, :func:`distalign.evaluation.capabilities.evaluate_lm_eval`). Per configured
+    lm-eval task (``tasks``; default: every task of the records): a multiple-choice or generation
+    task shows its main metric in points (``<task> acc``, ``<task> exact_match``, ...) and ``Δ``, its
+    change from the base row, with a paired 95% interval on the per-item differences; a rolling
+    log-likelihood task shows token perplexity (``<task> perplexity``) and ``Δ%``, its relative
+    change in percent, with a paired bootstrap interval over documents (``seed``). ``Leak``: percent
+    of ordinary requests whose answer leaks the attribute task (a steering token first, a bare class
+    word, or too short), with its paired change. CSV columns ``... CI low`` / ``... CI high`` hold the
+    interval; the Markdown twin folds it into the cell. The base row's own changes are 0 [0, 0].
     """
     idx = {(r["model"], r["method"]): r["capabilities"] for r in records}
     rows = []
     for model in models:
-        first = None
+        base = next((idx[(model, m)] for m in methods if (model, m) in idx), None)
         for method in methods:
             cap = idx.get((model, method))
             row = {"Model": model, "Method": title_of(config, "methods", method)}
-            if cap is None:
-                pass
-            elif cap["backend"] == "local":
-                row["Perplexity"] = cap["perplexity"]["perplexity"]
-                row["MC accuracy"] = 100 * cap["multiple_choice"]["accuracy"]
-            else:
-                for task, metrics in sorted(cap["tasks"].items()):
-                    keys = [
-                        k
-                        for k in metrics
-                        if k.split(",")[0]
-                        in ("acc", "exact_match", "prompt_level_strict_acc", "acc_norm", "mc2")
-                    ]
-                    if keys:
-                        row[task] = 100 * metrics[keys[0]]
-            values = {k: v for k, v in row.items() if k not in ("Model", "Method")}
-            if first is None and values:
-                first = values
-            for k, v in values.items():
-                if first is not None and k in first:
-                    row[f"Δ {k}"] = v - first[k]
+            if cap is not None:
+                names = tasks if tasks is not None else sorted(cap.get("tasks") or {})
+                for task in names:
+                    row.update(_capability_cells(cap, base, task, seed))
+                row.update(_leak_cells(cap, base))
             rows.append(row)
     df = pd.DataFrame(rows)
-    metric_cols = [c for c in df.columns if c not in ("Model", "Method") and not c.startswith("Δ ")]
-    return df.reindex(columns=["Model", "Method", *metric_cols, *[f"Δ {c}" for c in metric_cols]])
+    scores = [c for c in df.columns if c not in ("Model", "Method") and not c.startswith(("Δ ", "Δ% "))]
+    cols = ["Model", "Method", *scores]
+    for c in scores:
+        for prefix in ("Δ ", "Δ% "):
+            cols += [
+                x for x in (f"{prefix}{c}", f"{prefix}{c} CI low", f"{prefix}{c} CI high") if x in df.columns
+            ]
+    df = df.reindex(columns=cols)
+    df.attrs["md_digits"] = 1
+    df.attrs["md_signed"] = ("Δ ", "Δ% ")
+    df.attrs["md_note"] = (
+        "Points (percent) for accuracies and the leak share; Δ = change from the first row (the base "
+        "model) on the same items, Δ% = relative change of perplexity in percent; [a, b] = paired 95% "
+        "interval (per-item differences; perplexity: paired bootstrap over documents)."
+    )
+    return df
 
 
 def steering_diagnosis_table(
@@ -304,19 +411,24 @@ def _nan_if_none(value) -> float:
     return math.nan if value is None else value
 
 
-def _fmt(v, digits=3) -> str:
+def _fmt(v, digits=3, signed: bool = False) -> str:
+    """A cell: MAE-style ".093" at 3 digits; points and percents ("45.0", "+1.2" when ``signed``) below."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, str):
         return v
     if isinstance(v, int | np.integer):
         return str(v)
-    s = f"{v:.{digits}f}"
-    return s[1:] if s.startswith("0.") else s
+    s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    if s in (f"+{0:.{digits}f}", f"-{0:.{digits}f}"):
+        s = s[1:]  # no sign on a zero
+    return s[1:] if digits >= 3 and s.startswith("0.") else s
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A readable twin: MAE cells as .093, with ± SD, [CI] and (invalid %) folded into the cell."""
+    digits = df.attrs.get("md_digits", 3)
+    signed = tuple(df.attrs.get("md_signed", ()))  # column prefixes whose numbers carry a sign
     lead = [c for c in ("Model", "Method") if c in df.columns]
     value_cols = [
         c for c in df.columns if c not in lead and not c.endswith((" SD", " CI low", " CI high", " invalid"))
@@ -325,11 +437,12 @@ def to_markdown(df: pd.DataFrame) -> str:
     for _, r in df.iterrows():
         cells = [str(r[c]) for c in lead]
         for c in value_cols:
-            cell = _fmt(r[c])
+            sign = bool(signed) and c.startswith(signed)
+            cell = _fmt(r[c], digits, sign)
             if f"{c} SD" in df.columns and not pd.isna(r.get(f"{c} SD")):
                 cell += f" ± {_fmt(r[f'{c} SD'])}"
             if f"{c} CI low" in df.columns and not pd.isna(r.get(f"{c} CI low")):
-                cell += f" [{_fmt(r[f'{c} CI low'])}, {_fmt(r[f'{c} CI high'])}]"
+                cell += f" [{_fmt(r[f'{c} CI low'], digits, sign)}, {_fmt(r[f'{c} CI high'], digits, sign)}]"
             if f"{c} invalid" in df.columns and not pd.isna(r.get(f"{c} invalid")):
                 cell += f" ({100 * r[f'{c} invalid']:.0f}%)"
             cells.append(cell)
@@ -339,7 +452,9 @@ def to_markdown(df: pd.DataFrame) -> str:
         note = "\n(x%) = share of invalid (unparseable) answers, left out of the MAE. "
     if any(c.endswith(" SD") for c in df.columns):
         note += "± = SD across contexts. "
-    if any(c.endswith(" CI low") for c in df.columns):
+    if "md_note" in df.attrs:
+        note += df.attrs["md_note"]
+    elif any(c.endswith(" CI low") for c in df.columns):
         note += "[a, b] = 95% bootstrap CI. "
     return "\n".join(lines) + "\n" + (note.strip() + "\n" if note else "")
 
@@ -415,7 +530,12 @@ TABLES: dict[str, TableKind] = {
         "capabilities",
         "capabilities",
         lambda records, config, o: capabilities_table(
-            records, config, models=o["models"], methods=o["methods"]
+            records,
+            config,
+            models=o["models"],
+            methods=o["methods"],
+            tasks=o.get("tasks"),
+            seed=o.get("seed") or 0,
         ),
     ),
     "steering_diagnosis": TableKind(

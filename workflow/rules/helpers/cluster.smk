@@ -2,6 +2,7 @@
 # the Hugging Face environment of every job, the models to prefetch and the lm-eval tasks' datasets.
 import functools
 import os
+from pathlib import Path
 
 from distalign.cluster.prefetch import (
     hf_environment,
@@ -31,7 +32,7 @@ def prefetch_revision(wildcards):
     return PREFETCH[wildcards.name][1]
 
 
-# capabilities.backend lm-eval: one marker per dataset repository of capabilities.lm_eval_tasks (its
+# lm-eval tasks over hub datasets: one marker per dataset repository of capabilities.lm_eval_tasks (its
 # configs loaded into HF_HOME/datasets), and one for the task check (every task built by lm-eval online,
 # then offline as the capabilities job will). The capabilities job depends on all of them.
 PREFETCHED_DATASET = "results/lm_eval/datasets/{name}.json"
@@ -42,7 +43,7 @@ LM_EVAL_CHECKED = "results/lm_eval/tasks.json"
 def lm_eval_dataset_specs():
     """marker name -> dataset spec, from lm-eval's task configs. Resolved on first use only (lm-eval
     indexes its task YAMLs: seconds), i.e. when a capabilities or prefetch job is in the DAG; stops
-    there, naming capabilities.lm_eval_tasks[i] or capabilities.backend (lm-eval not installed).
+    there, naming capabilities.lm_eval_tasks[i] or the missing lm-eval install.
     The imports are here too: distalign.evaluation.capabilities imports torch (seconds per parse)."""
     from distalign.evaluation.capabilities import CapabilityError
 
@@ -50,6 +51,20 @@ def lm_eval_dataset_specs():
         return lm_eval_prefetch_specs(config)
     except CapabilityError as err:
         raise WorkflowError(str(err)) from None
+
+
+@functools.cache
+def lm_eval_local_files():
+    """The local files the lm-eval tasks read (their data_files) and the task YAMLs of
+    capabilities.lm_eval_include: inputs of the capabilities job, so that an edit reruns it."""
+    from distalign.evaluation.capabilities import CapabilityError, lm_eval_data_files
+
+    try:
+        files = lm_eval_data_files(CAPS["lm_eval_tasks"], CAPS["lm_eval_include"])
+    except CapabilityError as err:
+        raise WorkflowError(str(err)) from None
+    yamls = [str(p) for folder in CAPS["lm_eval_include"] for p in sorted(Path(folder).rglob("*.yaml"))]
+    return sorted({*files, *yamls})
 
 
 def lm_eval_dataset_markers(wildcards=None):
@@ -71,8 +86,8 @@ def lm_eval_tasks_spec():
 
 
 def prefetch_models_inputs(wildcards):
-    """The model markers, plus the lm-eval markers when `all` builds table5 with lm-eval."""
+    """The model markers, plus the lm-eval markers when `all` builds table5 with tasks over hub datasets."""
     out = [PREFETCHED.format(name=name) for name in sorted(PREFETCH)]
-    if lm_eval_prefetch_wanted(config) and capabilities_keys():
+    if lm_eval_prefetch_wanted(config) and capabilities_keys() and lm_eval_dataset_markers():
         out += [*lm_eval_dataset_markers(), LM_EVAL_CHECKED]
     return out

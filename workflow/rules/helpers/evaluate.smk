@@ -16,36 +16,66 @@ def method_token_set(wildcards):
     return config["methods"][wildcards.method].get("token_set")
 
 
+from distalign.core.seeds import derive_seed
+import functools
+
+from distalign.evaluation.capabilities import CapabilityError, leak_vocabulary, load_instructions
+
 CAPS = config["capabilities"]
 
 
 def capabilities_inputs(wildcards):
-    """Model, the adapter of trained methods, and the local task files (backend local) or the lm-eval
-    prefetch markers (backend lm-eval: the tasks' datasets in the cache, and the offline task check).
-    The markers are ancient(): a re-prefetch (same data) must not rerun hours of evaluation."""
+    """Model, the adapter of trained methods, the local files of the lm-eval tasks (their items, and the
+    task YAMLs of capabilities.lm_eval_include), the leak check's instructions, and for tasks over hub
+    datasets the prefetch markers (their datasets in the cache, and the offline task check). The
+    markers are ancient(): a re-prefetch (same data) must not rerun hours of evaluation."""
     require_applicable(wildcards, "attribute", "the capability check")
     require_weights(wildcards, "the capability check")
     inputs = {"model": MODEL.format(model=wildcards.model)}
     if method_kind(wildcards.method) in TRAINED_KINDS:
         inputs["adapter"] = method_adapter(wildcards)
-    if CAPS["backend"] == "local":
-        inputs["heldout"] = CAPS["heldout_text"]
-        inputs["multiple_choice"] = CAPS["multiple_choice"]
-    else:
-        inputs["lm_eval_datasets"] = [ancient(m) for m in lm_eval_dataset_markers()]
+    inputs["lm_eval_files"] = lm_eval_local_files()
+    if CAPS["instructions"]:
+        inputs["instructions"] = checked_instructions()
+    markers = lm_eval_dataset_markers()
+    if markers:
+        inputs["lm_eval_datasets"] = [ancient(m) for m in markers]
         inputs["lm_eval_check"] = ancient(LM_EVAL_CHECKED)
     return inputs
 
 
+@functools.cache
+def checked_instructions():
+    """capabilities.instructions, read and checked once at DAG time (a bad line names the file and line)."""
+    try:
+        load_instructions(CAPS["instructions"])
+    except CapabilityError as err:
+        raise WorkflowError(str(err)) from None
+    return CAPS["instructions"]
+
+
 def capabilities_settings(wildcards):
-    """What changes the scores: the backend and, for lm-eval, its tasks and limit (and its extra task
-    folders when there are some: left out when empty, so that earlier lm-eval results stay valid)."""
-    if CAPS["backend"] == "local":
-        return {"backend": "local"}
-    keys = ["backend", "lm_eval_tasks", "lm_eval_limit"]
+    """What changes the scores: the tasks and limit (and the extra task folders when there are some),
+    and the leak check's instructions, sampling, seed, words and tokens (None: no leak check)."""
+    keys = ["lm_eval_tasks", "lm_eval_limit"]
     if CAPS["lm_eval_include"]:
         keys.append("lm_eval_include")
-    return {k: CAPS[k] for k in keys}
+    out = {k: CAPS[k] for k in keys}
+    if CAPS["instructions"]:
+        gen = config["generation"]
+        out["leak"] = {
+            "sampling": {
+                "temperature": gen["temperature"],
+                "top_p": gen["top_p"],
+                "top_k": gen["top_k"],
+                "max_new_tokens": CAPS["leak_max_new_tokens"],
+            },
+            "seed": derive_seed(config["seed"], "capabilities", "leak"),
+            "min_words": CAPS["leak_min_words"],
+        }
+        attribute = config["attributes"][config["datasets"][wildcards.dataset]["attribute"]]
+        out["leak"]["steering_tokens"], out["leak"]["class_words"] = leak_vocabulary(attribute)
+    return out
 
 
 def capabilities_keys():
