@@ -220,6 +220,43 @@ def test_capabilities_table_pairs_every_row_with_the_base(config):
     assert "| -10.0 [-43.4, +23.4] |" in md and "| 0.0 [0.0, 0.0] |" in md and "paired 95% interval" in md
 
 
+def test_tradeoff_points_and_figure(config, tmp_path):
+    """The Pareto view: each method's MAE / noise floor against its perplexity change from the base."""
+    from distalign.report.figures import FIGURE_TABLES, FIGURES, save
+
+    base = _cap([1, 1, 0, 0], [(-10.0, 5), (-20.0, 10)], [None, None])
+    ours = _cap([1, 0, 0, 1], [(-12.0, 5), (-21.0, 10)], ["short", None])
+
+    def metrics(mae, floor):
+        return {"summary": {"mae": mae, "noise_floor": floor}}
+
+    recs = [
+        {
+            "dataset": "uk-real",
+            "model": "m",
+            "method": "zero-shot",
+            "metrics": metrics(0.24, 0.03),
+            "capabilities": base,
+        },
+        {
+            "dataset": "uk-real",
+            "model": "m",
+            "method": "ours",
+            "metrics": metrics(0.036, 0.03),
+            "capabilities": ours,
+        },
+    ]
+    opts = {"title": "t", "tasks": ["mc", "held"], "seed": 0}
+    df = FIGURE_TABLES["tradeoff"](recs, config, opts)
+    assert df.attrs["x"] == "Δ% held perplexity"
+    assert list(df["Method"]) == ["Zero-shot", "Ours"]
+    assert df["MAE / floor"].tolist() == pytest.approx([8.0, 1.2])
+    assert df.loc[1, "Δ% held perplexity"] == pytest.approx(100 * math.expm1(3 / 15))
+    assert df.loc[1, "Δ Leak"] == pytest.approx(50.0)
+    save(FIGURES["tradeoff"](recs, config, opts), tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
 def test_capabilities_table_groups_filters_and_old_files(config):
     from distalign.report.tables import capabilities_table
 

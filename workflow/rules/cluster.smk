@@ -97,3 +97,4 @@ if config["cluster"]["local_rules"]:
         fig5,
         fig11,
         calibration,
+        capability_tradeoff,

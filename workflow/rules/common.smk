@@ -206,6 +206,9 @@ def artefact_targets():
             for dataset in SWEEPS["datasets"]:
                 stem = FIGURE.format(figure=f"fig4-{dataset}")
                 out += [f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"]
+        elif name == "capability_tradeoff":  # a figure with its points as CSV
+            stem = FIGURE.format(figure=name)
+            out += [f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"]
         elif name.startswith("table") or name in ("steering_diagnosis", "judge_check"):
             out += [f"{TABLE.format(table=name)}.csv", f"{TABLE.format(table=name)}.md"]
         else:

@@ -271,6 +271,29 @@ rule calibration:
         "../scripts/figure.py"
 
 
+# Not in the paper: MAE / noise floor against table5's capability change, one point per method (a Pareto view).
+rule capability_tradeoff:
+    input:
+        metrics=[METRICS.format(**k, task="attribute") for k in capabilities_keys()],
+        capabilities=[CAPABILITIES.format(**k) for k in capabilities_keys()],
+    output:
+        **figure_outputs("capability_tradeoff"),
+        csv=f"{FIGURE.format(figure='capability_tradeoff')}.csv",
+    log:
+        f"{LOGS}/report/capability_tradeoff.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        kind="tradeoff",
+        records=[{**k, "task": "attribute"} for k in capabilities_keys()],
+        tasks=CAPS["lm_eval_tasks"],
+        seed=config["seed"],
+        title=f"Calibration against general capability ({CAPS['dataset']}): MAE / noise floor vs table5's change",
+        report_config=REPORT_CONFIG,
+    script:
+        "../scripts/figure.py"
+
+
 # Not in the paper: what limits each steering method on each task (calibration, consistency, invalid answers).
 rule steering_diagnosis:
     input:

@@ -7,6 +7,9 @@
   method, with 95% bootstrap error bars (the context's labels resampled, seeded).
 - ``sweep_figure`` (paper Figures 4, 6-10): MAE vs top-p, top-k and temperature, mean over the
   seeded runs with a shaded SD band, one line per method; :func:`sweep_points` is its table.
+- ``tradeoff_figure`` (not in the paper): MAE / noise floor against the change in general capability
+  (table5's perplexity change, with its paired interval) for every method of table5, so that a
+  setting that calibrates by damaging the model shows; :func:`tradeoff_points` is its table.
 
 :data:`FIGURES` maps each ``kind`` of rule ``fig*``/``calibration`` (its ``params.kind``) to the function
 that draws it, ``draw(records, config, options)``; ``options`` are the rule's params plus the
@@ -267,6 +270,92 @@ def sweep_figure(records: Sequence[dict], config: dict, title: str):
     return fig
 
 
+def tradeoff_points(records: Sequence[dict], config: dict, tasks: Sequence[str] | None = None, seed: int = 0):
+    """The points of :func:`tradeoff_figure`, one row per (model, method) of ``records``.
+
+    ``records``: ``{"dataset", "model", "method", "metrics", "capabilities"}`` of table5's rows (the
+    attribute task's metrics on capabilities.dataset), the model's base row first. Columns: ``Model``,
+    ``Method``, ``MAE``, ``Noise floor``, ``MAE / floor``, and table5's columns of the row
+    (:func:`distalign.report.tables.capabilities_table`); ``x`` names the change on the x axis: the
+    first rolling log-likelihood task's ``Δ% ... perplexity``, else the first task's ``Δ``."""
+    import pandas as pd
+
+    from distalign.report.tables import capabilities_table
+
+    models = list(dict.fromkeys(r["model"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    caps = capabilities_table(records, config, models=models, methods=methods, tasks=tasks, seed=seed)
+    idx = {(r["model"], r["method"]): r for r in records}
+    keys = [(model, method) for model in models for method in methods]  # capabilities_table's row order
+    rows = []
+    for (model, method), (_, cap_row) in zip(keys, caps.iterrows(), strict=True):
+        r = idx.get((model, method))
+        if r is None:
+            continue
+        s = r["metrics"]["summary"]
+        floor = s.get("noise_floor")
+        rows.append(
+            {
+                "Model": model,
+                "Method": cap_row["Method"],
+                "MAE": s["mae"],
+                "Noise floor": floor,
+                "MAE / floor": s["mae"] / floor if floor else np.nan,
+                **{k: v for k, v in cap_row.items() if k not in ("Model", "Method")},
+            }
+        )
+    df = pd.DataFrame(rows)
+    changes = [c for c in caps.columns if c.startswith("Δ% ") and not c.endswith(("CI low", "CI high"))]
+    changes = changes or [
+        c for c in caps.columns if c.startswith("Δ ") and not c.endswith(("CI low", "CI high"))
+    ]
+    df.attrs["x"] = changes[0] if changes else None
+    return df
+
+
+def tradeoff_figure(records: Sequence[dict], config: dict, title: str, tasks=None, seed: int = 0):
+    """MAE / noise floor (y) against the capability change of table5 (x, with its paired 95% interval),
+    one point per method; dashed lines at the noise floor (1x), at 1.25x and, for a perplexity change,
+    at +5% (issue 24's targets)."""
+    plt = _plt()
+    df = tradeoff_points(records, config, tasks, seed)
+    x = df.attrs["x"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if x is None or df.empty:
+        ax.text(0.5, 0.5, "no capability change to plot", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    for model, part in df.groupby("Model", sort=False):
+        err = None
+        if f"{x} CI low" in part.columns:
+            err = np.vstack([part[x] - part[f"{x} CI low"], part[f"{x} CI high"] - part[x]]).clip(min=0)
+        ax.errorbar(
+            part[x],
+            part["MAE / floor"],
+            xerr=err,
+            fmt="o",
+            capsize=3,
+            label=model if df["Model"].nunique() > 1 else None,
+        )
+        for _, r in part.iterrows():
+            ax.annotate(
+                r["Method"], (r[x], r["MAE / floor"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.axhline(1.25, color="grey", lw=0.8, ls="--")
+    if x.startswith("Δ% "):
+        ax.axvline(5.0, color="grey", lw=0.8, ls="--")
+    ax.axvline(0.0, color="grey", lw=0.6)
+    ax.set_xlabel(x + (" (% of the base model)" if x.startswith("Δ% ") else " (points)"))
+    ax.set_ylabel("MAE / noise floor")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if df["Model"].nunique() > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, Callable[[Sequence[dict], dict, Mapping], object]] = {
     "share": lambda records, config, o: share_figure(records, config, o["share_class"], o["title"]),
     "sweep": lambda records, config, o: sweep_figure(records, config, f"{o['title']}: {o['dataset']}"),
@@ -274,11 +363,19 @@ FIGURES: dict[str, Callable[[Sequence[dict], dict, Mapping], object]] = {
     "calibration": lambda records, config, o: calibration_figure(
         records, config, o["share_class"], o["title"], seed=o["seed"]
     ),
+    "tradeoff": lambda records, config, o: tradeoff_figure(
+        records, config, o["title"], o.get("tasks"), o.get("seed") or 0
+    ),
 }
 
 
-# Figure kinds that also write a CSV of their points (``output.csv``).
-FIGURE_TABLES: dict[str, Callable[[Sequence[dict], dict], object]] = {"sweep": sweep_points}
+# Figure kinds that also write a CSV of their points (``output.csv``): ``table(records, config, options)``.
+FIGURE_TABLES: dict[str, Callable[..., object]] = {
+    "sweep": lambda records, config, o: sweep_points(records, config),
+    "tradeoff": lambda records, config, o: tradeoff_points(
+        records, config, o.get("tasks"), o.get("seed") or 0
+    ),
+}
 
 
 def figure_kind(kind: str) -> Callable[[Sequence[dict], dict, Mapping], object]:
