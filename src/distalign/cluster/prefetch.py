@@ -172,16 +172,17 @@ def dataset_marker_name(path: str) -> str:
     return name
 
 
-def lm_eval_prefetch_specs(config: Mapping) -> dict[str, dict]:
+def lm_eval_prefetch_specs(config: Mapping, task_manager=None) -> dict[str, dict]:
     """marker name -> {path, configs, tasks} of every dataset repository the lm-eval tasks read.
 
-    From lm-eval's task configs (:func:`distalign.evaluation.capabilities.lm_eval_datasets`); raises
-    CapabilityError naming ``capabilities.lm_eval_tasks[i]`` (or the missing lm-eval install)."""
+    From lm-eval's task configs (:func:`distalign.evaluation.capabilities.lm_eval_datasets`; pass
+    ``task_manager`` to reuse an index already built); raises CapabilityError naming
+    ``capabilities.lm_eval_tasks[i]`` (or the missing lm-eval install)."""
     from distalign.evaluation.capabilities import lm_eval_datasets
 
     caps = config["capabilities"]
     out: dict[str, dict] = {}
-    for repo in lm_eval_datasets(caps["lm_eval_tasks"], caps.get("lm_eval_include") or ()):
+    for repo in lm_eval_datasets(caps["lm_eval_tasks"], caps.get("lm_eval_include") or (), task_manager):
         name = dataset_marker_name(repo["path"])
         if name in out:  # two spellings of one stem ("a/b", "a--b"): keep both apart
             name = f"{name}-{len(out)}"

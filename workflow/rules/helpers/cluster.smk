@@ -40,6 +40,18 @@ LM_EVAL_CHECKED = "results/lm_eval/tasks.json"
 
 
 @functools.cache
+def lm_eval_tasks_index():
+    """lm-eval's TaskManager for capabilities.lm_eval_tasks, built once per parse (indexing lm-eval's
+    shipped task YAMLs costs 10-20 s; the dataset markers and the local files both read it)."""
+    from distalign.evaluation.capabilities import CapabilityError, lm_eval_task_manager
+
+    try:
+        return lm_eval_task_manager(CAPS["lm_eval_include"], tasks=CAPS["lm_eval_tasks"])
+    except CapabilityError as err:
+        raise WorkflowError(str(err)) from None
+
+
+@functools.cache
 def lm_eval_dataset_specs():
     """marker name -> dataset spec, from lm-eval's task configs. Resolved on first use only (lm-eval
     indexes its task YAMLs: seconds), i.e. when a capabilities or prefetch job is in the DAG; stops
@@ -48,7 +60,7 @@ def lm_eval_dataset_specs():
     from distalign.evaluation.capabilities import CapabilityError
 
     try:
-        return lm_eval_prefetch_specs(config)
+        return lm_eval_prefetch_specs(config, lm_eval_tasks_index())
     except CapabilityError as err:
         raise WorkflowError(str(err)) from None
 
@@ -60,7 +72,7 @@ def lm_eval_local_files():
     from distalign.evaluation.capabilities import CapabilityError, lm_eval_data_files
 
     try:
-        files = lm_eval_data_files(CAPS["lm_eval_tasks"], CAPS["lm_eval_include"])
+        files = lm_eval_data_files(CAPS["lm_eval_tasks"], CAPS["lm_eval_include"], lm_eval_tasks_index())
     except CapabilityError as err:
         raise WorkflowError(str(err)) from None
     yamls = [str(p) for folder in CAPS["lm_eval_include"] for p in sorted(Path(folder).rglob("*.yaml"))]
