@@ -411,8 +411,9 @@ def _nan_if_none(value) -> float:
     return math.nan if value is None else value
 
 
-def _fmt(v, digits=3, signed: bool = False) -> str:
-    """A cell: MAE-style ".093" at 3 digits; points and percents ("45.0", "+1.2" when ``signed``) below."""
+def _fmt(v, digits=3, signed: bool = False, lead_zero: bool = False) -> str:
+    """A cell: MAE-style ".093" (no leading zero); with ``lead_zero`` "0.5", and "+1.2" when ``signed``
+    (table5's points and percents)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, str):
@@ -422,13 +423,14 @@ def _fmt(v, digits=3, signed: bool = False) -> str:
     s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
     if s in (f"+{0:.{digits}f}", f"-{0:.{digits}f}"):
         s = s[1:]  # no sign on a zero
-    return s[1:] if digits >= 3 and s.startswith("0.") else s
+    return s[1:] if not lead_zero and s.startswith("0.") else s
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A readable twin: MAE cells as .093, with ± SD, [CI] and (invalid %) folded into the cell."""
     digits = df.attrs.get("md_digits", 3)
     signed = tuple(df.attrs.get("md_signed", ()))  # column prefixes whose numbers carry a sign
+    lead_zero = bool(signed)  # a table of signed points writes 0.0, not .0
     lead = [c for c in ("Model", "Method") if c in df.columns]
     value_cols = [
         c for c in df.columns if c not in lead and not c.endswith((" SD", " CI low", " CI high", " invalid"))
@@ -438,11 +440,12 @@ def to_markdown(df: pd.DataFrame) -> str:
         cells = [str(r[c]) for c in lead]
         for c in value_cols:
             sign = bool(signed) and c.startswith(signed)
-            cell = _fmt(r[c], digits, sign)
+            cell = _fmt(r[c], digits, sign, lead_zero)
             if f"{c} SD" in df.columns and not pd.isna(r.get(f"{c} SD")):
                 cell += f" ± {_fmt(r[f'{c} SD'])}"
             if f"{c} CI low" in df.columns and not pd.isna(r.get(f"{c} CI low")):
-                cell += f" [{_fmt(r[f'{c} CI low'], digits, sign)}, {_fmt(r[f'{c} CI high'], digits, sign)}]"
+                low, high = (_fmt(r[f"{c} CI {e}"], digits, sign, lead_zero) for e in ("low", "high"))
+                cell += f" [{low}, {high}]"
             if f"{c} invalid" in df.columns and not pd.isna(r.get(f"{c} invalid")):
                 cell += f" ({100 * r[f'{c} invalid']:.0f}%)"
             cells.append(cell)
