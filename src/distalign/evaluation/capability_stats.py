@@ -41,6 +41,17 @@ def _as_correctness(values: Sequence, name: str) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def _check_paired(base: Sequence, other: Sequence, what: str) -> None:
+    """Both lists score the same, non-empty list of items (``what`` names the statistic in the error)."""
+    if len(base) != len(other):
+        raise ValueError(
+            f"{what}: base has {len(base)} items and other has {len(other)}; both must score "
+            f"the same items in the same order"
+        )
+    if not len(base):
+        raise ValueError(f"{what}: no items (both lists are empty)")
+
+
 def paired_mean_change(base: Sequence, other: Sequence, scale: float = 100.0) -> dict:
     """Change of a per-item score's mean (``other`` minus ``base``, times ``scale``) on the same items,
     with a paired 95% interval.
@@ -55,13 +66,7 @@ def paired_mean_change(base: Sequence, other: Sequence, scale: float = 100.0) ->
     differs), ``base_mean`` and ``other_mean`` (scaled). Identical inputs give delta 0 and a
     zero-width interval.
     """
-    if len(base) != len(other):
-        raise ValueError(
-            f"paired change: base has {len(base)} items and other has {len(other)}; both must score "
-            f"the same items in the same order"
-        )
-    if not len(base):
-        raise ValueError("paired change: no items (both lists are empty)")
+    _check_paired(base, other, "paired change")
     b = _as_array(base, "base")
     o = _as_array(other, "other")
     d = o - b
@@ -100,13 +105,7 @@ def paired_accuracy_change(base: Sequence, other: Sequence) -> dict:
     (items on which the two disagree), ``base_accuracy`` and ``other_accuracy``. Identical inputs give
     delta 0 and a zero-width interval.
     """
-    if len(base) != len(other):
-        raise ValueError(
-            f"paired accuracy: base has {len(base)} items and other has {len(other)}; both must score "
-            f"the same items in the same order"
-        )
-    if not len(base):
-        raise ValueError("paired accuracy: no items (both lists are empty)")
+    _check_paired(base, other, "paired accuracy")
     out = paired_mean_change(_as_correctness(base, "base"), _as_correctness(other, "other"))
     out["base_accuracy"] = out.pop("base_mean")
     out["other_accuracy"] = out.pop("other_mean")
