@@ -9,6 +9,7 @@ rule train:
     input:
         unpack(train_init_adapter),
         unpack(train_story_data),
+        unpack(train_replay_instructions),
         model=MODEL,
         sft=SFT,
         pref=PREF,

@@ -26,4 +26,5 @@ train_adapter(
     out_dir=snakemake.output.adapter,
     init_adapter=snakemake.input.get("init_adapter"),
     story_path=snakemake.input.get("stories"),
+    replay_path=snakemake.input.get("replay"),
 )

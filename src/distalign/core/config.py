@@ -735,6 +735,16 @@ def story_binding_weight(
     return float(method_training(config, method, model, dataset).get("story_binding_weight") or 0.0)
 
 
+def replay_section(kind: str, training: Mapping) -> dict | None:
+    """The replay settings a train job of ``kind`` with this resolved training section uses, or None when
+    it trains without replay: only ours has a steering stage to anchor, and a weight of 0 or no
+    instructions switch it off (``training.replay``, :mod:`distalign.training.replay`)."""
+    replay = training.get("replay") or {}
+    if kind != "ours" or not replay.get("instructions") or not float(replay.get("weight") or 0) > 0:
+        return None
+    return dict(replay)
+
+
 def training_params(config: dict, method: str, model: str | None = None, dataset: str | None = None) -> dict:
     """What of ``method_training`` changes the adapter of (model, dataset, method): the resolved section
     without unset new keys (and without ``story_binding_weight`` where it has no effect: 0, or a method
@@ -742,6 +752,8 @@ def training_params(config: dict, method: str, model: str | None = None, dataset
     tr = method_training(config, method, model, dataset)
     if not story_binding_weight(config, method, model, dataset):
         tr.pop("story_binding_weight", None)
+    if replay_section(config["methods"][method]["kind"], tr) is None:
+        tr.pop("replay", None)  # IFT and DPO adapters (and ours without replay) do not rerun for it
     for stage in ("sft", "preference"):
         section = tr.get(stage)
         if isinstance(section, dict):
@@ -944,6 +956,11 @@ class TrainSpec:
         if not self.spec.get("story_data"):
             return 0.0
         return float(self.training.get("story_binding_weight") or 0.0)
+
+    @property
+    def replay(self) -> dict | None:
+        """As :func:`replay_section`: the replay settings, None when the job trains without replay."""
+        return replay_section(self.kind, self.training)
 
     @classmethod
     def from_config(cls, config: Mapping, dataset: str, method: str, model: str | None = None) -> TrainSpec:

@@ -50,16 +50,17 @@ class CapabilityError(ValueError):
     """A capability input that cannot be used (names the file, line or config key)."""
 
 
-def load_instructions(path: str | os.PathLike) -> list[dict]:
-    """Validated ``{id, instruction}`` rows of a JSONL file of ordinary requests (the leak check)."""
+def load_instructions(path: str | os.PathLike, key: str = "capabilities.instructions") -> list[dict]:
+    """Validated ``{id, instruction}`` rows of a JSONL file of ordinary requests (the leak check, and the
+    replay of training; ``key``: the config key that names the file, for the error messages)."""
     rows, seen = [], {}
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise CapabilityError(
-            f"capabilities.instructions = {str(path)!r}: cannot read it ({why}); expected a JSONL "
-            f"file of {{'id', 'instruction'}} rows, or null for no leak check"
+            f"{key} = {str(path)!r}: cannot read it ({why}); expected a JSONL "
+            f"file of {{'id', 'instruction'}} rows, or null to switch it off"
         ) from None
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -365,6 +366,8 @@ def _pref_stage(
     steering_ids,
     use_kl: bool,
     binding_weight: float = 0.0,
+    replay: dict | None = None,
+    replay_rows: list[dict] | None = None,
     label: str = "",
 ):
     from datasets import Dataset
@@ -384,6 +387,8 @@ def _pref_stage(
         tok, model = _load_adapter(model_dir, start_adapter, device)
         common = _hf_args(tr, pc, stage_dir, seed, device)
         common.update(kl_weight=float(tr["kl_weight"]), kl_vocabulary=tr["kl_vocabulary"], use_kl=use_kl)
+        if replay is not None:
+            common.update(replay_weight=float(replay["weight"]), replay_batch_size=int(replay["batch_size"]))
         if preference == "nll":
             trainer_class = SteeringSFTTrainer
             args = SteeringSFTConfig(**common, dataset_num_proc=None, binding_weight=float(binding_weight))
@@ -409,9 +414,54 @@ def _pref_stage(
             processing_class=tok,
             callbacks=cbs,
             steering_ids=steering_ids,
+            replay_rows=replay_rows if replay is not None else None,
+            replay_seed=seed,
         )
 
     return _run_stage(name, work, build, callbacks, label)
+
+
+def _stage_steps(stage: dict, n_rows: int) -> int:
+    """Optimizer steps of a stage over ``n_rows`` rows (``min_steps`` resolved), as the Trainer counts them."""
+    epochs = stage_epochs(stage, n_rows)
+    return max(1, math.ceil(math.ceil(n_rows / int(stage["batch_size"])) * epochs))
+
+
+def _replay_instructions(path: Path) -> list[dict]:
+    from distalign.evaluation.capabilities import CapabilityError, load_instructions
+
+    try:
+        return load_instructions(path, key="training.replay.instructions")
+    except CapabilityError as err:
+        raise TrainError(str(err)) from None
+
+
+def _replay_set(work: Path, model_dir, device: str, instructions: list[dict], replay: dict, seed: int):
+    """The base model's answers to the replay instructions the stage will use (one per row it takes,
+    at most one per instruction), kept in the work folder so that a resumed job does not sample them
+    again (the folder is wiped when the spec changes)."""
+    from distalign.training.replay import replay_rows
+
+    cache = work / "replay.json"
+    if cache.exists():
+        rows = json.loads(cache.read_text())
+        log_.info("replay: %d base-model answers from %s", len(rows), cache)
+        return rows
+    tok, model = _load_base(model_dir, device)
+    if device != "cpu":
+        model.to(device)
+    rows = replay_rows(
+        model, tok, model_dir, instructions, seed=seed, max_new_tokens=int(replay["max_new_tokens"])
+    )
+    del model
+    if not rows:
+        raise TrainError("training.replay: the base model gave an empty answer to every replay instruction")
+    tokens = sum(len(r["input_ids"]) - r["answer_start"] for r in rows)
+    log_.info("replay: the base model answered %d instructions (%d answer tokens)", len(rows), tokens)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(cache)
+    return rows
 
 
 def first_method_of_kind(config: dict, kind: str) -> str:
@@ -433,6 +483,7 @@ def train_adapter(
     init_adapter=None,
     callbacks: list | None = None,
     story_path=None,
+    replay_path=None,
 ) -> Path:
     """Train the LoRA adapter of (dataset, model, method) into ``out_dir`` (atomically, resumably).
 
@@ -444,7 +495,8 @@ def train_adapter(
     TrainerCallbacks (tests use one to simulate a killed job). ``story_path``: D_story
     (``distalign.data.stories``), required by methods with ``story_data: true``; its rows join the SFT
     rows and the rows of the ``nll`` second stage (stories longer than ``training.max_length``
-    tokens are cut there, which only drops their ending).
+    tokens are cut there, which only drops their ending). ``replay_path``: the replay instructions of a
+    job with ``training.replay`` on (None: the path the spec names; :mod:`distalign.training.replay`).
     """
     handler = None
     if log is not None:
@@ -458,7 +510,16 @@ def train_adapter(
         if job.method != method:
             raise TrainError(f"train_adapter: the spec is of method {job.method!r}, not {method!r}")
         return _train(
-            job, dataset, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks, story_path
+            job,
+            dataset,
+            model_dir,
+            sft_path,
+            pref_path,
+            out_dir,
+            init_adapter,
+            callbacks,
+            story_path,
+            replay_path,
         )
     finally:
         if handler is not None:
@@ -468,7 +529,16 @@ def train_adapter(
 
 
 def _train(
-    job: TrainSpec, dataset, model_dir, sft_path, pref_path, out_dir, init_adapter, callbacks, story_path=None
+    job: TrainSpec,
+    dataset,
+    model_dir,
+    sft_path,
+    pref_path,
+    out_dir,
+    init_adapter,
+    callbacks,
+    story_path=None,
+    replay_path=None,
 ) -> Path:
     method, spec, kind = job.method, job.spec, job.kind
     if kind not in TRAINED_KINDS:
@@ -494,10 +564,16 @@ def _train(
     if use_stories and story_path is None:
         raise TrainError(f"method {method!r} has story_data: true but no D_story file was given (story_path)")
     binding_weight = job.story_binding_weight
+    replay = job.replay
+    if replay is not None:
+        replay_path = Path(replay_path or replay["instructions"])
+        instructions = _replay_instructions(replay_path)
     base_seed = job.seed
     seeds = {
         s: derive_seed(base_seed, "train", dataset, method, s) % (2**31) for s in ("sft", "pref", "order")
     }
+    if replay is not None:  # only then, so that the record (and work folder) of other jobs is unchanged
+        seeds["replay"] = derive_seed(base_seed, "train", dataset, method, "replay") % (2**31)
 
     record = {
         "dataset": dataset,
@@ -521,6 +597,7 @@ def _train(
             "pref": _sha256(pref_path),
             "init_adapter": _sha256(init_adapter) if init_adapter else None,
             **({"stories": _sha256(story_path)} if use_stories else {}),
+            **({"replay": _sha256(replay_path)} if replay is not None else {}),
         },
         "versions": library_versions(),
     }
@@ -573,6 +650,17 @@ def _train(
                 pref, tok, steering_ids, undesirable, int(tr["preference"]["batch_size"]), seeds["order"]
             )
         log_.info("stage pref (%s, kl=%s): %d rows", preference, use_kl, len(rows))
+        replay_set = None
+        if replay is not None:
+            steps = _stage_steps(tr["preference"], len(rows))
+            replay_set = _replay_set(
+                work,
+                model_dir,
+                device,
+                instructions[: steps * int(replay["batch_size"])],
+                replay,
+                seeds["replay"],
+            )
         last, h = _pref_stage(
             "pref",
             work,
@@ -587,6 +675,8 @@ def _train(
             steering_ids=steering_ids,
             use_kl=use_kl,
             binding_weight=binding_weight,
+            replay=replay,
+            replay_rows=replay_set,
             label=label,
         )
         history += h

@@ -65,6 +65,7 @@ from distalign.training.losses import (
     steering_kl,
     token_log_likelihoods,
 )
+from distalign.training.replay import collate, replay_batch, replay_kl, replay_order
 from distalign.training.rows import VOCABULARIES
 
 
@@ -111,6 +112,8 @@ class SteeringArguments:
     - ``binding_loss``, ``binding_accuracy`` (``nll`` stage with ``binding_weight`` > 0, batches with
       D_story rows): the story binding cross-entropy and the share of story rows whose own token
       explains the story best.
+    - ``replay_kl`` (``replay_weight`` > 0, training only): KL(P_base || P_theta) per answer token on
+      the step's replay rows (:mod:`distalign.training.replay`), before weighting.
 
     trl's own metrics (rewards, margins, KTO's kl) are logged as trl documents them.
     """
@@ -128,6 +131,14 @@ class SteeringArguments:
         metadata={
             "help": "Add L_KL to the loss (false: the ours-no-kl ablation; the steering metrics are still logged)."
         },
+    )
+    replay_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the replay KL to the base model (training.replay.weight; 0: off)."},
+    )
+    replay_batch_size: int = field(
+        default=4,
+        metadata={"help": "Replay rows per optimizer step (training.replay.batch_size)."},
     )
 
 
@@ -161,6 +172,28 @@ class _SteeringMixin:
     """Shared state, default collator, steering logits and the KL term of the three trainers."""
 
     _required: tuple[str, ...] = ()
+
+    def _init_replay(self, replay_rows, replay_seed: int, args) -> None:
+        """The replay rows (:func:`distalign.training.replay.replay_rows`) and their seeded order; the
+        term is on when the weight is positive and there are rows."""
+        weight = float(getattr(args, "replay_weight", 0.0))
+        if weight < 0:
+            raise ValueError(f"training.replay.weight must be >= 0, got {weight}")
+        if weight > 0 and not replay_rows:
+            raise ValueError("training.replay.weight > 0 but no replay rows were given")
+        self.replay_weight = weight if replay_rows else 0.0
+        self.replay_rows = list(replay_rows or [])
+        self.replay_size = int(getattr(args, "replay_batch_size", 4))
+        self.replay_order = replay_order(len(self.replay_rows), replay_seed) if self.replay_rows else []
+
+    def _replay_term(self, model, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the weighted replay KL on this step's replay rows (training only)."""
+        if self.replay_weight <= 0 or not self.model.training:
+            return loss
+        rows = replay_batch(self.replay_rows, self.replay_order, self.state.global_step, self.replay_size)
+        kl = replay_kl(model, collate(rows, pad_id(self.processing_class)))
+        self._metrics["train"]["replay_kl"].append(kl.item())
+        return loss + self.replay_weight * kl.to(loss.device)
 
     def _init_steering(self, steering_ids, args) -> None:
         if not isinstance(args, SteeringArguments):
@@ -238,8 +271,9 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
 
     _required = ("prompt_ids", "completion_ids", "KL_completion_ids", "label", "target")
 
-    def __init__(self, *args, steering_ids: list[int], **kwargs):
+    def __init__(self, *args, steering_ids: list[int], replay_rows=None, replay_seed: int = 0, **kwargs):
         self._init_steering(steering_ids, kwargs["args"])
+        self._init_replay(replay_rows, replay_seed, kwargs["args"])
         self.use_kto = bool(kwargs["args"].use_kto)
         if not (self.use_kto or self.use_kl):
             raise ValueError("SteeringKTOTrainer: both the KTO and the KL term are switched off")
@@ -263,6 +297,7 @@ class SteeringKTOTrainer(_SteeringMixin, KTOTrainer):
         logits = self._steering_logits(model, hidden, inputs, positions)
         term = self._steering_term(model, logits, target)
         total = term if total is None else total + term
+        total = self._replay_term(model, total)
         if return_outputs:
             return total, {"logits": logits}
         return total
@@ -277,8 +312,11 @@ class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
 
     _required = ("prompt_ids", "chosen_ids", "rejected_ids")
 
-    def __init__(self, *args, steering_ids: list[int] | None = None, **kwargs):
+    def __init__(
+        self, *args, steering_ids: list[int] | None = None, replay_rows=None, replay_seed: int = 0, **kwargs
+    ):
         self._init_steering(steering_ids, kwargs["args"])
+        self._init_replay(replay_rows, replay_seed, kwargs["args"])
         self._default_collator(
             kwargs,
             SteeringPreferenceCollator,
@@ -304,7 +342,7 @@ class SteeringDPOTrainer(_SteeringMixin, DPOTrainer):
         n = target.shape[0]  # rows are [chosen; rejected]: the chosen half carries each prompt once
         positions = answer_positions(inputs["completion_mask"][:n])
         logits = self._steering_logits(model, hidden, inputs, positions, rows=n)
-        total = dpo + self._steering_term(model, logits, target)
+        total = self._replay_term(model, dpo + self._steering_term(model, logits, target))
         if return_outputs:
             return total, {"logits": logits}
         return total
@@ -335,11 +373,12 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
     # why: undo the mixin's override: trl's SFT version already keeps pre-tokenized rows as they are.
     _prepare_dataset = SFTTrainer._prepare_dataset
 
-    def __init__(self, *args, steering_ids: list[int], **kwargs):
+    def __init__(self, *args, steering_ids: list[int], replay_rows=None, replay_seed: int = 0, **kwargs):
         binding_weight = float(getattr(kwargs["args"], "binding_weight", 0.0))
         if binding_weight < 0:
             raise ValueError(f"training.story_binding_weight must be >= 0, got {binding_weight}")
         self._init_steering(steering_ids, kwargs["args"])
+        self._init_replay(replay_rows, replay_seed, kwargs["args"])
         self.binding_weight = binding_weight
         self._default_collator(kwargs, SteeringLMCollator)
         super().__init__(*args, **kwargs)
@@ -358,6 +397,7 @@ class SteeringSFTTrainer(_SteeringMixin, SFTTrainer):
         total = nll + self._steering_term(model, logits, target)
         if bind is not None and self.binding_weight > 0:
             total = total + self._binding_term(model, inputs, positions, bind)
+        total = self._replay_term(model, total)
         if return_outputs:
             return total, {"logits": logits}
         return total

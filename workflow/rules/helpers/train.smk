@@ -1,8 +1,11 @@
 # Helpers of train.smk, included at its top (functions and settings only):
-# the adapter a DPO run continues, D_story inputs and the params of a training job.
+# the adapter a DPO run continues, D_story and replay inputs and the params of a training job.
+import functools
+
 from snakemake.exceptions import WorkflowError
 
-from distalign.core.config import adapter_dataset, method_training, training_params
+from distalign.core.config import adapter_dataset, method_training, replay_section, training_params
+from distalign.evaluation.capabilities import CapabilityError, load_instructions
 from distalign.training.runner import first_method_of_kind
 
 
@@ -36,6 +39,25 @@ def train_story_data(wildcards):
     if not config["methods"][wildcards.method].get("story_data"):
         return {}
     return {"stories": STORY_DATA.format(dataset=wildcards.dataset, model=wildcards.model)}
+
+
+def train_replay_instructions(wildcards):
+    """Ours with training.replay on also reads the replay instructions (checked at DAG time: a bad line
+    names the file and line before any job starts)."""
+    w = wildcards
+    replay = replay_section(method_kind(w.method), method_training(config, w.method, w.model, w.dataset))
+    if replay is None:
+        return {}
+    return {"replay": checked_replay_instructions(replay["instructions"])}
+
+
+@functools.cache
+def checked_replay_instructions(path):
+    try:
+        load_instructions(path, key="training.replay.instructions")
+    except CapabilityError as err:
+        raise WorkflowError(str(err)) from None
+    return path
 
 
 def train_params(wildcards):
