@@ -15,7 +15,7 @@ from test_capability_items import _banned_words
 from test_steering import _nll_trainer, _trainer, lora_model, tiny_data
 
 from distalign.core.config import TrainSpec, replay_section, training_params
-from distalign.evaluation.capabilities import CapabilityError, load_instructions
+from distalign.data.instructions import InstructionsError, load_instructions
 from distalign.modeling.chat import prompt_ids
 from distalign.modeling.models import load_tokenizer
 from distalign.training.replay import collate, replay_batch, replay_kl, replay_order, replay_rows
@@ -63,9 +63,9 @@ def test_replay_instructions_stay_apart_from_the_leak_check_and_the_attributes()
 def test_a_bad_replay_file_names_the_key_and_line(tmp_path):
     bad = tmp_path / "replay.jsonl"
     bad.write_text('{"id": "a", "instruction": "Say hello."}\n{"id": "b"}\n')
-    with pytest.raises(CapabilityError, match=r"replay.jsonl, line 2: key 'instruction'"):
+    with pytest.raises(InstructionsError, match=r"replay.jsonl, line 2: key 'instruction'"):
         load_instructions(bad, key="training.replay.instructions")
-    with pytest.raises(CapabilityError, match=r"^training\.replay\.instructions = .*cannot read it"):
+    with pytest.raises(InstructionsError, match=r"^training\.replay\.instructions = .*cannot read it"):
         load_instructions(tmp_path / "missing.jsonl", key="training.replay.instructions")
 
 
@@ -129,6 +129,18 @@ def test_replay_rows_are_the_base_models_seeded_answers(tok, embedded_model_dir)
         assert 1 <= len(r["input_ids"]) - len(prompt) <= 7  # up to 6 sampled tokens (+ eos)
     other = replay_rows(model, tok, embedded_model_dir, instructions, seed=6, max_new_tokens=6)
     assert other != rows
+    # the same draws as the generation layer's transformers backend with seed parts (seed, "replay")
+    from distalign.generation.job import Sampling
+    from distalign.generation.sampling import SampleBatch
+    from distalign.generation.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(embedded_model_dir, tokenizer=tok, model=model, batch_size=32)
+    prompts = [prompt_ids(tok, ins["instruction"]) for ins in instructions]
+    batch = SampleBatch(prompts, [5] * 4, Sampling(1.0, 1.0, 0, 6), seed_parts=(5, "replay"))
+    sampled = backend.sample(batch)
+    assert [r["input_ids"][r["answer_start"] :] for r in rows] == [
+        toks + ([backend.stop[0]] if ended else []) for toks, ended, *_ in sampled
+    ]
     assert model.training  # sampled in eval mode, then put back as it was
 
 

@@ -51,38 +51,15 @@ class CapabilityError(ValueError):
 
 
 def load_instructions(path: str | os.PathLike, key: str = "capabilities.instructions") -> list[dict]:
-    """Validated ``{id, instruction}`` rows of a JSONL file of ordinary requests (the leak check, and the
-    replay of training; ``key``: the config key that names the file, for the error messages)."""
-    rows, seen = [], {}
+    """:func:`distalign.data.instructions.load_instructions` for the leak check: a problem is a
+    :class:`CapabilityError`."""
+    from distalign.data.instructions import InstructionsError
+    from distalign.data.instructions import load_instructions as load
+
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise CapabilityError(
-            f"{key} = {str(path)!r}: cannot read it ({why}); expected a JSONL "
-            f"file of {{'id', 'instruction'}} rows, or null to switch it off"
-        ) from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CapabilityError(f"{where}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise CapabilityError(f"{where}: expected an object with keys 'id' and 'instruction'")
-        text = row.get("instruction")
-        if not isinstance(text, str) or not text.strip():
-            raise CapabilityError(f"{where}: key 'instruction' must be a non-empty string, got {text!r}")
-        rid = str(row.get("id", f"line-{n}"))
-        if rid in seen:
-            raise CapabilityError(f"{where}: id {rid!r} repeats line {seen[rid]}")
-        seen[rid] = n
-        rows.append({"id": rid, "instruction": text})
-    if not rows:
-        raise CapabilityError(f"{path}: no instructions (expected one JSON object per line)")
-    return rows
+        return load(path, key)
+    except InstructionsError as err:
+        raise CapabilityError(str(err)) from None
 
 
 def leak_vocabulary(attribute: dict) -> tuple[list[str], list[str]]:

@@ -1,15 +1,14 @@
 """The pieces both backends share: the restricted softmax over the steering tokens, the seeded
-draw, the token weights of the validity correction, and EOS handling.
+draw and the token weights of the validity correction (EOS handling is in
+:mod:`distalign.modeling.chat`, which training's replay answers use too).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
@@ -61,26 +60,6 @@ def first_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
             f"first-token probabilities cannot be told apart"
         )
     return ids
-
-
-def eos_ids(tokenizer, model_dir) -> list[int]:
-    """End-of-answer ids: the tokenizer's eos plus those of the model's generation config."""
-    ids = {tokenizer.eos_token_id}
-    p = Path(model_dir) / "generation_config.json"
-    if p.exists():
-        e = json.loads(p.read_text()).get("eos_token_id")
-        ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
-    return sorted(i for i in ids if i is not None)
-
-
-def strip_eos(ids: Sequence[int], stop: Sequence[int]) -> tuple[list[int], bool]:
-    """Generated ids up to the first end-of-answer id (excluded), and whether one was produced."""
-    out = []
-    for t in ids:
-        if t in stop:
-            return out, True
-        out.append(int(t))
-    return out, False
 
 
 @dataclass

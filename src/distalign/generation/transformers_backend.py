@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
-from distalign.generation.sampling import SampleBatch, eos_ids, strip_eos
+from distalign.generation.sampling import SampleBatch
+from distalign.modeling.chat import eos_ids, strip_eos
 from distalign.modeling.models import pad_id
 
 

@@ -18,7 +18,8 @@ from distalign.core.progress import Progress
 from distalign.core.scratch import scratch_dir
 from distalign.core.scripting import FILE_ONLY
 from distalign.generation.job import GenerationError, Job
-from distalign.generation.sampling import SampleBatch, eos_ids, strip_eos
+from distalign.generation.sampling import SampleBatch
+from distalign.modeling.chat import eos_ids, strip_eos
 
 log = logging.getLogger("distalign.generate")
 

@@ -13,6 +13,10 @@ message (before the end-of-turn marker) and the assistant turn starts empty.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
 from distalign.modeling.models import chat_prompt
 
 PLACEMENTS = ("assistant", "paper")
@@ -41,3 +45,23 @@ def steered_prompt_ids(
     if placement == "paper":
         return prompt_ids(tokenizer, user_text + tokenizer.decode([steering_id]))
     raise ValueError(f"unknown steering placement {placement!r} (expected one of {PLACEMENTS})")
+
+
+def eos_ids(tokenizer, model_dir) -> list[int]:
+    """End-of-answer ids: the tokenizer's eos plus those of the model's generation config."""
+    ids = {tokenizer.eos_token_id}
+    p = Path(model_dir) / "generation_config.json"
+    if p.exists():
+        e = json.loads(p.read_text()).get("eos_token_id")
+        ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+def strip_eos(ids: Sequence[int], stop: Sequence[int]) -> tuple[list[int], bool]:
+    """Generated ids up to the first end-of-answer id (excluded), and whether one was produced."""
+    out = []
+    for t in ids:
+        if t in stop:
+            return out, True
+        out.append(int(t))
+    return out, False

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from distalign.core.progress import Progress
+from distalign.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +49,55 @@ def replay_rows(
     One sampled answer per instruction (temperature 1, no top-p/top-k: the base model's own
     distribution), chat template, ``max_new_tokens`` at most; an answer that ends with eos keeps it
     (the end of an answer is part of answering normally). ``answer_start`` is the index of the first
-    answer token. Same seed, same rows (the transformers backend seeds each batch from
-    ``(seed, "replay")`` and its index). An instruction whose answer is empty is left out."""
-    from distalign.generation.job import Sampling
-    from distalign.generation.sampling import SampleBatch
-    from distalign.generation.transformers_backend import TransformersBackend
-    from distalign.modeling.chat import prompt_ids
+    answer token. Batches of ``batch_size`` left-padded prompts, each seeded with
+    ``derive_seed(seed, "replay", "batch", b)``: the draws of the generation layer's transformers
+    backend with seed parts ``(seed, "replay")`` (a test holds the two equal; this layer may not
+    import that one). Same seed, same rows. An instruction whose answer is empty is left out."""
+    from transformers import GenerationConfig
+
+    from distalign.modeling.chat import eos_ids, prompt_ids, strip_eos
+    from distalign.modeling.models import pad_id
 
     if max_new_tokens < 1:
         raise ValueError(f"training.replay.max_new_tokens must be >= 1, got {max_new_tokens}")
-    backend = TransformersBackend(model_dir, tokenizer=tokenizer, model=model, batch_size=batch_size)
-    prompts = [prompt_ids(tokenizer, row["instruction"]) for row in instructions]
-    batch = SampleBatch(
-        prompts=prompts,
-        seeds=[seed] * len(prompts),
-        sampling=Sampling(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=int(max_new_tokens)),
-        seed_parts=(seed, "replay"),
+    stop, pad = eos_ids(tokenizer, model_dir), pad_id(tokenizer)
+    cfg = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=int(max_new_tokens),
+        eos_token_id=stop,
+        pad_token_id=pad,
+        repetition_penalty=1.0,
     )
+    prompts = [prompt_ids(tokenizer, row["instruction"]) for row in instructions]
+    answers: list[tuple[list[int], bool]] = []
     was_training = model.training
     model.eval()
     try:
-        with Progress(len(prompts), "replay answers", log, unit="answer") as progress:
-            results = backend.sample(batch, progress=progress)
+        with torch.inference_mode(), Progress(len(prompts), "replay answers", log, unit="answer") as progress:
+            for b, start in enumerate(range(0, len(prompts), batch_size)):
+                chunk = prompts[start : start + batch_size]
+                width = max(len(p) for p in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for i, p in enumerate(chunk):
+                    ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                    mask[i, width - len(p) :] = 1
+                torch.manual_seed(derive_seed(seed, "replay", "batch", b))
+                out = model.generate(
+                    input_ids=ids.to(model.device),
+                    attention_mask=mask.to(model.device),
+                    generation_config=cfg,
+                )
+                answers += [strip_eos(row, stop) for row in out[:, width:].tolist()]
+                progress.update(len(chunk))
     finally:
         model.train(was_training)
     rows = []
-    for row, prompt, (answer, ended, *_) in zip(instructions, prompts, results, strict=True):
-        answer = list(answer) + ([backend.stop[0]] if ended else [])
+    for row, prompt, (answer, ended) in zip(instructions, prompts, answers, strict=True):
+        answer = answer + ([stop[0]] if ended else [])
         if answer:
             rows.append({"id": row["id"], "input_ids": list(prompt) + answer, "answer_start": len(prompt)})
     return rows

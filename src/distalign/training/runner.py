@@ -428,11 +428,11 @@ def _stage_steps(stage: dict, n_rows: int) -> int:
 
 
 def _replay_instructions(path: Path) -> list[dict]:
-    from distalign.evaluation.capabilities import CapabilityError, load_instructions
+    from distalign.data.instructions import InstructionsError, load_instructions
 
     try:
         return load_instructions(path, key="training.replay.instructions")
-    except CapabilityError as err:
+    except InstructionsError as err:
         raise TrainError(str(err)) from None
 
 

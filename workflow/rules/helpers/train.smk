@@ -5,7 +5,7 @@ import functools
 from snakemake.exceptions import WorkflowError
 
 from distalign.core.config import adapter_dataset, method_training, replay_section, training_params
-from distalign.evaluation.capabilities import CapabilityError, load_instructions
+from distalign.data.instructions import InstructionsError, load_instructions
 from distalign.training.runner import first_method_of_kind
 
 
@@ -55,7 +55,7 @@ def train_replay_instructions(wildcards):
 def checked_replay_instructions(path):
     try:
         load_instructions(path, key="training.replay.instructions")
-    except CapabilityError as err:
+    except InstructionsError as err:
         raise WorkflowError(str(err)) from None
     return path
 
