@@ -169,14 +169,9 @@ def _banned_words() -> tuple[set[str], list[str]]:
     return words, phrases
 
 
-def test_instructions_sizes_and_neutrality():
-    rows = _jsonl(CAP / "general_instructions.jsonl")
-    assert len(rows) >= 150
-    assert all(set(r) == {"id", "instruction"} for r in rows)
-    assert len({r["id"] for r in rows}) == len(rows)
-    assert len({r["instruction"].lower() for r in rows}) == len(rows)
+def attribute_hits(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """(id, the banned words and phrases it contains) of every instruction that ties it to an attribute task."""
     words, phrases = _banned_words()
-    assert {"female", "white", "negative", "teacher", "she"} <= words  # the list is what it claims
     hits = []
     for r in rows:
         text = r["instruction"].lower()
@@ -184,7 +179,18 @@ def test_instructions_sizes_and_neutrality():
         found |= {p for p in phrases if re.search(rf"\b{re.escape(p)}\b", text)}
         if found:
             hits.append((r["id"], sorted(found)))
-    assert hits == []
+    return hits
+
+
+def test_instructions_sizes_and_neutrality():
+    rows = _jsonl(CAP / "general_instructions.jsonl")
+    assert len(rows) >= 150
+    assert all(set(r) == {"id", "instruction"} for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert len({r["instruction"].lower() for r in rows}) == len(rows)
+    words, _ = _banned_words()
+    assert {"female", "white", "negative", "teacher", "she"} <= words  # the list is what it claims
+    assert attribute_hits(rows) == []
 
 
 # ---- lm-eval task YAMLs --------------------------------------------------------------------------

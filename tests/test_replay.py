@@ -4,14 +4,13 @@ to the base model and its place in the trainers' loss (fast: a tiny random Llama
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_capability_items import _banned_words
+from test_capability_items import attribute_hits
 from test_steering import _nll_trainer, _trainer, lora_model, tiny_data
 
 from distalign.core.config import TrainSpec, replay_section, training_params
@@ -49,15 +48,7 @@ def test_replay_instructions_stay_apart_from_the_leak_check_and_the_attributes()
         for line in (REPO / "resources/capabilities/general_instructions.jsonl").read_text().splitlines()
     }
     assert not leak_check & {r["instruction"].lower() for r in rows}
-    words, phrases = _banned_words()
-    hits = []
-    for r in rows:
-        text = r["instruction"].lower()
-        found = set(re.findall(r"[a-z]+", text)) & words
-        found |= {p for p in phrases if re.search(rf"\b{re.escape(p)}\b", text)}
-        if found:
-            hits.append((r["id"], sorted(found)))
-    assert hits == []
+    assert attribute_hits(rows) == []
 
 
 def test_a_bad_replay_file_names_the_key_and_line(tmp_path):
