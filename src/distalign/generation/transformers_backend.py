@@ -8,7 +8,7 @@ from distalign.core.progress import Progress
 from distalign.core.seeds import derive_seed
 from distalign.generation.sampling import SampleBatch
 from distalign.modeling.chat import eos_ids, strip_eos
-from distalign.modeling.models import pad_id
+from distalign.modeling.models import left_pad, pad_id
 
 
 class TransformersBackend:
@@ -43,15 +43,7 @@ class TransformersBackend:
         self.pad = pad_id(tokenizer)
 
     def _pad(self, prompts: Sequence[Sequence[int]]):
-        import torch
-
-        n = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), n), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), n), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, n - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, n - len(p) :] = 1
-        return ids.to(self.model.device), mask.to(self.model.device)
+        return left_pad(prompts, self.pad, self.model.device)
 
     def next_token_logprobs(
         self, prompts: Sequence[Sequence[int]], token_ids: Sequence[int], progress: Progress | None = None

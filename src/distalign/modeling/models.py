@@ -224,6 +224,21 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def left_pad(prompts, pad: int, device=None):
+    """``(input_ids, attention_mask)`` of prompt id lists, left-padded with ``pad`` to the longest (so
+    every row's answer starts at the same column, as ``generate`` on a decoder needs), on ``device``.
+    The generation backends and replay's base-model answers batch their prompts with it."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
 def single_token_ids(tokenizer, tokens: list[str], where: str = "steering tokens") -> list[int]:
     """Token ids of strings that must each be exactly one token (as the first assistant token)."""
     ids = []

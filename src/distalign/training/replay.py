@@ -56,7 +56,7 @@ def replay_rows(
     from transformers import GenerationConfig
 
     from distalign.modeling.chat import eos_ids, prompt_ids, strip_eos
-    from distalign.modeling.models import pad_id
+    from distalign.modeling.models import left_pad, pad_id
 
     if max_new_tokens < 1:
         raise ValueError(f"training.replay.max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -79,19 +79,10 @@ def replay_rows(
         with torch.inference_mode(), Progress(len(prompts), "replay answers", log, unit="answer") as progress:
             for b, start in enumerate(range(0, len(prompts), batch_size)):
                 chunk = prompts[start : start + batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, p in enumerate(chunk):
-                    ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                    mask[i, width - len(p) :] = 1
+                ids, mask = left_pad(chunk, pad, model.device)
                 torch.manual_seed(derive_seed(seed, "replay", "batch", b))
-                out = model.generate(
-                    input_ids=ids.to(model.device),
-                    attention_mask=mask.to(model.device),
-                    generation_config=cfg,
-                )
-                answers += [strip_eos(row, stop) for row in out[:, width:].tolist()]
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+                answers += [strip_eos(row, stop) for row in out[:, ids.shape[1] :].tolist()]
                 progress.update(len(chunk))
     finally:
         model.train(was_training)
