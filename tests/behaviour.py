@@ -26,8 +26,11 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-# Results no kernel computes: the same bytes on every machine.
-MACHINE_INDEPENDENT = ("results/targets/", "results/prompts/", "results/datasets/")
+# The data stage's folders of results/: no kernel computes them, so they are the same bytes on every machine.
+DATA_STAGE = ("targets", "prompts", "datasets")
+
+
+MACHINE_INDEPENDENT = tuple(f"results/{d}/" for d in DATA_STAGE)
 
 
 def machine() -> str:
@@ -81,7 +84,8 @@ def check(name: str, found: dict[str, str], per_machine: bool = False) -> None:
     computes with another machine's record, then skip."""
     import pytest
 
-    key = f"{name}.{machine()}" if per_machine else name
+    here = machine() if per_machine else None
+    key = f"{name}.{here}" if per_machine else name
     if os.environ.get("DISTALIGN_UPDATE_FIXTURES") == "1":
         write(key, found)
         return
@@ -95,7 +99,7 @@ def check(name: str, found: dict[str, str], per_machine: bool = False) -> None:
                 {p: h for p, h in found.items() if p.startswith(MACHINE_INDEPENDENT)},
             )
         pytest.skip(
-            f"no behaviour fixture {name!r} for this machine ({machine()}; tests/behaviour.py): record it with "
+            f"no behaviour fixture {name!r} for this machine ({here}; tests/behaviour.py): record it with "
             f"DISTALIGN_UPDATE_FIXTURES=1 at a commit whose results are trusted"
         )
     _compare(key, read(key), found)

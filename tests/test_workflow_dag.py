@@ -319,7 +319,7 @@ def test_tiny_run_matches_the_behaviour_fixture(tiny_run):
         "tiny_run",
         behaviour.digests(
             tiny_run,
-            ("targets", "prompts", "datasets", "generations", "labels", "metrics", "probes", "tables"),
+            (*behaviour.DATA_STAGE, "generations", "labels", "metrics", "probes", "tables"),
         ),
         per_machine=True,
     )

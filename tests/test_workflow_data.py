@@ -62,7 +62,7 @@ def test_data_stage_for_all_six_datasets(workdir, snakemake_run):
         assert (res / f"logs/datasets/{d}.log").read_text().strip()
     import behaviour  # byte-identical to the data stage recorded before the refactorings (tests/behaviour.py)
 
-    behaviour.check("data_stage", behaviour.digests(workdir, ("targets", "prompts", "datasets")))
+    behaviour.check("data_stage", behaviour.digests(workdir, behaviour.DATA_STAGE))
     uk_real = (res / "targets/uk-real.csv").read_text()
     assert "Vehicle technicians, mechanics and electricians" in uk_real
     # uk-real and uk-even share their prompts (same contexts, same seed)
