@@ -9,6 +9,7 @@ identical logits. (The same run on the real 135M model passes too but takes ~6 m
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -178,12 +179,20 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
         f"out_dir={str(killed)!r})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    ckpt = work_dir_of(killed) / "pref" / "checkpoint-2" / "scheduler.pt"
+    # trainer_state.json is the last file HF writes into a checkpoint, so checkpoint-2 is complete when
+    # it appears (waiting for an earlier file raced the write: on a fast CPU the kill sometimes landed
+    # before it, the rerun rightly started over and nothing was resumed). Partial checkpoints are
+    # test_leftovers' test of last_valid_checkpoint.
+    ckpt = work_dir_of(killed) / "pref" / "checkpoint-2" / "trainer_state.json"
     wait_for_file(ckpt, proc, timeout=600, poll=0.05)
+    while proc.poll() is None:  # the file may exist before its JSON is all written
+        try:
+            json.loads(ckpt.read_text())
+            break
+        except ValueError:
+            time.sleep(0.01)
     assert proc.poll() is None, "training finished before it could be killed"
-    os.killpg(
-        proc.pid, signal.SIGKILL
-    )  # possibly mid-write of the checkpoint: resume must cope with that too
+    os.killpg(proc.pid, signal.SIGKILL)  # possibly while checkpoint-3's step runs
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not killed.exists()
@@ -195,7 +204,8 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_adapter(tmp_path, repo,
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("event") == "end" and r["stage"] == "pref" and r["resumed_from"] for r in rows)
+    ends = [r for r in rows if r.get("event") == "end" and r["stage"] == "pref"]
+    assert ends and ends[-1]["resumed_from"] and ends[-1]["resumed_from"].endswith("checkpoint-2"), ends
 
 
 def test_min_steps_and_scheduler_of_a_stage(tmp_path, repo, config, tiny_model_dir):
