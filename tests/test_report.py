@@ -253,7 +253,10 @@ def test_tradeoff_points_and_figure(config, tmp_path):
     assert df["MAE / floor"].tolist() == pytest.approx([8.0, 1.2])
     assert df.loc[1, "Δ% held perplexity"] == pytest.approx(100 * math.expm1(3 / 15))
     assert df.loc[1, "Δ Leak"] == pytest.approx(50.0)
-    save(FIGURES["tradeoff"](recs, config, opts), tmp_path / "t.png")
+    fig = FIGURES["tradeoff"](recs, config, opts)
+    # room above the highest point (8x) for its label
+    assert fig.axes[0].get_ylim() == pytest.approx((0.0, 8.0 * 1.15))
+    save(fig, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 

@@ -347,7 +347,9 @@ def tradeoff_figure(records: Sequence[dict], config: dict, title: str, tasks=Non
     ax.axvline(0.0, color="grey", lw=0.6)
     ax.set_xlabel(x + (" (% of the base model)" if x.startswith("Δ% ") else " (points)"))
     ax.set_ylabel("MAE / noise floor")
-    ax.set_ylim(bottom=0)
+    # headroom above the highest point for its label, and the 1.25x line always in view
+    top = np.nanmax(df["MAE / floor"].to_numpy(dtype=float), initial=1.25)
+    ax.set_ylim(0, max(1.4, 1.15 * top))
     ax.grid(alpha=0.3)
     if df["Model"].nunique() > 1:
         ax.legend(fontsize=7)
