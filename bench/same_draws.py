@@ -9,6 +9,11 @@ draws its token by inverse CDF from one uniform number per (prompt, sample), see
 gives what an ideal sampler would have scored with this run's luck; comparing the run's token MAE
 with it separates calibration error from an unlucky seed. Also simulates the floor's spread: how
 often an ideal sampler itself lands above 1.25x the floor. Prints one Markdown row per file.
+
+The method's name is one of the seed's parts, so two variants of a method (a lever of issue 24 beside
+ours) draw different uniform numbers: their MAEs differ by luck as well as by calibration.
+``--draws-of ours`` replays every file with ours's numbers instead, so that the token MAEs compare
+calibration alone; without it each file gets its own run's numbers.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from distalign.evaluation.metrics import mae, noise_floor
 from distalign.generation.sampling import draw_index, steering_draw_seed, weighted_probs
 
 
-def replay(rows: list[dict], seed: int) -> dict:
-    """Token MAE of the run and of an ideal sampler fed the run's uniform draws, per context averaged."""
+def replay(rows: list[dict], seed: int, draws_of: str | None = None) -> dict:
+    """Token MAE of the run and of an ideal sampler fed the run's uniform draws, per context averaged;
+    with ``draws_of``, the uniform draws of that method's run (same seed, dataset, model and task)."""
     drawn, ideal, target = defaultdict(list), defaultdict(list), {}
     for r in rows:
         if r.get("steering_probs") is None:
             raise ValueError(f"row {r.get('prompt_id')}: no steering_probs (not a steering-token method)")
         tgt = [float(x) for x in r["target"]]
-        parts = [seed, r["dataset"], r["model"], r["method"], r["task"]]
+        parts = [seed, r["dataset"], r["model"], draws_of or r["method"], r["task"]]
         u_seed = steering_draw_seed(parts, r["prompt_id"], r["sample"])
         target[r["context_id"]] = tgt
         ideal[r["context_id"]].append(draw_index(tgt, u_seed))
@@ -78,6 +84,12 @@ def main() -> None:
     ap.add_argument(
         "--runs", type=int, default=20000, help="simulated ideal-sampler runs for the floor's spread"
     )
+    ap.add_argument(
+        "--draws-of",
+        default=None,
+        metavar="METHOD",
+        help="replay every file with this method's uniform draws (default: each file's own method)",
+    )
     args = ap.parse_args()
     seed = args.seed
     if seed is None:
@@ -90,7 +102,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for path in args.generations:
         rows = read_jsonl(path)
-        res, spread = replay(rows, seed), floor_spread(rows, runs=args.runs)
+        res, spread = replay(rows, seed, args.draws_of), floor_spread(rows, runs=args.runs)
         print(
             f"| {path} | {res['contexts']} | {res['token_mae']:.4f} | {res['ideal_same_draws']:.4f} | "
             f"{spread['floor']:.4f} ({spread['floor_sd']:.4f}) | {spread['p_above_1_25']:.1%} |"

@@ -125,6 +125,16 @@ def test_same_draws_replay_separates_calibration_from_luck():
         same_draws.replay([{**_steered_rows(lambda t: t)[0], "steering_probs": None}], seed=1)
 
 
+def test_same_draws_replays_another_methods_numbers_on_request():
+    """--draws-of: a variant's rows replayed with ours's uniform numbers draw what ours's run would
+    have drawn from the same probabilities; its own numbers give other draws."""
+    rows = _steered_rows(lambda t: [t[0] - 0.05, t[1] + 0.05])
+    variant = [{**r, "method": "ours-variant"} for r in rows]
+    own = same_draws.replay(rows, seed=1234)
+    assert same_draws.replay(variant, seed=1234, draws_of=rows[0]["method"]) == own
+    assert same_draws.replay(variant, seed=1234)["ideal_same_draws"] != own["ideal_same_draws"]
+
+
 def test_floor_spread_matches_the_binomial_floor():
     rows = _steered_rows(lambda t: t, n=100)
     spread = same_draws.floor_spread(rows, runs=4000, seed=1)
