@@ -328,7 +328,7 @@ def test_paper_config_is_valid(repo):
 
 
 @pytest.mark.parametrize("overlay", ["cpu-attribute", "cpu-full", "cpu-story"])
-def test_full_cpu_configs_only_raise_the_steering_steps_of_ours(repo, overlay):
+def test_full_cpu_configs_only_raise_the_steering_steps_and_kl_weight_of_ours(repo, overlay):
     """The overlays merge key by key: ours keeps its loss and rate and gets 252 steps and the steering
     KL at weight 4; others untouched."""
     default = load_config(repo / "config/config.yaml")
