@@ -351,6 +351,7 @@ def test_full_cpu_configs_only_raise_the_steering_steps_and_kl_weight_of_ours(re
         (["capability-levers"], "ours-lr3e-4", {"preference", "replay"}),
         (["steering-levers"], "ours-kl4", {"kl_weight", "preference"}),  # against the 126-step ours
         (["cpu-attribute", "steering-levers"], "ours-kl4", set()),  # promoted: the full configs' ours
+        (["cpu-attribute", "steering-levers"], "ours-kl4-replay4", {"replay"}),  # against that ours
     ],
 )
 def test_each_lever_method_changes_only_its_own_settings_of_ours(repo, overlays, lever, changed):
