@@ -328,15 +328,17 @@ def test_paper_config_is_valid(repo):
 
 
 @pytest.mark.parametrize("overlay", ["cpu-attribute", "cpu-full", "cpu-story"])
-def test_full_cpu_configs_only_raise_the_steering_steps_and_kl_weight_of_ours(repo, overlay):
+def test_full_cpu_configs_only_raise_the_steering_steps_and_kl_weights_of_ours(repo, overlay):
     """The overlays merge key by key: ours keeps its loss and rate and gets 252 steps and the steering
-    KL at weight 4; others untouched."""
+    and replay KLs at weight 4 (the replay's other keys as in the default); others untouched."""
     default = load_config(repo / "config/config.yaml")
     cfg = load_config(repo / "config/config.yaml", repo / f"config/{overlay}.yaml")
     ours, ours_default = method_training(cfg, "ours"), method_training(default, "ours")
     assert ours["preference"]["min_steps"] == 252 and ours_default["preference"]["min_steps"] == 126
     assert ours["kl_weight"] == 4.0 and ours_default["kl_weight"] == 1.0
-    assert {k for k in ours if ours[k] != ours_default[k]} == {"preference", "kl_weight"}
+    assert ours["replay"]["weight"] == 4.0 and ours_default["replay"]["weight"] == 1.0
+    assert {**ours["replay"], "weight": 1.0} == ours_default["replay"]
+    assert {k for k in ours if ours[k] != ours_default[k]} == {"preference", "kl_weight", "replay"}
     assert ours["preference"]["learning_rate"] == 1.0e-3 and cfg["methods"]["ours"]["preference"] == "nll"
     assert {**ours["preference"], "min_steps": 126} == ours_default["preference"]
     for method in ("ift", "dpo", "ours-story", "ours-kto"):
@@ -350,14 +352,15 @@ def test_full_cpu_configs_only_raise_the_steering_steps_and_kl_weight_of_ours(re
         (["capability-levers"], "ours-qv", {"lora", "replay"}),
         (["capability-levers"], "ours-lr3e-4", {"preference", "replay"}),
         (["steering-levers"], "ours-kl4", {"kl_weight", "preference"}),  # against the 126-step ours
-        (["cpu-attribute", "steering-levers"], "ours-kl4", set()),  # promoted: the full configs' ours
-        (["cpu-attribute", "steering-levers"], "ours-kl4-replay4", {"replay"}),  # against that ours
+        (["cpu-attribute", "steering-levers"], "ours-kl4", {"replay"}),  # the full configs' ours before
+        (["cpu-attribute", "steering-levers"], "ours-kl4-replay4", set()),  # promoted: the full configs' ours
     ],
 )
 def test_each_lever_method_changes_only_its_own_settings_of_ours(repo, overlays, lever, changed):
     """A lever of issue 24 is ours with the named training keys changed and nothing else, so that its
     row in docs/results.md measures that lever alone (ours-kl4, the steering KL at weight 4, was measured
-    beside the full configuration's ours at weight 1 and then became its setting)."""
+    beside the full configuration's ours at weight 1 and became its setting; ours-kl4-replay4, the replay
+    at weight 4 too, was measured beside that and replaced it)."""
     cfg = load_config(repo / "config/config.yaml", *(repo / f"config/{o}.yaml" for o in overlays))
     ours, other = method_training(cfg, "ours"), method_training(cfg, lever)
     assert {k for k in ours if ours[k] != other[k]} == changed
